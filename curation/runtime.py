@@ -1,0 +1,53 @@
+"""Where curation runs: an embedded local Ray by default, a cluster when RAY_ADDRESS is set.
+
+Environment knobs (all optional):
+  RAY_ADDRESS                    connect to this cluster instead of starting one
+  FLYWHEEL_NUM_CPUS              CPUs of the embedded Ray (default: all)
+  FLYWHEEL_OBJECT_STORE_MB       object store of the embedded Ray (default: Ray's, ~30% of RAM)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
+    """Start (or join) Ray once per process and set the Ray Data defaults runs rely on."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        # Local use: Ray's token auth only adds a warning here (ENVIRONMENT.md).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            num_cpus = num_cpus or _env_int("FLYWHEEL_NUM_CPUS")
+            store = object_store_mb or _env_int("FLYWHEEL_OBJECT_STORE_MB")
+            ray.init(
+                num_cpus=num_cpus,
+                object_store_memory=store * 1024 * 1024 if store else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    ctx = ray.data.DataContext.get_current()
+    # Same config + same input = same output: keep block order through every operator.
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    return int(v) if v else None

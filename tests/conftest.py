@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One intra-op thread per process: tests run several processes (Ray workers, gloo ranks) on
+# 2 cores, and oversubscribed OpenMP threads made a 3 s test take 144 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,15 @@ def config(root, out="out", **kw):
                          "stages": ["url_dedup", {"name": "exact_dedup"}], **kw})
 
 
-def test_end_to_end_layout_accounting_and_dedup(ray_local, tmp_path):
-    n = corpus(tmp_path)
-    result = run_pipeline(config(tmp_path))
+@pytest.fixture(scope="module")
+def first_run(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    n = corpus(root)
+    return root, n, run_pipeline(config(root))
+
+
+def test_end_to_end_layout_accounting_and_dedup(first_run):
+    tmp_path, n, result = first_run
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["token_unit"] == "whitespace_words"
     names = [s["name"] for s in stats["stages"]]
@@ -68,15 +74,14 @@ def test_end_to_end_layout_accounting_and_dedup(ray_local, tmp_path):
     assert RunStats.from_json(stats).stages[-1].docs_out == result.stats.stages[-1].docs_out
 
 
-def test_same_config_same_input_same_output(ray_local, tmp_path):
-    corpus(tmp_path)
-    run_pipeline(config(tmp_path, out="r1"))
+def test_same_config_same_input_same_output(first_run):
+    tmp_path, _, _ = first_run
     run_pipeline(config(tmp_path, out="r2"))
     for sub in ("data", "rejects"):
-        t1 = read_parquet_dir(tmp_path / "r1" / sub).sort_by("id")
+        t1 = read_parquet_dir(tmp_path / "out" / sub).sort_by("id")
         t2 = read_parquet_dir(tmp_path / "r2" / sub).sort_by("id")
         assert t1.equals(t2)
-    s1 = json.loads((tmp_path / "r1" / "stats.json").read_text())
+    s1 = json.loads((tmp_path / "out" / "stats.json").read_text())
     s2 = json.loads((tmp_path / "r2" / "stats.json").read_text())
     for a, b in zip(s1["stages"], s2["stages"]):
         a.pop("seconds"), b.pop("seconds")
@@ -88,8 +93,8 @@ def test_existing_output_needs_overwrite(ray_local, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
     with pytest.raises(OutputExists):
-        run_pipeline(config(tmp_path))
-    run_pipeline(config(tmp_path), overwrite=True)
+        run_pipeline(config(tmp_path, stages=[]))
+    run_pipeline(config(tmp_path, stages=[]), overwrite=True)
     assert not (tmp_path / "out" / "old.txt").exists()
     assert pq.read_metadata(next((tmp_path / "out" / "data").glob("*.parquet"))).num_rows > 0
 

@@ -8,8 +8,9 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.config import parse_config
-from curation.pipeline import OutputExists, run_pipeline
-from curation.stats import RunStats
+from curation.pipeline import AccountingError, OutputExists, run_pipeline
+from curation.stages.base import Stage
+from curation.stats import RunStats, StageStats
 from tests.helpers import read_parquet_dir, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -114,3 +115,48 @@ def test_cli_curate_prints_the_seed_table_and_exits_2_on_bad_input(ray_local, tm
     assert missing.exit_code == 2 and "input not found" in missing.output
     table = runner.invoke(app, ["stats", str(tmp_path / "cli-out")])
     assert table.exit_code == 0 and "url_dedup" in table.output
+
+
+class LossyStage(Stage):
+    """A buggy stage that filters rows itself instead of marking them."""
+
+    name = "lossy"
+    method = "drops rows silently"
+
+    def run(self, ds):
+        from curation.stages.base import with_verdicts
+
+        return ds.filter(lambda row: not row["id"].startswith("a0")).map_batches(
+            lambda b: with_verdicts(b, [""] * b.num_rows, None), batch_format="pyarrow")
+
+
+def test_a_stage_that_loses_documents_fails_the_run(ray_local, tmp_path, monkeypatch):
+    from curation import stages
+
+    monkeypatch.setitem(stages.STAGES, "lossy", "tests.test_pipeline:LossyStage")
+    corpus(tmp_path)
+    with pytest.raises(AccountingError, match="stage 'lossy'"):
+        run_pipeline(config(tmp_path, stages=["lossy"]))
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+def test_stats_refuse_broken_accounting():
+    st = StageStats(name="x", method="m", docs_in=10, docs_out=7, tokens_in=0, tokens_out=0, dropped={"r": 2})
+    with pytest.raises(ValueError, match="docs_in 10"):
+        RunStats(run_id="r", config_sha256="c", config={}, stages=[st]).to_json()
+
+
+def test_map_stage_must_return_every_row():
+    import pyarrow as pa
+
+    from curation.stages.base import MapStage, RunContext, _checked
+
+    class Shrinks(MapStage):
+        name, method = "shrinks", "bug"
+
+        def process_batch(self, batch):
+            return batch.slice(1)
+
+    stage = Shrinks(Shrinks.Params(), RunContext(seed=0, output="/tmp/x"))
+    with pytest.raises(RuntimeError, match="never drop"):
+        _checked(stage, pa.table({"id": ["a", "b"], "text": ["x", "y"]}))

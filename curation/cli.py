@@ -99,6 +99,43 @@ def stats(output: str = typer.Argument(..., help="Output folder of a curation ru
     print_stats_table(RunStats.from_json(data))
 
 
+@app.command()
+def inspect(
+    output: str = typer.Argument(..., help="Output folder of a curation run."),
+    doc_id: str = typer.Argument(..., help="Document id."),
+    width: int = typer.Option(1200, help="Characters of each text to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+) -> None:
+    """Why is a document gone: stage, reason, detail, and the kept copy's text side by side."""
+    from rich.panel import Panel
+
+    from curation.explain import explain
+
+    answer = explain(output, doc_id)
+    if as_json:
+        console.print_json(json.dumps(answer, default=str))
+        return
+    if answer["status"] == "unknown":
+        fail(f"no document {doc_id!r} in {output} (neither kept nor rejected)", code=1)
+    if answer["status"] == "kept":
+        doc = answer["document"]
+        console.print(f"[green]kept[/]: {doc_id} ({doc['domain']}, {doc['source']})")
+        console.print(Panel(doc["text"][:width], title=doc_id))
+        return
+    console.print(f"[red]dropped[/] by stage [bold]{answer['stage']}[/], reason [bold]{answer['reason']}[/]",
+                  highlight=False)
+    console.print_json(json.dumps(answer["detail"]))
+    panels = [Panel(answer["text"][:width], title=f"dropped: {doc_id}")]
+    if "kept" in answer:
+        k = answer["kept"]
+        panels.append(Panel((k.get("text") or "")[:width], title=f"{k['status']}: {k['id']}"))
+    grid = Table.grid(expand=True, padding=(0, 1))
+    for _ in panels:
+        grid.add_column(ratio=1)
+    grid.add_row(*panels)
+    console.print(grid)
+
+
 @app.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),

@@ -160,3 +160,20 @@ def test_map_stage_must_return_every_row():
     stage = Shrinks(Shrinks.Params(), RunContext(seed=0, output="/tmp/x"))
     with pytest.raises(RuntimeError, match="never drop"):
         _checked(stage, pa.table({"id": ["a", "b"], "text": ["x", "y"]}))
+
+
+def test_explain_answers_why_a_document_is_gone(first_run):
+    from curation.explain import explain
+
+    root, _, _ = first_run
+    out = str(root / "out")
+    gone = explain(out, "b950")
+    assert gone["status"] == "rejected" and gone["stage"] == "exact_dedup"
+    assert gone["kept"]["id"] == "a007" and gone["kept"]["status"] == "kept"
+    assert gone["kept"]["text"].lower().split() == gone["text"].lower().split()
+    assert explain(out, "a007")["status"] == "kept"
+    assert explain(out, "no-such-doc")["status"] == "unknown"
+    runner = CliRunner()
+    shown = runner.invoke(app, ["inspect", out, "b900", "--json"])
+    assert shown.exit_code == 0 and '"kept_id": "a003"' in shown.output
+    assert runner.invoke(app, ["inspect", out, "no-such-doc"]).exit_code == 1

@@ -136,6 +136,25 @@ def inspect(
     console.print(grid)
 
 
+@app.command("train-lm")
+def train_lm(
+    domain: str = typer.Option(..., help="Domain the model scores (web, code, books, ...)."),
+    input: str = typer.Option(..., "--input", help="Reference text: JSONL(.gz/.zst) with a text field."),
+    out: Path = typer.Option(..., help="Where to write the ARPA model."),
+    order: int = typer.Option(5, help="n-gram order."),
+    text_field: str = typer.Option("text", help="Field holding the text."),
+    tokenizer: Optional[str] = typer.Option(None, help="prose|code (default: code for the code domain)."),
+) -> None:
+    """Estimate a modified Kneser-Ney n-gram model (ARPA, loaded by kenlm) for one domain."""
+    from curation.lm import train_lm as train
+
+    try:
+        stats = train(domain, input, str(out), order=order, text_field=text_field, kind=tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    console.print_json(json.dumps(stats, default=str))
+
+
 @app.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),

@@ -155,6 +155,28 @@ def train_lm(
     console.print_json(json.dumps(stats, default=str))
 
 
+@app.command("train-classifier")
+def train_classifier(
+    input: str = typer.Argument(..., help="Labelled JSONL (text + label field)."),
+    out: Path = typer.Argument(..., help="Where to write the fastText model (.bin)."),
+    label_field: str = typer.Option("domain", help="Field holding the label."),
+    text_field: str = typer.Option("text", help="Field holding the text."),
+    valid_fraction: float = typer.Option(0.1, help="Held-out fraction for the reported accuracy."),
+    seed: int = typer.Option(0),
+    epoch: int = typer.Option(25),
+    quantize: bool = typer.Option(False, help="Write a quantized (.ftz-size) model."),
+) -> None:
+    """Train a supervised fastText domain/quality classifier (used by the language stage)."""
+    from curation.classifier import train_classifier as train
+
+    try:
+        stats = train(input, str(out), label_field=label_field, text_field=text_field,
+                      valid_fraction=valid_fraction, seed=seed, epoch=epoch, quantize=quantize)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    console.print_json(json.dumps(stats, default=str))
+
+
 @app.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),

@@ -93,10 +93,12 @@ class MapStage(Stage):
     def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
         kwargs: dict[str, Any] = dict(batch_format="pyarrow", batch_size=self.batch_size, zero_copy_batch=True)
         if self.uses_actors:
+            from ray.data import ActorPoolStrategy
+
             return ds.map_batches(
                 _StageActor,
                 fn_constructor_args=(type(self), self.params, self.ctx),
-                concurrency=max(1, self.ctx.num_cpus),
+                compute=ActorPoolStrategy(min_size=1, max_size=max(1, self.ctx.num_cpus)),
                 **kwargs,
             )
         return ds.map_batches(_StageTask(self), **kwargs)

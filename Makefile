@@ -14,7 +14,8 @@ export RAY_AUTH_MODE ?= disabled
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile deploy/scripts/install-system-packages.sh
+	deploy/scripts/install-system-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -49,6 +49,8 @@ class StageStats:
         d = asdict(self)
         extra = d.pop("extra")
         d["tokens_removed"] = self.tokens_removed
+        # Tokens cut out of documents that were kept (sentence dedup, PII placeholders).
+        d["tokens_edited"] = self.tokens_removed - sum(self.dropped_tokens.values())
         if extra:
             d["extra"] = extra
         return d
@@ -90,7 +92,7 @@ class RunStats:
     def from_json(cls, d: dict[str, Any]) -> "RunStats":
         stages = []
         for s in d["stages"]:
-            s = {k: v for k, v in s.items() if k != "tokens_removed"}
+            s = {k: v for k, v in s.items() if k not in ("tokens_removed", "tokens_edited")}
             st = StageStats(**s)
             st.check()
             stages.append(st)

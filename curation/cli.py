@@ -82,6 +82,8 @@ def curate(
     print_stats_table(result.stats)
     console.print(f"kept documents: {result.data_dir}\nrejects:        {result.rejects_dir}\n"
                   f"stats:          {result.stats_path}", highlight=False)
+    if "tokenize" in result.extra:
+        console.print(f"manifest:       {result.extra['tokenize']}", highlight=False)
 
 
 @app.command()
@@ -177,16 +179,60 @@ def train_classifier(
     console.print_json(json.dumps(stats, default=str))
 
 
+@app.command("mixture-plan")
+def mixture_plan(
+    output: str = typer.Argument(..., help="Output folder of a curation run (reads data/*.parquet)."),
+    temperature: float = typer.Option(1.0, help="T: weights ∝ n_d^(1/T); 1 natural, larger flatter."),
+    multiplier: Optional[list[str]] = typer.Option(None, help="DOMAIN=FACTOR, e.g. code=2. Repeatable."),
+    max_epochs: float = typer.Option(1.5, help="Cap on expected repeats of any document."),
+    total_tokens: Optional[int] = typer.Option(None, help="Token budget (default: as many as the caps allow)."),
+    unit: str = typer.Option("tokens", help="tokens|documents"),
+) -> None:
+    """Print the temperature-sampling plan for a finished run without running it."""
+    from curation.mixture_plan import mixture_plan_cli
+
+    multipliers = {}
+    for item in multiplier or []:
+        domain, _, factor = item.partition("=")
+        try:
+            multipliers[domain] = float(factor)
+        except ValueError:
+            fail(f"--multiplier {item!r}: expected DOMAIN=FACTOR")
+    try:
+        mixture_plan_cli(output, temperature, multipliers, max_epochs, total_tokens, unit=unit)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="Model preset (tiny, small, seed-67b) or a model/training YAML."),
+    gpus: int = typer.Option(..., help="Number of GPUs."),
+    gpu: str = typer.Option("h100", help="a100-80g | h100 | h200 | h800"),
+    tokens: str = typer.Option("2T", help="Training tokens (e.g. 2T, 500B)."),
+) -> None:
+    """Capacity plan: memory per GPU, step time, MFU, days, GPU-days, work lost to failures."""
+    from training.planner import PlanError, plan_command
+
+    try:
+        plan_command(config, gpus, gpu=gpu, tokens=tokens, console=console)
+    except PlanError as e:
+        fail(str(e))
+
+
 @app.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),
     seed: int = typer.Option(0, help="Seed of the injected duplicates, sentences and PII."),
     min_bytes: int = typer.Option(20_000_000, help="Stop adding real text past this many bytes."),
+    reference: bool = typer.Option(True, help="Also write reference/<domain>.jsonl for train-lm."),
 ) -> None:
     """Build the offline multi-domain demo corpus from text this machine already has."""
-    from curation.demo_corpus import build_demo_corpus
+    from curation.demo_corpus import build_demo_corpus, build_reference_texts
 
     summary = build_demo_corpus(out, seed=seed, min_bytes=min_bytes)
+    if reference:
+        summary["reference"] = build_reference_texts(out)
     console.print_json(json.dumps(summary))
 
 

@@ -979,3 +979,30 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, min_bytes: int = 20_00
         "total_bytes": sum(nbytes.values()),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+# ----------------------------------------------------------------------------- reference text
+
+# Reference text for the perplexity stage's n-gram models (cc_net trains on Wikipedia): real
+# text of each domain's kind from sources the corpus does not read (unless the corpus needed
+# its top-up sources on a small machine: then the two overlap, which the summary reports).
+REFERENCE_SOURCES = (
+    _Source("debreadme", "web", _debian_readmes),
+    _Source("docstrings", "books", _stdlib_docstrings),
+    _Source("sitepackages", "code", _site_package_code),
+)
+
+
+def build_reference_texts(out_dir: str | Path, max_bytes_per_domain: int = 3_000_000) -> dict[str, Any]:
+    """Write `out_dir/reference/<domain>.jsonl` (one `{"text": ...}` a line) for LM training."""
+    ref_dir = Path(out_dir) / "reference"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    for src in REFERENCE_SOURCES:
+        docs = _read_source(src, None, max_bytes_per_domain)
+        path = ref_dir / f"{src.domain}.jsonl"
+        path.write_text("".join(json.dumps({"text": d.text}, ensure_ascii=False) + "\n" for d in docs),
+                        encoding="utf-8")
+        summary[src.domain] = {"source": src.name, "documents": len(docs), "path": str(path),
+                               "bytes": sum(len(d.text.encode()) for d in docs)}
+    return summary

@@ -187,9 +187,15 @@ class Pipeline:
             self.fs.create_dir(_path_in(self.root, "data"), recursive=True)
         run_stats.seconds = round(time.perf_counter() - started, 3)
         stats_path = _join(self.config.output, STATS_FILE)
-        write_json_atomic(self.fs, _path_in(self.root, STATS_FILE), run_stats.to_json())
+        stats_json = run_stats.to_json()
+        write_json_atomic(self.fs, _path_in(self.root, STATS_FILE), stats_json)
+        extra = {}
+        for stage in stages:
+            made = stage.finalize(stats_json)
+            if made is not None:
+                extra[stage.name] = str(made)
         return RunResult(output=self.config.output, stats=run_stats, data_dir=self.data_dir,
-                         rejects_dir=self.rejects_dir, stats_path=stats_path)
+                         rejects_dir=self.rejects_dir, stats_path=stats_path, extra=extra)
 
 
 def _join(uri: str, name: str) -> str:

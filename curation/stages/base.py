@@ -76,6 +76,11 @@ class Stage(ABC):
         """Extra statistics for stats.json, computed from the materialised output."""
         return {}
 
+    def finalize(self, run_stats: dict[str, Any]) -> Any:
+        """Called once the run's stats.json is written (the tokenize stage writes the manifest
+        here, so its provenance holds every stage's final numbers)."""
+        return None
+
 
 class MapStage(Stage):
     """A row-local stage: `process_batch` judges an Arrow batch and returns it, same rows."""

@@ -1,0 +1,116 @@
+"""Small summaries for stats.json shared by the dedup stages: memory, histograms, rates."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from collections import Counter
+from typing import Any, Iterable
+
+import pyarrow as pa
+import numpy as np
+import pyarrow.compute as pc
+
+from curation.dedup.shuffle import map_partitions, runs
+
+from curation.stages.base import REASON
+
+
+def _vm_hwm_kb(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _is_ray_worker(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read(4096)
+    except OSError:
+        return False
+    return cmd.startswith(b"ray::") or b"default_worker.py" in cmd
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak RSS of the driver, and the sum of the peak RSS of the Ray workers alive on this node
+    (an upper bound of their peak together; Linux /proc, so 0 elsewhere or on remote nodes)."""
+    driver_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_kb = 0
+    if os.path.isdir("/proc"):
+        workers_kb = sum(_vm_hwm_kb(p) for p in os.listdir("/proc") if p.isdigit() and _is_ray_worker(p))
+    return {"driver_peak_rss_mb": round(driver_kb / 1024, 1), "ray_workers_peak_rss_mb": round(workers_kb / 1024, 1)}
+
+
+def size_histogram(sizes: Iterable[int]) -> dict[str, int]:
+    """Cluster sizes in power-of-two bins: "2", "3-4", "5-8", ..."""
+    hist: Counter[str] = Counter()
+    for s in sizes:
+        lo, hi = 2, 2
+        while s > hi:
+            lo, hi = hi + 1, hi * 2
+        hist[str(lo) if lo == hi else f"{lo}-{hi}"] += 1
+    return dict(sorted(hist.items(), key=lambda kv: int(kv[0].split("-")[0])))
+
+
+def merge_histograms(hists: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for h in hists:
+        total.update(h)
+    return dict(sorted(total.items(), key=lambda kv: int(kv[0].split("-")[0])))
+
+
+def _rate_partials(batch: pa.Table, column: str, reasons: list[str]) -> pa.Table:
+    dup = pc.is_in(batch[REASON], value_set=pa.array(reasons, pa.string())).cast(pa.int64())
+    t = pa.table({"key": pc.fill_null(batch[column].cast(pa.string()), ""), "dup": dup})
+    g = t.group_by("key").aggregate([("dup", "count"), ("dup", "sum")])
+    return pa.table({"key": g["key"], "docs": g["dup_count"].cast(pa.int64()), "dups": g["dup_sum"].cast(pa.int64())})
+
+
+def duplicate_rates(out, column: str, reasons: list[str]) -> dict[str, dict[str, Any]]:
+    """{value of `column`: {docs, duplicates, rate}} over a stage's output (partial counts per
+    block, summed here: one small row per (block, value) reaches the driver)."""
+    totals: dict[str, list[int]] = {}
+    parts = out.map_batches(_rate_partials, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"column": column, "reasons": reasons})
+    for row in parts.take_all():
+        acc = totals.setdefault(row["key"], [0, 0])
+        acc[0] += row["docs"]
+        acc[1] += row["dups"]
+    return {k: {"docs": d, "duplicates": x, "rate": round(x / d, 6) if d else 0.0}
+            for k, (d, x) in sorted(totals.items())}
+
+
+def dropped_rows(batch: pa.Table, reasons: list[str]) -> pa.Table:
+    return batch.filter(pc.is_in(batch[REASON], value_set=pa.array(reasons, pa.string())))
+
+
+def _cluster_partials(part: pa.Table, top: int) -> pa.Table:
+    """Per partition (every row of a cluster is in one): size histogram and largest clusters."""
+    part = part.sort_by([("cluster", "ascending"), ("id", "ascending")])
+    clusters = part["cluster"].to_pylist()
+    kept, ids = part["kept"].to_pylist(), part["id"].to_pylist()
+    starts, lengths = runs(np.asarray(clusters, dtype=object))
+    sizes = lengths + 1  # the kept document is not among the dropped rows
+    order = np.lexsort((np.arange(len(sizes)), -sizes))[:top]
+    largest = [{"cluster": clusters[starts[i]], "size": int(sizes[i]),
+                "sample_ids": [kept[starts[i]], ids[starts[i]]]} for i in order]
+    summary = {"clusters": len(sizes), "histogram": size_histogram(sizes.tolist()), "largest": largest}
+    return pa.table({"summary": [json.dumps(summary)]})
+
+
+def cluster_summary(rows, n_parts: int, top: int = 20) -> dict[str, Any]:
+    """Duplicate clusters count, size histogram and the `top` largest clusters (two sample ids
+    each: the kept one and a dropped one), from rows (cluster, kept, id), one per dropped item."""
+    rows = map_partitions(rows, ["cluster"], n_parts,
+                          _cluster_partials, top=top).take_all()
+    parts = [json.loads(r["summary"]) for r in rows]
+    largest = sorted((c for s in parts for c in s["largest"]), key=lambda c: (-c["size"], c["cluster"]))[:top]
+    return {"duplicate_clusters": sum(s["clusters"] for s in parts),
+            "cluster_size_histogram": merge_histograms(s["histogram"] for s in parts),
+            "largest_clusters": largest}

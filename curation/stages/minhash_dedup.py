@@ -1,0 +1,445 @@
+"""Near-duplicate documents: MinHash signatures, LSH banding, connected components.
+
+    texts --map_batches--> signatures (id, sig, n_shingles[, quality])        materialised, small
+      |  + signatures of earlier corpora (`dedup_against`: their OUTPUT/index/minhash)
+      |--map_batches--> band rows (bucket, node)        b rows per document, no text
+      |--shuffle on bucket--> members of buckets with >= 2 documents (LSH candidates)
+      |--cogroup on node--> members + signature --shuffle on bucket--> verified edges
+      |--large-star/small-star--> (node, root)          curation/dedup/components.py
+      |--cogroup on node, shuffle on root--> one verdict per duplicate (id, reason, detail)
+    full rows + verdicts (broadcast lookup, or a cogroup on id when there are many) -> output
+
+Rules:
+- Candidates: two documents sharing one band key. With `verify` (default), a candidate pair
+  joins a cluster only when its estimated Jaccard (share of equal signature values) reaches
+  `threshold`; buckets of more than 32 documents are verified against their 8 smallest ids and
+  along the id order, so a bucket of a million boilerplate pages costs linear work.
+- Keeper: the document with the highest `quality_column` value when the column exists (ties:
+  smallest id), else the smallest id. Others are dropped as `near_duplicate` with detail
+  {cluster, kept, similarity (estimated Jaccard to the kept one), cluster_size}.
+- Guard: a cluster larger than `max_cluster_size` (a chain of pairwise-similar documents can
+  link unrelated ones) keeps only members whose similarity to the kept document reaches the
+  threshold as duplicates; the rest are released (kept, with `released_from` in their detail)
+  and the cluster is reported in stats.
+- Incremental: each run writes its signatures to OUTPUT/index/minhash/ (+ minhash.json with the
+  hashing parameters). Listing earlier outputs in `dedup_against` adds their signatures to the
+  banding; a new document in a cluster with an earlier one is dropped as
+  `duplicate_of_previous_corpus` (detail: the earlier id and corpus). Earlier corpora are never
+  re-read or re-hashed. The index covers every document that reached this stage.
+- Empty documents (no words) have no signature to compare and are always kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from curation.dedup import report
+from curation.dedup.components import connected_components
+from curation.dedup.minhash import MinHasher, band_keys, lsh_errors, optimal_bands_rows, signature_type
+from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
+from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
+
+log = logging.getLogger(__name__)
+
+NEAR_DUPLICATE = "near_duplicate"
+PREVIOUS_CORPUS = "duplicate_of_previous_corpus"
+REASONS = [NEAR_DUPLICATE, PREVIOUS_CORPUS]
+INDEX_DIR = "index/minhash"
+INDEX_META = "index/minhash.json"
+INDEX_VERSION = 1
+NEW = -1  # `origin` of this run's documents; earlier corpora are 0, 1, ... (dedup_against order)
+_PREV_PREFIX = "\x00"  # node names of earlier documents: "\x00<corpus>\x00<id>", never a new id
+_PAIR_CAP = 32  # buckets up to this size are verified pair by pair
+_ANCHORS = 8  # larger buckets: against their smallest ids, and along the id order
+
+
+class MinHashDedupParams(StageParams):
+    threshold: float = Field(0.8, gt=0.0, lt=1.0)  # estimated Jaccard similarity
+    num_perm: int = Field(128, ge=8, le=1024)
+    ngram: int = Field(5, ge=1, le=32)  # word n-grams
+    bands: int | None = Field(None, ge=1)  # with rows; default: minimise FP+FN mass (logged)
+    rows: int | None = Field(None, ge=1)
+    seed: int = 1  # hash seed (datasketch's default); indexes compare only under the same seed
+    verify: bool = True
+    max_cluster_size: int = Field(10_000, ge=2)
+    quality_column: str = "quality_score"  # keeper = highest value, when the column exists
+    dedup_against: list[str] = Field(default_factory=list)  # earlier run outputs
+    write_index: bool = True
+    partitions: int | None = Field(None, ge=1)
+    broadcast_mb: float = Field(64.0, ge=0)  # verdicts up to this size join by broadcast
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "MinHashDedupParams":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+# -- per-batch and per-partition functions (module level: Ray pickles them by reference) ----
+
+def _signature_rows(batch: pa.Table, hasher: MinHasher, quality: str | None) -> pa.Table:
+    sig, n_shingles = hasher.signatures(batch["text"])
+    n = batch.num_rows
+    q = (pc.cast(batch[quality], pa.float64()) if quality else pa.nulls(n, pa.float64()))
+    return pa.table({
+        "node": batch["id"],
+        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), hasher.num_perm),
+        "n_shingles": pa.array(n_shingles, pa.int32()),
+        "quality": q,
+        "origin": pa.array(np.full(n, NEW, np.int16)),
+    })
+
+
+def _sig_matrix(col: pa.ChunkedArray | pa.Array, num_perm: int) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, num_perm)
+
+
+def _band_rows(batch: pa.Table, num_perm: int, bands: int, rows: int, seed: int) -> pa.Table:
+    batch = batch.filter(pc.greater(batch["n_shingles"], 0))
+    keys = band_keys(_sig_matrix(batch["sig"], num_perm), bands, rows, seed)
+    owner = np.repeat(np.arange(batch.num_rows), bands)
+    return pa.table({"bucket": pa.array(keys.reshape(-1)), "node": batch["node"].take(owner),
+                     "new": pc.equal(batch["origin"], NEW).take(owner)})
+
+
+def _candidate_members(part: pa.Table) -> pa.Table:
+    """Rows of buckets holding >= 2 documents, at least one of them from this run."""
+    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
+    starts, lengths = runs(part["bucket"].to_numpy())
+    if len(starts) == 0:
+        return part.select(["bucket", "node"])
+    has_new = np.maximum.reduceat(part["new"].to_numpy(zero_copy_only=False).astype(np.int8), starts) > 0
+    keep = np.repeat((lengths >= 2) & has_new, lengths)
+    return part.filter(pa.array(keep)).select(["bucket", "node"])
+
+
+def _attach_signatures(members: pa.Table, sigs: pa.Table) -> pa.Table:
+    found = lookup(members["node"], sigs, "node")
+    return pa.table({"bucket": members["bucket"], "node": members["node"], "sig": found["sig"],
+                     "new": pc.equal(found["origin"], NEW)})
+
+
+def _bucket_pairs(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) to verify inside a bucket of `length` documents sorted by id."""
+    if length <= _PAIR_CAP:
+        return np.triu_indices(length, k=1)
+    anchors = min(_ANCHORS, length)
+    i = np.repeat(np.arange(anchors), length)
+    j = np.tile(np.arange(length), anchors)
+    chain_i = np.arange(anchors - 1, length - 1)  # consecutive ids past the anchors
+    i, j = np.r_[i, chain_i], np.r_[j, chain_i + 1]
+    keep = i < j
+    return i[keep], j[keep]
+
+
+def _verified_edges(part: pa.Table, num_perm: int, threshold: float) -> pa.Table:
+    """Edges (u, v) between candidates whose estimated Jaccard reaches `threshold`."""
+    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
+    starts, lengths = runs(part["bucket"].to_numpy())
+    sig = _sig_matrix(part["sig"], num_perm)
+    new = part["new"].to_numpy(zero_copy_only=False)
+    left, right = [], []
+    pairs = lengths == 2  # most buckets: one pair, judged in one vectorised step
+    a, b = starts[pairs], starts[pairs] + 1
+    left.append(a)
+    right.append(b)
+    for start, length in zip(starts[lengths > 2], lengths[lengths > 2]):
+        i, j = _bucket_pairs(int(length))
+        left.append(start + i)
+        right.append(start + j)
+    u, v = np.concatenate(left).astype(np.int64), np.concatenate(right).astype(np.int64)
+    ok = ((sig[u] == sig[v]).mean(axis=1) >= threshold) & (new[u] | new[v])
+    nodes = part["node"]
+    return pa.table({"u": nodes.take(pa.array(u[ok])), "v": nodes.take(pa.array(v[ok]))})
+
+
+def _star_edges(part: pa.Table) -> pa.Table:
+    """Without verification: every member linked to its bucket's smallest id."""
+    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
+    starts, lengths = runs(part["bucket"].to_numpy())
+    first = np.repeat(starts, lengths)
+    rows = np.arange(part.num_rows)
+    other = rows != first
+    return pa.table({"u": part["node"].take(pa.array(first[other])), "v": part["node"].take(pa.array(rows[other]))})
+
+
+def _attach_members(labels: pa.Table, sigs: pa.Table) -> pa.Table:
+    found = lookup(labels["node"], sigs, "node")
+    return pa.table({"root": labels["root"], "node": labels["node"], "sig": found["sig"],
+                     "quality": found["quality"], "origin": found["origin"]})
+
+
+VERDICT_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())])
+
+
+def _plain_id(node: str) -> str:
+    return node.rsplit(_PREV_PREFIX, 1)[-1] if node.startswith(_PREV_PREFIX) else node
+
+
+def _decide(part: pa.Table, num_perm: int, threshold: float, max_cluster_size: int,
+            corpora: list[str]) -> pa.Table:
+    """One verdict row per document of this run in a cluster: dropped duplicates, and guard
+    releases (reason "" with `released_from`). Keepers get no row."""
+    part = part.sort_by([("root", "ascending"), ("node", "ascending")])
+    starts, lengths = runs(np.asarray(part["root"].to_pylist(), dtype=object))
+    sig = _sig_matrix(part["sig"], num_perm)
+    nodes = part["node"].to_pylist()
+    quality = part["quality"].to_numpy(zero_copy_only=False)
+    origin = part["origin"].to_numpy()
+    ids, reasons, details = [], [], []
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        members = np.arange(start, start + length)
+        cluster = _plain_id(nodes[start])
+        earlier = members[origin[members] != NEW]
+        if len(earlier):
+            # Duplicates of an earlier corpus: every new member goes; the closest earlier one is named.
+            new = members[origin[members] == NEW]
+            sims = (sig[new][:, None, :] == sig[earlier][None, :, :]).mean(axis=2)
+            best = sims.argmax(axis=1)
+            for k, m in enumerate(new.tolist()):
+                e = int(earlier[best[k]])
+                sim = float(sims[k, best[k]])
+                if length > max_cluster_size and sim < threshold:
+                    ids.append(nodes[m]); reasons.append(KEPT)
+                    details.append({"released_from": cluster, "cluster_size": int(length), "similarity": round(sim, 4)})
+                    continue
+                ids.append(nodes[m]); reasons.append(PREVIOUS_CORPUS)
+                details.append({"cluster": cluster, "kept": _plain_id(nodes[e]), "corpus": corpora[origin[e]],
+                                "similarity": round(sim, 4), "cluster_size": int(length)})
+            continue
+        q = quality[members]
+        if np.isfinite(q).any():  # highest quality; ties and missing values: smallest id
+            keeper = int(members[np.argmax(np.where(np.isfinite(q), q, -np.inf))])
+        else:
+            keeper = start
+        sims = (sig[members] == sig[keeper]).mean(axis=1)
+        for k, m in enumerate(members.tolist()):
+            if m == keeper:
+                continue
+            sim = float(sims[k])
+            if length > max_cluster_size and sim < threshold:
+                ids.append(nodes[m]); reasons.append(KEPT)
+                details.append({"released_from": cluster, "cluster_size": int(length), "similarity": round(sim, 4)})
+                continue
+            ids.append(nodes[m]); reasons.append(NEAR_DUPLICATE)
+            details.append({"cluster": cluster, "kept": nodes[keeper], "similarity": round(sim, 4),
+                            "cluster_size": int(length)})
+    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(reasons, pa.string()),
+                                 pa.array([json.dumps(d, sort_keys=True) for d in details], pa.string())],
+                                schema=VERDICT_SCHEMA)
+
+
+def apply_verdicts(batch: pa.Table, verdicts: pa.Table) -> pa.Table:
+    """Every row of `batch` with `_reason`/`_detail` from `verdicts` (no row there: kept)."""
+    found = lookup(batch["id"], verdicts, "id")
+    batch = set_column(batch, REASON, pc.fill_null(found[REASON], KEPT))
+    return set_column(batch, DETAIL, pc.fill_null(found[DETAIL], "{}"))
+
+
+def _apply_broadcast(batch: pa.Table, verdicts: Broadcast) -> pa.Table:
+    return apply_verdicts(batch, verdicts.table())
+
+
+def _apply_cogroup(rows: pa.Table, verdicts: pa.Table) -> pa.Table:
+    return apply_verdicts(rows, verdicts)
+
+
+# -- the index of a run's signatures ------------------------------------------------------
+
+def index_meta(p: MinHashDedupParams, docs: int) -> dict[str, Any]:
+    return {"version": INDEX_VERSION, "scheme": "datasketch-affine32", "num_perm": p.num_perm,
+            "ngram": p.ngram, "seed": p.seed, "shingles": "words-v1", "docs": docs}
+
+
+def _meta_compatible(meta: dict[str, Any], p: MinHashDedupParams) -> list[str]:
+    want = index_meta(p, 0)
+    return [f"{k}={meta.get(k)!r} (this run: {want[k]!r})" for k in ("version", "scheme", "num_perm", "ngram", "seed", "shingles")
+            if meta.get(k) != want[k]]
+
+
+def _join_uri(base: str, rel: str) -> str:
+    return base.rstrip("/") + "/" + rel
+
+
+def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
+    import ray.data
+    from curation.io.files import filesystem_for
+
+    fs, root = filesystem_for(corpus)
+    meta_path = _join_uri(root, INDEX_META)
+    try:
+        with fs.open_input_stream(meta_path) as f:
+            meta = json.loads(f.read())
+    except (FileNotFoundError, OSError) as e:
+        raise ValueError(f"dedup_against {corpus!r}: no MinHash index ({INDEX_META}): {e}") from None
+    bad = _meta_compatible(meta, p)
+    if bad:
+        raise ValueError(f"dedup_against {corpus!r}: index made with other hashing parameters: {', '.join(bad)}")
+    ds = ray.data.read_parquet(_join_uri(corpus, INDEX_DIR), columns=["id", "sig", "n_shingles"])
+    prefix = f"{_PREV_PREFIX}{origin}{_PREV_PREFIX}"
+
+    def as_earlier(batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        return pa.table({"node": pc.binary_join_element_wise(prefix, batch["id"], ""),
+                         "sig": batch["sig"].cast(signature_type(p.num_perm)), "n_shingles": batch["n_shingles"],
+                         "quality": pa.nulls(n, pa.float64()), "origin": pa.array(np.full(n, origin, np.int16))})
+
+    return ds.map_batches(as_earlier, batch_format="pyarrow"), meta["docs"]
+
+
+def _index_rows(batch: pa.Table) -> pa.Table:
+    return pa.table({"id": batch["node"], "sig": batch["sig"], "n_shingles": batch["n_shingles"]})
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+class MinHashDedup(Stage):
+    name = "minhash_dedup"
+    method = "MinHash + LSH"
+    Params = MinHashDedupParams
+    reads = ("id", "text")
+
+    def __init__(self, params: MinHashDedupParams, ctx: RunContext):
+        super().__init__(params, ctx)
+        self.report: dict[str, Any] = {}
+
+    def bands_rows(self) -> tuple[int, int]:
+        p = self.params
+        if p.bands is not None:
+            return p.bands, p.rows
+        return optimal_bands_rows(p.threshold, p.num_perm)
+
+    def _quality_column(self, ds) -> str | None:
+        p = self.params
+        if p.quality_column in arrow_schema(ds).names:
+            return p.quality_column
+        if "quality_column" in p.model_fields_set:
+            raise ValueError(f"minhash_dedup: quality_column {p.quality_column!r} is not a column of the documents")
+        return None
+
+    def run(self, ds):
+        p, ctx = self.params, self.ctx
+        bands, rows = self.bands_rows()
+        fp, fn = lsh_errors(p.threshold, bands, rows)
+        log.info("minhash_dedup: %d bands x %d rows (threshold %.2f: FP mass %.4f, FN mass %.4f)",
+                 bands, rows, p.threshold, fp, fn)
+        phases: dict[str, float] = {}
+        self.report = {"bands": bands, "rows": rows, "lsh_threshold": round((1 / bands) ** (1 / rows), 4),
+                       "false_positive_mass": round(fp, 5), "false_negative_mass": round(fn, 5),
+                       "seconds": phases}
+        hasher = MinHasher(p.num_perm, p.ngram, p.seed)
+        quality = self._quality_column(ds)
+
+        t = time.perf_counter()
+        columns = ["id", "text"] + ([quality] if quality else [])
+        sigs = ds.select_columns(columns).map_batches(
+            _signature_rows, batch_format="pyarrow", batch_size=1024,
+            fn_kwargs={"hasher": hasher, "quality": quality}).materialize()
+        n_docs = sigs.count()
+        phases["signatures"] = round(time.perf_counter() - t, 3)
+        if p.write_index:
+            self._write_index(sigs, n_docs)
+
+        all_sigs, earlier_docs = sigs, 0
+        for origin, corpus in enumerate(p.dedup_against):
+            earlier, n = _earlier_signatures(corpus, origin, p)
+            all_sigs, earlier_docs = all_sigs.union(earlier), earlier_docs + n
+        if p.dedup_against:
+            all_sigs = all_sigs.materialize()
+        self.report["earlier_corpus_docs"] = earlier_docs
+        n_parts = p.partitions or partition_count(ctx.num_cpus, (n_docs + earlier_docs) * bands)
+
+        t = time.perf_counter()
+        band_rows = all_sigs.map_batches(_band_rows, batch_format="pyarrow",
+                                         fn_kwargs={"num_perm": p.num_perm, "bands": bands, "rows": rows, "seed": p.seed})
+        members = map_partitions(band_rows, ["bucket"], n_parts, _candidate_members).materialize()
+        self.report["candidate_bucket_rows"] = members.count()
+        if p.verify:
+            sig_cols = all_sigs.select_columns(["node", "sig", "origin"])
+            with_sig = cogroup(members, sig_cols, "node", n_parts, _attach_signatures,
+                               left_schema=arrow_schema(members), right_schema=arrow_schema(sig_cols))
+            edges = map_partitions(with_sig, ["bucket"], n_parts, _verified_edges,
+                                   num_perm=p.num_perm, threshold=p.threshold)
+        else:
+            edges = map_partitions(members, ["bucket"], n_parts, _star_edges)
+        edges = edges.materialize()
+        self.report["edges"] = edges.count()
+        phases["banding"] = round(time.perf_counter() - t, 3)
+
+        t = time.perf_counter()
+        labels, rounds = connected_components(edges, n_parts)
+        labels = labels.materialize()
+        self.report["components_rounds"] = rounds
+        self.report["clustered_docs"] = labels.count()
+        phases["components"] = round(time.perf_counter() - t, 3)
+
+        t = time.perf_counter()
+        member_cols = all_sigs.select_columns(["node", "sig", "quality", "origin"])
+        members_full = cogroup(labels, member_cols, "node", n_parts, _attach_members,
+                               left_schema=arrow_schema(labels), right_schema=arrow_schema(member_cols))
+        verdicts = map_partitions(members_full, ["root"], n_parts, _decide, num_perm=p.num_perm,
+                                  threshold=p.threshold, max_cluster_size=p.max_cluster_size,
+                                  corpora=list(p.dedup_against)).materialize()
+        phases["clusters"] = round(time.perf_counter() - t, 3)
+        self.report["guard_releases"] = self._guard_report(verdicts)
+        return self._join_verdicts(ds, verdicts, n_parts)
+
+    def _join_verdicts(self, ds, verdicts, n_parts: int):
+        size_mb = verdicts.size_bytes() / 2**20
+        if size_mb <= self.params.broadcast_mb:
+            self.report["verdict_join"] = "broadcast"
+            return ds.map_batches(_apply_broadcast, batch_format="pyarrow", zero_copy_batch=True,
+                                  fn_kwargs={"verdicts": Broadcast(verdicts)})
+        # Many verdicts: one shuffle of the full rows (the texts move once) against them.
+        self.report["verdict_join"] = "cogroup"
+        rows = ds.drop_columns([c for c in (REASON, DETAIL) if c in arrow_schema(ds).names])
+        return cogroup(rows, verdicts, "id", n_parts, _apply_cogroup,
+                       left_schema=arrow_schema(rows), right_schema=VERDICT_SCHEMA)
+
+    def _guard_report(self, verdicts) -> list[dict[str, Any]]:
+        rows = verdicts.map_batches(_released_rows, batch_format="pyarrow", batch_size=None).take_all()
+        per_cluster: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            d = json.loads(r[DETAIL])
+            c = per_cluster.setdefault(d["released_from"], {"cluster": d["released_from"], "size": d["cluster_size"], "released": 0})
+            c["released"] += 1
+        return sorted(per_cluster.values(), key=lambda c: (-c["size"], c["cluster"]))
+
+    def _write_index(self, sigs, n_docs: int) -> None:
+        from curation.io.files import filesystem_for
+        from curation.pipeline import write_json_atomic
+
+        sigs.map_batches(_index_rows, batch_format="pyarrow").write_parquet(_join_uri(self.ctx.output, INDEX_DIR))
+        fs, root = filesystem_for(self.ctx.output)
+        write_json_atomic(fs, _join_uri(root, INDEX_META), index_meta(self.params, n_docs))
+        self.report["index"] = _join_uri(self.ctx.output, INDEX_DIR)
+
+    def summarize(self, out) -> dict[str, Any]:
+        dropped = out.map_batches(report.dropped_rows, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"reasons": REASONS}).select_columns(["id", REASON, DETAIL])
+        clusters = report.cluster_summary(dropped.map_batches(_cluster_rows, batch_format="pyarrow"), self.params.partitions or partition_count(self.ctx.num_cpus))
+        return {**self.report, **clusters,
+                "duplicate_rate_by_domain": report.duplicate_rates(out, "domain", REASONS),
+                "duplicate_rate_by_source": report.duplicate_rates(out, "source", REASONS),
+                "memory": report.peak_memory_mb()}
+
+
+def _released_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch[REASON], KEPT))
+
+
+def _cluster_rows(batch: pa.Table) -> pa.Table:
+    details = [json.loads(d) for d in batch[DETAIL].to_pylist()]
+    return pa.table({"cluster": [d["cluster"] for d in details], "kept": [d["kept"] for d in details],
+                     "id": batch["id"]})

@@ -1,0 +1,417 @@
+"""`tokenize`: train (or load) a byte-level BPE, encode every document, write token shards.
+
+    OUTPUT/tokenizer.json            the tokenizer (trained on a seeded sample, or copied)
+    OUTPUT/shards/shard-NNNNN.bin    token ids (uint16 when the vocabulary fits, else uint32)
+    OUTPUT/shards/shard-NNNNN.idx    document starts (see training/data/shards.py)
+    OUTPUT/manifest.json             written by `finalize(run_stats)` once the run's stats exist
+
+1. Tokenizer: `tokenizer: PATH` is copied byte for byte; otherwise a BPE is trained on the
+   driver from a sample streamed with `iter_batches` (documents kept with probability
+   train_sample_docs / docs by a hash of (seed, id), stopping at train_sample_bytes), so the
+   driver holds the trainer's pre-token counts, never the corpus.
+2. Encode: `map_batches` tasks; the tokenizer is built once per worker process from the
+   tokenizer.json text (so workers need no shared disk for it); `encode_batch_fast` per batch.
+   A document becomes `ids + [EOS]`: EOS separates documents in the packed stream and the .idx
+   marks where each starts, so no BOS by default (`add_bos: true` puts one in front too).
+   `n_bpe_tokens` is the length of that one copy, EOS (and BOS) included.
+3. Order: each document is written `repeats` times (the `mixture` stage's column; once when it
+   did not run). Copy r of document id gets the key hash(seed, id, r) and a Ray Data sort on the
+   key spreads repeats over the stream. The key is uniform on [0, 2^62), so the sort is given
+   exact boundaries for P equal ranges, P = ceil(tokens / (0.9 * shard_tokens)): each range then
+   fills about one shard (the 0.9 leaves room for the ranges' sampling noise).
+4. Write: one `ShardWriter` per key range (as Ray hands the sorted blocks over), into a folder
+   named after its first key; the driver then numbers the shards in key order by renaming them
+   (contents and hashes do not change). Output is identical for any block count of the input.
+
+Shards are plain local files: the run's output must be a local path that every Ray worker
+sees (one machine, or a shared mount).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
+from curation.stages.mixture import REPEATS
+from curation.tokenizer import (
+    BYTE_ALPHABET_SIZE,
+    SpecialTokens,
+    batched_texts,
+    load_tokenizer,
+    special_ids,
+    train_bpe,
+    vocab_size_of,
+)
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from training.data import ShardRecord
+
+TOKENIZER_FILE = "tokenizer.json"
+SHARDS_DIR = "shards"
+TOKENS = "_tokens"  # list<uint32> per document; never leaves the stage
+ORDER = "_order"
+N_BPE = "n_bpe_tokens"
+KEY_BITS = 62
+FILL = 0.9  # a sort range holds ~90% of a shard, so noise rarely spills it into a second one
+
+
+class TokenizeParams(StageParams):
+    vocab_size: int = Field(default=128_000, ge=BYTE_ALPHABET_SIZE + 3, le=2**32)
+    tokenizer: str | None = None  # an existing tokenizer.json (path or URI) instead of training
+    special_tokens: SpecialTokens = SpecialTokens()
+    min_frequency: int = Field(default=2, ge=1)  # BPE: a pair must occur this often to merge
+    train_sample_docs: int = Field(default=1_000_000, ge=1)
+    train_sample_bytes: int = Field(default=2**30, ge=1)
+    shard_tokens: int = Field(default=2**24, ge=1)
+    add_bos: bool = False
+    dataset_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_vocabulary(self) -> "TokenizeParams":
+        if self.tokenizer is not None and "vocab_size" in self.model_fields_set:
+            raise ValueError("vocab_size comes from the tokenizer file: give `tokenizer` or `vocab_size`, not both")
+        return self
+
+
+def local_output_dir(output: str) -> Path:
+    from pyarrow import fs as pafs
+
+    from curation.io.files import filesystem_for
+
+    fs, path = filesystem_for(output)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        raise ValueError(f"tokenize writes shards as local files: output {output!r} must be a local path "
+                         "(or a shared mount every Ray node sees)")
+    return Path(path)
+
+
+def _hash_key(data: bytes, person: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little")
+
+
+class _TrainSample:
+    """Keeps each document with probability `rate`, decided by hash(seed, id): same sample on
+    every run, whatever the blocks."""
+
+    def __init__(self, seed: int, rate: float):
+        self.prefix = f"{seed}\x00".encode()
+        self.threshold = int(rate * 2**64)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keep = [_hash_key(self.prefix + i.encode(), b"bpe-sample") < self.threshold for i in batch["id"].to_pylist()]
+        return batch.filter(pa.array(keep, pa.bool_()))
+
+
+_TOKENIZERS: dict[str, Any] = {}  # per worker process: sha256 of tokenizer.json -> tokenizer
+
+
+class _Encoder:
+    """Task: adds `_tokens`, `n_bpe_tokens` and a kept verdict. The tokenizer is built once per
+    worker process (Ray reuses them across tasks) and cached there.
+
+    NOTE: plain tasks rather than an actor pool: actors cost a fresh process each (seconds) and
+    hold their CPU for the whole operator, while the cached tokenizer gives the same
+    once-per-worker set-up."""
+
+    def __init__(self, tokenizer_json: str, eos: int, bos: int | None):
+        self.tokenizer_json = tokenizer_json
+        self.key = hashlib.sha256(tokenizer_json.encode()).hexdigest()
+        self.eos, self.bos = eos, bos
+
+    def _tokenizer(self):
+        tok = _TOKENIZERS.get(self.key)
+        if tok is None:
+            # One CPU per task: Ray supplies the parallelism, the tokenizer's own threads would
+            # only oversubscribe the cores.
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            tok = _TOKENIZERS[self.key] = load_tokenizer(self.tokenizer_json)
+        return tok
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = [t or "" for t in batch["text"].to_pylist()]
+        ids = [e.ids for e in self._tokenizer().encode_batch_fast(texts, add_special_tokens=False)]
+        head = 0 if self.bos is None else 1
+        lengths = np.fromiter((len(x) + head + 1 for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.empty(int(offsets[-1]), dtype=np.uint32)
+        for start, end, x in zip(offsets[:-1], offsets[1:], ids):
+            if head:
+                values[start] = self.bos
+            values[start + head:end - 1] = x
+            values[end - 1] = self.eos
+        tokens = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+        batch = set_column(batch, TOKENS, tokens)
+        batch = set_column(batch, N_BPE, pa.array(lengths, pa.int64()))
+        return with_verdicts(batch, [KEPT] * batch.num_rows, None)
+
+
+class _Copies:
+    """Each document `repeats` times, each copy with its order key hash(seed, id, r) in [0, 2^62)."""
+
+    def __init__(self, seed: int):
+        self.prefix = f"{seed}\x00".encode()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        if REPEATS in batch.column_names:
+            repeats = batch[REPEATS].to_numpy(zero_copy_only=False).astype(np.int64)
+            batch = batch.drop_columns([REPEATS])
+        else:
+            repeats = np.ones(n, dtype=np.int64)
+        rows = np.repeat(np.arange(n), repeats)
+        copy = np.arange(len(rows)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        ids = batch["id"].to_pylist()
+        keys = [_hash_key(self.prefix + ids[i].encode() + b"\x00" + str(r).encode(), b"order") >> (64 - KEY_BITS)
+                for i, r in zip(rows.tolist(), copy.tolist())]
+        out = batch.take(pa.array(rows, pa.int64()))
+        return out.append_column(ORDER, pa.array(keys, pa.int64()))
+
+
+_PART_SCHEMA = pa.schema([
+    ("part", pa.int64()), ("local", pa.int64()), ("path", pa.string()), ("index_path", pa.string()),
+    ("bytes", pa.int64()), ("tokens", pa.int64()), ("documents", pa.int64()), ("sha256", pa.string()),
+    ("index_sha256", pa.string()), ("domains", pa.string()), ("continues_previous", pa.bool_()),
+])
+
+
+class _PartWriter:
+    """Task: a sorted block -> shards in `parts_dir/<first key>/`, returned as record rows.
+
+    Ray may hand over a range split in several blocks, or (fused) several ranges in one batch:
+    the batch is cut at the sort boundaries here, so which documents share a shard depends only
+    on the ranges, never on how blocks were bundled."""
+
+    def __init__(self, parts_dir: str, dtype: str, shard_tokens: int, boundaries: list[int]):
+        self.parts_dir = Path(parts_dir)
+        self.dtype = dtype
+        self.shard_tokens = shard_tokens
+        self.boundaries = np.asarray(boundaries, dtype=np.int64)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from training.data import ShardWriter
+
+        if batch.num_rows == 0:
+            return _PART_SCHEMA.empty_table()
+        keys = batch[ORDER].to_numpy(zero_copy_only=False)
+        if np.any(keys[1:] < keys[:-1]):
+            raise RuntimeError("tokenize: a block after the sort is not in key order")
+        tokens = batch[TOKENS].combine_chunks()
+        offsets = tokens.offsets.to_numpy()
+        values = tokens.values.to_numpy()
+        domains = batch["domain"].to_pylist()
+        ranges = np.searchsorted(self.boundaries, keys, side="right")
+        cuts = np.flatnonzero(np.diff(ranges)) + 1
+        rows = []
+        for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(keys)]):
+            first = int(keys[start])
+            with ShardWriter(self.parts_dir / f"{first:016x}", self.dtype, target_tokens=self.shard_tokens) as writer:
+                for i in range(start, end):
+                    writer.add(values[offsets[i]:offsets[i + 1]], domains[i])
+            rows += [{"part": first, "local": k, "path": str(r.path), "index_path": str(r.index_path),
+                      "bytes": r.bytes, "tokens": r.tokens, "documents": r.documents, "sha256": r.sha256,
+                      "index_sha256": r.index_sha256, "domains": json.dumps(r.domains),
+                      "continues_previous": r.continues_previous} for k, r in enumerate(writer.records)]
+        return pa.Table.from_pylist(rows, schema=_PART_SCHEMA)
+
+
+def _token_partials(batch: pa.Table) -> pa.Table:
+    bpe = batch[N_BPE].to_numpy(zero_copy_only=False).astype(np.int64)
+    words = batch["n_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
+    repeats = (batch[REPEATS].to_numpy(zero_copy_only=False).astype(np.int64)
+               if REPEATS in batch.column_names else np.ones_like(bpe))
+    return pa.table({"docs": [batch.num_rows], "bpe": [int(bpe.sum())], "words": [int(words.sum())],
+                     "copies": [int(repeats.sum())], "bpe_out": [int((bpe * repeats).sum())]})
+
+
+def token_totals(encoded: "ray.data.Dataset") -> dict[str, int]:
+    """docs, bpe (one copy each), words, copies and bpe_out (with repeats) over `encoded`."""
+    columns = [N_BPE, "n_tokens"] + ([REPEATS] if REPEATS in encoded.columns() else [])
+    totals = {"docs": 0, "bpe": 0, "words": 0, "copies": 0, "bpe_out": 0}
+    for row in encoded.select_columns(columns).map_batches(_token_partials, batch_format="pyarrow",
+                                                           batch_size=None).take_all():
+        for k in totals:
+            totals[k] += int(row[k])
+    return totals
+
+
+def write_shards(encoded: "ray.data.Dataset", shards_dir: Path, dtype: str, shard_tokens: int, seed: int,
+                 total_tokens: int) -> list["ShardRecord"]:
+    """Every copy of every document of `encoded`, in hash order, as numbered shards."""
+    from training.data import ShardRecord
+    from training.data.shards import shard_name
+
+    partitions = max(1, math.ceil(total_tokens / (FILL * shard_tokens)))
+    # The last boundary is the end of the key space (no key reaches it): the list is never
+    # empty, which would make Ray sample boundaries instead.
+    boundaries = [(i << KEY_BITS) // partitions for i in range(1, partitions + 1)]
+    columns = ["id", "domain", TOKENS] + ([REPEATS] if REPEATS in encoded.columns() else [])
+    parts_dir = shards_dir / ".parts"
+    rows = (encoded.select_columns(columns)
+            .map_batches(_Copies(seed), batch_format="pyarrow", batch_size=1024)
+            .sort(ORDER, boundaries=boundaries)
+            .map_batches(_PartWriter(str(parts_dir), dtype, shard_tokens, boundaries), batch_format="pyarrow",
+                         batch_size=None)
+            .take_all())
+    records = []
+    for k, row in enumerate(sorted(rows, key=lambda r: (r["part"], r["local"]))):
+        bin_path, idx_path = shards_dir / f"{shard_name(k)}.bin", shards_dir / f"{shard_name(k)}.idx"
+        os.replace(row["index_path"], idx_path)
+        os.replace(row["path"], bin_path)
+        records.append(ShardRecord(path=bin_path, index_path=idx_path, bytes=row["bytes"], tokens=row["tokens"],
+                                   documents=row["documents"], sha256=row["sha256"], index_sha256=row["index_sha256"],
+                                   domains=json.loads(row["domains"]), continues_previous=row["continues_previous"]))
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return records
+
+
+class Tokenize(Stage):
+    name = "tokenize"
+    method = "Byte-level BPE + shards"
+    Params = TokenizeParams
+    reads = ("id", "text", "domain", "n_tokens")  # and `repeats`, when the mixture stage ran
+    writes = (N_BPE,)
+
+    def __init__(self, params: TokenizeParams, ctx: RunContext):
+        super().__init__(params, ctx)
+        self.records: list[ShardRecord] = []
+        self.summary: dict[str, Any] = {}
+
+    @property
+    def out_dir(self) -> Path:
+        return local_output_dir(self.ctx.output)
+
+    def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+        from training.data import dtype_for_vocab
+
+        p: TokenizeParams = self.params
+        out_dir = self.out_dir
+        started = time.perf_counter()
+        n_docs = ds.count()
+        if n_docs == 0:
+            raise ValueError("tokenize: no documents reached this stage, so there is nothing to tokenize")
+        tokenizer_json, training = self._tokenizer(ds, n_docs, out_dir / TOKENIZER_FILE)
+        tok = load_tokenizer(tokenizer_json)
+        ids = special_ids(tok, p.special_tokens)
+        if p.add_bos and ids.bos is None:
+            raise ValueError(f"add_bos: the tokenizer has no {p.special_tokens.bos!r} token")
+        vocab = vocab_size_of(tok)
+        dtype = dtype_for_vocab(vocab)
+        trained_at = time.perf_counter()
+
+        encoder = _Encoder(tokenizer_json, ids.eos, ids.bos if p.add_bos else None)
+        encoded = ds.map_batches(encoder, batch_format="pyarrow", batch_size=512, zero_copy_batch=True).materialize()
+        totals = token_totals(encoded)
+        encoded_at = time.perf_counter()
+
+        self.records = write_shards(encoded, out_dir / SHARDS_DIR, dtype, p.shard_tokens, self.ctx.seed,
+                                    totals["bpe_out"])
+        written_at = time.perf_counter()
+        self.summary = {
+            "tokenizer": {**training, "file": TOKENIZER_FILE, "vocab_size": vocab,
+                          "special_ids": {"bos": ids.bos, "eos": ids.eos, "pad": ids.pad}, "add_bos": p.add_bos},
+            "dtype": dtype,
+            "bpe_tokens": totals["bpe"],
+            "bpe_tokens_per_word": round(totals["bpe"] / totals["words"], 4) if totals["words"] else None,
+            "documents_written": sum(r.documents - r.continues_previous for r in self.records),
+            "tokens_written": sum(r.tokens for r in self.records),
+            "shards": len(self.records),
+            "shard_bytes": sum(r.bytes for r in self.records),
+            "seconds": {"tokenizer": round(trained_at - started, 3), "encode": round(encoded_at - trained_at, 3),
+                        "shards": round(written_at - encoded_at, 3)},
+        }
+        if self.summary["tokens_written"] != totals["bpe_out"]:
+            raise RuntimeError(f"tokenize: wrote {self.summary['tokens_written']} tokens, expected {totals['bpe_out']}")
+        return encoded.drop_columns([TOKENS])
+
+    def summarize(self, out: "ray.data.Dataset") -> dict[str, Any]:
+        return dict(self.summary)
+
+    def _tokenizer(self, ds: "ray.data.Dataset", n_docs: int, path: Path) -> tuple[str, dict[str, Any]]:
+        """The tokenizer.json text (also saved at `path`) and how it was obtained."""
+        p: TokenizeParams = self.params
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if p.tokenizer is not None:
+            from curation.io.files import filesystem_for
+
+            fs, src = filesystem_for(p.tokenizer)
+            with fs.open_input_stream(src) as f:
+                raw = f.read()
+            path.write_bytes(raw)
+            return raw.decode(), {"trained": False, "source": p.tokenizer}
+        rate = min(1.0, p.train_sample_docs / n_docs)
+        sample = ds.select_columns(["id", "text"]).map_batches(_TrainSample(self.ctx.seed, rate),
+                                                               batch_format="pyarrow")
+        counted = {"docs": 0, "bytes": 0}
+
+        def texts():
+            for chunk in batched_texts(sample.iter_batches(batch_format="pyarrow", batch_size=256),
+                                       p.train_sample_docs, p.train_sample_bytes):
+                counted["docs"] += len(chunk)
+                counted["bytes"] += sum(len(t.encode()) for t in chunk)
+                yield chunk
+
+        tok = train_bpe(texts(), p.vocab_size, p.special_tokens, p.min_frequency)
+        tok.save(str(path))
+        return path.read_text(), {"trained": True, "requested_vocab_size": p.vocab_size,
+                                  "sample_docs": counted["docs"], "sample_bytes": counted["bytes"]}
+
+    def finalize(self, run_stats: dict[str, Any]) -> Path:
+        """Write OUTPUT/manifest.json: shards, tokenizer, mixture, provenance (the run's
+        `RunStats.to_json()`). The pipeline calls it once the run's stats are complete."""
+        from training.data import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+        from training.data.manifest import installed_flywheel_version
+
+        if not self.records:
+            raise RuntimeError("tokenize.finalize: no shards were written (run() has not run)")
+        out_dir = self.out_dir
+        tok = self.summary["tokenizer"]
+        config = run_stats.get("config", {})
+        manifest_path = out_dir / MANIFEST_NAME
+        manifest = build_manifest(
+            manifest_path=manifest_path,
+            dataset_id=self.params.dataset_id or f"{out_dir.name}-{run_stats['config_sha256'][:12]}",
+            dtype=self.summary["dtype"],
+            tokenizer={"path": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE),
+                       "vocab_size": tok["vocab_size"], "special_ids": tok["special_ids"]},
+            records=self.records,
+            mixture=manifest_mixture(run_stats, self.records),
+            provenance={
+                "inputs": config.get("inputs", []),
+                "config": config,
+                "config_sha256": run_stats["config_sha256"],
+                "stages": run_stats.get("stages", []),
+                "created_at": datetime.now(timezone.utc),
+                "flywheel_version": installed_flywheel_version(),
+            },
+        )
+        return write_manifest(manifest_path, manifest)
+
+
+def manifest_mixture(run_stats: dict[str, Any], records: list["ShardRecord"]) -> dict[str, Any]:
+    """The `mixture` stage's summary when it ran; else the natural mix of the shards."""
+    for stage in run_stats.get("stages", []):
+        if stage.get("name") == "mixture" and stage.get("extra"):
+            return {"sampled": True, **stage["extra"]}
+    tokens: dict[str, int] = {}
+    for r in records:
+        for d, t in r.domains.items():
+            tokens[d] = tokens.get(d, 0) + t
+    total = sum(tokens.values())
+    return {"sampled": False, "temperature": 1.0,
+            "weights": {d: round(t / total, 6) for d, t in sorted(tokens.items())},
+            "epochs": {d: 1.0 for d in sorted(tokens)}}

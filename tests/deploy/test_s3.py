@@ -1,0 +1,138 @@
+"""The `s3://` storage path, for real, against moto's S3 server on loopback.
+
+The deploy files point the service and the curation workers at object storage with the standard
+AWS variables only (AWS_ENDPOINT_URL_S3 + keys): `pyarrow.fs.FileSystem.from_uri` honours
+AWS_ENDPOINT_URL (Arrow 14, apache/arrow#36791) and AWS_ENDPOINT_URL_S3 (Arrow 15,
+apache/arrow#39160), so `curation/io/files.py` needs no S3 options of its own. Note that a bare
+`S3FileSystem()` does not read them (apache/arrow#49643): code must go through `from_uri`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+
+KEY, SECRET, REGION, BUCKET = "flywheel-test", "flywheel-test-secret", "us-east-1", "flywheel-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 on 127.0.0.1 with the AWS variables a pod would get; one bucket created."""
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        admin = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key=KEY,
+                                  secret_key=SECRET, region=REGION, allow_bucket_creation=True)
+        admin.create_dir(BUCKET)
+        yield endpoint
+    server.stop()
+
+
+def test_s3filesystem_reads_writes_lists_and_deletes(s3_endpoint):
+    host = s3_endpoint.removeprefix("http://")
+    fs = pafs.S3FileSystem(endpoint_override=host, scheme="http", access_key=KEY, secret_key=SECRET, region=REGION)
+    payload = os.urandom(6 * 1024 * 1024 + 17)  # over pyarrow's 5 MB upload part: a multipart upload
+    with fs.open_output_stream(f"{BUCKET}/probe/blob.bin") as f:
+        f.write(payload)
+    info = fs.get_file_info(f"{BUCKET}/probe/blob.bin")
+    assert info.type == pafs.FileType.File and info.size == len(payload)
+    with fs.open_input_file(f"{BUCKET}/probe/blob.bin") as f:
+        assert f.read() == payload
+        f.seek(len(payload) - 17)  # ranged GET, as shard readers do
+        assert f.read() == payload[-17:]
+    table = pa.table({"id": ["a", "b"], "n": [1, 2]})
+    pq.write_table(table, f"{BUCKET}/probe/t.parquet", filesystem=fs)
+    assert pq.read_table(f"{BUCKET}/probe/t.parquet", filesystem=fs).equals(table)
+    listed = {i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/probe"))}
+    assert listed == {f"{BUCKET}/probe/blob.bin", f"{BUCKET}/probe/t.parquet"}
+    fs.delete_dir(f"{BUCKET}/probe")
+    assert fs.get_file_info(f"{BUCKET}/probe/t.parquet").type == pafs.FileType.NotFound
+
+
+def test_from_uri_uses_the_endpoint_from_the_environment(s3_endpoint):
+    """What `curation.io.files.filesystem_for` does with an s3:// URI in a configured pod."""
+    from curation.io.files import filesystem_for
+
+    fs, path = filesystem_for(f"s3://{BUCKET}/env/hello.txt")
+    assert isinstance(fs, pafs.S3FileSystem) and path == f"{BUCKET}/env/hello.txt"
+    with fs.open_output_stream(path) as f:
+        f.write(b"through AWS_ENDPOINT_URL_S3")
+    fs2, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}/env/")
+    with fs2.open_input_stream(path) as f:
+        assert f.read() == b"through AWS_ENDPOINT_URL_S3"
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3_env(s3_endpoint):
+    """A Ray started *after* the AWS variables are set, so its workers inherit them.
+
+    A Ray already running in this test session (the `ray_local` fixture) was started without
+    them; it is stopped here and started again, same size, afterwards.
+    """
+    import ray
+
+    from curation import runtime
+
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    runtime.init_ray(num_cpus=2, object_store_mb=200)
+    yield ray
+    ray.shutdown()
+    if was_running:
+        with pytest.MonkeyPatch.context() as mp:
+            for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                mp.delenv(k, raising=False)
+            runtime.init_ray(num_cpus=2, object_store_mb=200)
+
+
+@pytest.mark.slow
+def test_pipeline_reads_and_writes_s3(ray_with_s3_env):
+    from curation.config import parse_config
+    from curation.pipeline import run_pipeline
+
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}/")
+    docs = [{"id": f"d{i:02}", "text": f"Document {i} about storage.", "url": f"https://ex.org/p/{i}"}
+            for i in range(30)]
+    docs += [{"id": "d90", "text": "copy of a page", "url": "https://EX.org/p/3?utm_source=x"},
+             {"id": "d91", "text": "  DOCUMENT 5 about   storage.", "url": None}]
+    lines = "".join(json.dumps(d) + "\n" for d in docs) + "{not json\n"
+    with fs.open_output_stream(f"{BUCKET}/raw/part-0.jsonl") as f:
+        f.write(lines.encode())
+
+    cfg = parse_config({"inputs": [f"s3://{BUCKET}/raw/"], "output": f"s3://{BUCKET}/runs/r1", "seed": 3,
+                        "stages": ["url_dedup", "exact_dedup"]})
+    result = run_pipeline(cfg)
+
+    with fs.open_input_stream(f"{BUCKET}/runs/r1/stats.json") as f:
+        stats = json.loads(f.read())
+    read, url, exact = stats["stages"]
+    assert read["docs_in"] == len(docs) + 1 and read["dropped"] == {"malformed": 1}
+    assert url["dropped"] == {"duplicate_url": 1} and exact["dropped"] == {"exact_duplicate": 1}
+    assert result.stats_path == f"s3://{BUCKET}/runs/r1/stats.json"
+
+    kept = pq.read_table(f"{BUCKET}/runs/r1/data", filesystem=fs)
+    assert kept.num_rows == exact["docs_out"] == len(docs) - 2
+    assert {"d90", "d91"}.isdisjoint(kept.column("id").to_pylist())
+    rejects = pq.read_table(f"{BUCKET}/runs/r1/rejects", filesystem=fs)
+    assert sorted(rejects.column("reason").to_pylist()) == ["duplicate_url", "exact_duplicate", "malformed"]

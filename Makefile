@@ -27,11 +27,19 @@ $(STAMP): pyproject.toml Makefile deploy/scripts/install-system-packages.sh
 $(DEMO_CORPUS)/truth.json: | $(STAMP)
 	$(VENV)/bin/flywheel demo-corpus $(DEMO_CORPUS) --seed 0
 
-demo: $(STAMP) $(DEMO_CORPUS)/truth.json
+# Per-domain n-gram models for the perplexity stage, from the reference text the demo corpus
+# builder writes (sources the corpus itself does not use).
+$(DEMO_CORPUS)/lm/%.arpa: $(DEMO_CORPUS)/truth.json
+	$(VENV)/bin/flywheel train-lm --domain $* --input $(DEMO_CORPUS)/reference/$*.jsonl --out $@ --order 5
+
+DEMO_LMS := $(DEMO_CORPUS)/lm/web.arpa $(DEMO_CORPUS)/lm/books.arpa $(DEMO_CORPUS)/lm/code.arpa
+
+demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(VENV)/bin/flywheel curate curation/configs/demo.yaml --overwrite
 
+# FLYWHEEL_TEST_POSTGRES=1: the service tests run against a throwaway PostgreSQL as well as SQLite.
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout=900
+	FLYWHEEL_TEST_POSTGRES=1 $(PY) -m pytest -q --timeout=900
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

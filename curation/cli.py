@@ -244,6 +244,15 @@ def validate_manifest(target: str = typer.Argument(..., help="manifest.json path
     raise typer.Exit(validate_manifest_cli(target))
 
 
+def _register_groups() -> None:
+    from api.cli import register  # imports only typer/rich: the service loads when used
+
+    register(app)
+
+
+_register_groups()
+
+
 def main() -> None:
     try:
         app()

@@ -138,6 +138,9 @@ class Fetcher:
                 self._http = httpx.Client(timeout=self._timeout, follow_redirects=True)
         # identity: Range offsets then count file bytes, and nothing decodes what we hash.
         headers = {"Accept-Encoding": "identity"}
+        # The curation service wants a bearer token unless it runs with --no-auth.
+        if token := os.environ.get("FLYWHEEL_TOKEN"):
+            headers["Authorization"] = f"Bearer {token}"
         if start:
             headers["Range"] = f"bytes={start}-"
         try:

@@ -1,0 +1,68 @@
+"""The FastAPI application: `create_app(settings)`.
+
+    uvicorn --factory api.app:app_from_env        # or: flywheel serve [--host --port] [--no-auth]
+
+Start-up migrates the database (Alembic `upgrade head`), fails jobs a previous process left
+`running` without a live Ray actor, and starts the job reaper (see api/services.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import ROOT_ROUTERS, V1_ROUTERS
+from api.services import Services
+from api.settings import Settings
+
+DESCRIPTION = """\
+Flywheel's curation service. Upload or register corpora, run curation configs on Ray, follow
+their per-stage progress, ask why any document was dropped, and stream the resulting token
+shards (HTTP Range, ETag = sha256) to training clients.
+
+Every route but `/healthz` needs `Authorization: Bearer <token>` (`flywheel token create NAME
+[--scope read|admin]`); `read` tokens may GET, `admin` tokens may also create and cancel.
+"""
+
+TAGS = [
+    {"name": "corpora", "description": "Input data: streamed uploads, or files registered by URI."},
+    {"name": "jobs", "description": "Curation runs on Ray: state, progress, stats, rejects."},
+    {"name": "documents", "description": "Why a document was dropped."},
+    {"name": "manifests", "description": "Token-shard manifests and their files."},
+    {"name": "service", "description": "Health and metrics."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        app_version = version("flywheel")
+    except PackageNotFoundError:
+        app_version = "0+unknown"
+    app = FastAPI(title="Flywheel", version=app_version, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+    for router in V1_ROUTERS:
+        app.include_router(router, prefix="/v1")
+    for router in ROOT_ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app(Settings.from_env())

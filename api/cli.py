@@ -1,0 +1,257 @@
+"""Service commands for the `flywheel` CLI: the server, API tokens, and a small HTTP client.
+
+Mount them on the main Typer app with `api.cli.register(app)`:
+
+    flywheel serve [--host 127.0.0.1] [--port 8000] [--no-auth]
+    flywheel token create NAME [--scope read|admin]
+    flywheel corpora upload FILE [--domain D] [--name N]      flywheel corpora list
+    flywheel jobs submit CONFIG --corpus ID [--corpus ID ...] [--watch]
+    flywheel jobs watch ID                                    flywheel jobs stats ID
+
+Client commands read `--url`/`FLYWHEEL_URL` (default http://127.0.0.1:8000) and
+`--token`/`FLYWHEEL_TOKEN`. Heavy imports (FastAPI, SQLAlchemy, Ray) happen inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+token_app = typer.Typer(help="API tokens of the service.", no_args_is_help=True, add_completion=False)
+corpora_app = typer.Typer(help="Corpora on a Flywheel service.", no_args_is_help=True, add_completion=False)
+jobs_app = typer.Typer(help="Curation jobs on a Flywheel service.", no_args_is_help=True, add_completion=False)
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="FLYWHEEL_URL", help="Service base URL.")]
+TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="FLYWHEEL_TOKEN", help="API token.",
+                                                    show_default=False)]
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+# --- server side -----------------------------------------------------------------------------
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local use).")] = False,
+) -> None:
+    """Run the curation service (uvicorn). Settings come from FLYWHEEL_* variables."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    settings = Settings.from_env(auth=False if no_auth else None)
+    if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning:[/] --no-auth on {host}: anyone who reaches this port is admin")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the token.")],
+    scope: Annotated[str, typer.Option(help="read (GET only) or admin (also create and cancel).")] = "read",
+) -> None:
+    """Create an API token and print it once (only its hash is stored)."""
+    from api.auth import create_token
+    from api.db import Database
+    from api.models import SCOPES
+    from api.settings import Settings
+
+    if scope not in SCOPES:
+        _fail(f"--scope must be one of {', '.join(SCOPES)}")
+    settings = Settings.from_env()
+    settings.prepare()
+    db = Database(settings.database_url)
+    db.migrate()
+    with db.session() as s:
+        row, token = create_token(s, name, scope, settings.token_pepper)
+    db.dispose()
+    err_console.print(f"token {row.id} ({scope}) for {name!r}; it is shown only now:", highlight=False)
+    print(token)
+
+
+# --- client side -----------------------------------------------------------------------------
+
+def _client(url: str, token: str | None, timeout: float = 60.0):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _call(client, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as e:
+        _fail(f"cannot reach {client.base_url}: {e}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"{response.status_code} {detail}")
+    return response.json()
+
+
+class _CountingFile:
+    """A file whose reads advance a progress bar (httpx streams multipart bodies by reading)."""
+
+    def __init__(self, f, advance) -> None:
+        self._f, self._advance = f, advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._advance(len(data))
+        return data
+
+    def seek(self, *args: Any) -> int:
+        return self._f.seek(*args)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
+@corpora_app.command("upload")
+def corpora_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, JSONL.gz/.zst or Parquet.")],
+    domain: Annotated[Optional[str], typer.Option(help="Domain of records that carry none.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Display name (default: the file name).")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Upload a corpus file (streamed, with a progress bar); prints the corpus as JSON."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    fields = {k: v for k, v in (("domain", domain), ("name", name)) if v}
+    progress = Progress(TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), console=err_console, transient=True)
+    with progress, open(file, "rb") as f, _client(url, token, timeout=600) as client:
+        task = progress.add_task(file.name, total=file.stat().st_size)
+        body = _CountingFile(f, lambda n: progress.update(task, advance=n))
+        corpus = _call(client, "POST", "/v1/corpora", files={"file": (file.name, body, "application/octet-stream")},
+                       data=fields)
+    console.print_json(json.dumps(corpus))
+
+
+@corpora_app.command("list")
+def corpora_list(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """List corpora: id, state, documents, name."""
+    with _client(url, token) as client:
+        page = _call(client, "GET", "/v1/corpora", params={"limit": 1000})
+    for c in page["items"]:
+        console.print(f"{c['id']}  {c['state']:<9} {c['documents'] or 0:>12,} docs  {c['name']}", highlight=False)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Curation config (YAML).")],
+    corpus: Annotated[list[str], typer.Option("--corpus", help="Corpus id to read. Repeatable.")],
+    watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Submit a config over corpora; prints the job id. `inputs`/`output` of the file are ignored."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as e:
+        _fail(f"{config}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(data, dict):
+        _fail(f"{config}: expected a mapping at the top level")
+    dropped = [k for k in ("inputs", "output") if data.pop(k, None) is not None]
+    if dropped:
+        err_console.print(f"note: {' and '.join(dropped)} of {config.name} ignored: the service reads the corpora "
+                          "and chooses the output", highlight=False)
+    with _client(url, token) as client:
+        job = _call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus, "config": data})
+    print(job["id"])
+    if watch:
+        jobs_watch(job["id"], url=url, token=token)
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Follow a job with a progress bar; exit 0 if it succeeds, 1 if it fails or is cancelled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    with progress, _client(url, token) as client:
+        task = None
+        while True:
+            job = _call(client, "GET", f"/v1/jobs/{job_id}")
+            done = sum(s["state"] == "done" for s in job["stages"])
+            if task is None:
+                task = progress.add_task(job["state"], total=len(job["stages"]))
+            progress.update(task, completed=done, description=f"{job['state']}: {job['phase'] or ''}")
+            if job["state"] in TERMINAL:
+                break
+            time.sleep(interval)
+    for s in job["stages"]:
+        if s["state"] == "done":
+            console.print(f"  {s['name']:<24} {s['docs_in']:>10,} -> {s['docs_out']:>10,} docs  {s['seconds']:8.1f}s",
+                          highlight=False)
+    if job["state"] != "succeeded":
+        _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""), code=1)
+    console.print(f"job {job_id} succeeded" + (f"; manifest {job['manifest_id']}" if job["manifest_id"] else ""),
+                  highlight=False)
+
+
+@jobs_app.command("stats")
+def jobs_stats(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
+) -> None:
+    """Print a finished job's per-stage table (its stats.json)."""
+    with _client(url, token) as client:
+        stats = _call(client, "GET", f"/v1/jobs/{job_id}/stats")
+    if as_json:
+        console.print_json(json.dumps(stats))
+        return
+    from curation.cli import print_stats_table
+    from curation.stats import RunStats
+
+    print_stats_table(RunStats.from_json(stats))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount every service command on the main CLI app."""
+    app.command("serve")(serve)
+    app.add_typer(token_app, name="token")
+    app.add_typer(corpora_app, name="corpora")
+    app.add_typer(jobs_app, name="jobs")
+
+
+__all__ = ["serve", "token_create", "token_app", "corpora_app", "jobs_app", "register"]
+
+if __name__ == "__main__":  # python -m api.cli ...: the service commands alone
+    _standalone = typer.Typer(no_args_is_help=True, add_completion=False)
+    register(_standalone)
+    _standalone()

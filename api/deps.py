@@ -1,0 +1,34 @@
+"""FastAPI dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.services import Services
+
+# JSON bodies here are small (a config, a URI): anything bigger is refused with 413 unread.
+JSON_BODY_LIMIT = 1024 * 1024
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with get_services(request).db.session() as session:
+        yield session
+
+
+def base_url(request: Request) -> str:
+    """Where clients reach this service: FLYWHEEL_PUBLIC_URL, else what the request used."""
+    return get_services(request).settings.public_url or str(request.base_url).rstrip("/")
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+# scope="function": commit (and give the connection back) before the response is sent, so a
+# client's next request sees what this one wrote, and no connection is held while a shard streams.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

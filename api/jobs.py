@@ -1,0 +1,221 @@
+"""Curation jobs: rows in the database, work on Ray.
+
+    POST /jobs --> row `queued` + one `job_stages` row per step --> detached named actor
+                   `flywheel-job-<id>` (namespace "flywheel") runs `Pipeline(config).run()`
+    actor      --> writes `running`, per-stage progress, then `succeeded` | `failed` itself
+    cancel     --> row `cancelled`, then `ray.kill(actor)`
+
+The actor opens the database from its URL and writes every state change: nothing about a job
+lives only in the web process, and a detached actor on a Ray cluster outlives a web restart.
+Every transition is a conditional UPDATE (`WHERE state IN (...)`), so a cancel, the actor's last
+write and the reaper below never overwrite each other's verdict.
+
+The reaper (at start-up, then every `reap_interval_s`) looks for queued/running jobs without a
+live actor: a `running` one is marked failed ("lost on restart" at start-up); a `queued` one whose
+actor never started is started again (nothing of it ran, the output is overwritten).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.db import Database
+from api.models import ACTIVE_STATES, Job, JobStage, utcnow
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAMESPACE = "flywheel"
+LOST_ON_RESTART = "lost on restart: the job's Ray actor no longer exists"
+ACTOR_DIED = "the job's Ray actor exited without reporting a result (worker crashed or was killed)"
+
+
+def actor_name(job_id: str) -> str:
+    return f"flywheel-job-{job_id}"
+
+
+def transition(session: Session, job_id: str, from_states: tuple[str, ...], to_state: str, **values: Any) -> bool:
+    """Move a job to `to_state` only if it is in `from_states`; True when this call did it."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(from_states))
+        .values(state=to_state, updated_at=utcnow(), **values)
+    )
+    return result.rowcount == 1
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:2000]
+
+
+class ProgressRecorder:
+    """`Pipeline(progress=...)` callback that writes stage events into `job_stages`."""
+
+    def __init__(self, db: Database, job_id: str) -> None:
+        self.db, self.job_id = db, job_id
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            if event == "stage_start":
+                self._stage(s, info["index"], state="running", started_at=now)
+                self._phase(s, f"{info['name']} ({info['index'] + 1}/{info['total']})")
+            elif event == "stage_done":
+                st = info["stats"]
+                self._stage(s, info["index"], state="done", finished_at=now, docs_in=st.docs_in,
+                            docs_out=st.docs_out, tokens_in=st.tokens_in, tokens_out=st.tokens_out,
+                            dropped=dict(st.dropped), seconds=st.seconds)
+                if info["index"] == 0:
+                    s.execute(update(Job).where(Job.id == self.job_id).values(docs_in=st.docs_in))
+            elif event == "write_start":
+                self._phase(s, "writing output")
+
+    def _stage(self, s: Session, position: int, **values: Any) -> None:
+        s.execute(update(JobStage).where(JobStage.job_id == self.job_id, JobStage.position == position).values(**values))
+
+    def _phase(self, s: Session, phase: str) -> None:
+        s.execute(update(Job).where(Job.id == self.job_id, Job.state == "running")
+                  .values(phase=phase, updated_at=utcnow()))
+
+
+def execute_job(database_url: str, job_id: str) -> str:
+    """Run one queued job to its end, writing every state change; returns the final state.
+
+    Runs inside the job's Ray actor (tests may call it directly).
+    """
+    from curation.config import parse_config
+    from curation.pipeline import Pipeline
+
+    from api.manifests import ManifestInvalid, register_job_manifest
+
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            if not transition(s, job_id, ("queued",), "running", started_at=utcnow(), phase="starting"):
+                return s.scalar(select(Job.state).where(Job.id == job_id)) or "missing"
+            job = s.get(Job, job_id)
+            config, output_uri = job.config, job.output_uri
+        try:
+            Pipeline(parse_config(config), overwrite=True, progress=ProgressRecorder(db, job_id)).run()
+        except Exception as e:  # the job's verdict, not the actor's crash
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            with db.session() as s:
+                transition(s, job_id, ("running",), "failed", error=describe(e), finished_at=utcnow(), phase=None)
+            return "failed"
+        try:
+            with db.session() as s:
+                docs_out = s.scalar(select(JobStage.docs_out).where(JobStage.job_id == job_id)
+                                    .order_by(JobStage.position.desc()).limit(1))
+                if not transition(s, job_id, ("running",), "succeeded", finished_at=utcnow(), phase="done",
+                                  docs_out=docs_out):
+                    s.rollback()
+                    return s.scalar(select(Job.state).where(Job.id == job_id)) or "missing"
+                register_job_manifest(s, job_id, output_uri)
+        except ManifestInvalid as e:
+            with db.session() as s:
+                transition(s, job_id, ("running", "succeeded"), "failed", error=str(e), finished_at=utcnow(),
+                           phase=None)
+            return "failed"
+        return "succeeded"
+    finally:
+        db.dispose()
+
+
+class _JobActor:
+    """One curation job. `num_cpus=0`: it only drives Ray Data, whose tasks take the CPUs."""
+
+    def run(self, database_url: str, job_id: str) -> None:
+        import ray
+
+        try:
+            execute_job(database_url, job_id)
+        finally:
+            ray.actor.exit_actor()  # detached actors live until told to go
+
+
+@cache
+def _actor_class():
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(_JobActor)
+
+
+class JobRunner:
+    """The web process's side: start, cancel and check job actors (Ray is started on first use)."""
+
+    def __init__(self, db: Database, *, start_grace_s: float = 60.0) -> None:
+        self.db = db
+        self.start_grace = timedelta(seconds=start_grace_s)
+
+    def _ray(self):
+        import ray
+
+        from curation import runtime
+
+        runtime.init_ray()
+        return ray
+
+    def start(self, job_id: str) -> None:
+        """Create (or find) the job's actor and tell it to run; returns at once."""
+        ray = self._ray()
+        actor = _actor_class().options(
+            name=actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
+        ).remote()
+        actor.run.remote(self.db.url, job_id)  # fire and forget: the actor reports through the database
+
+    def start_or_fail(self, job_id: str) -> None:
+        try:
+            self.start(job_id)
+        except Exception as e:  # Ray unreachable: the job cannot run, say so instead of queueing forever
+            log.exception("could not start job %s", job_id)
+            with self.db.session() as s:
+                transition(s, job_id, ACTIVE_STATES, "failed", error=f"could not start on Ray: {describe(e)}",
+                           finished_at=utcnow())
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark the job cancelled and kill its actor; False if it had already finished."""
+        with self.db.session() as s:
+            if not transition(s, job_id, ACTIVE_STATES, "cancelled", finished_at=utcnow(), phase=None):
+                return False
+        ray = self._ray()
+        try:
+            ray.kill(ray.get_actor(actor_name(job_id), namespace=ACTOR_NAMESPACE), no_restart=True)
+        except ValueError:  # no such actor: it had not started or already exited
+            pass
+        return True
+
+    def actor_alive(self, job_id: str) -> bool:
+        ray = self._ray()
+        try:
+            ray.get_actor(actor_name(job_id), namespace=ACTOR_NAMESPACE)
+            return True
+        except ValueError:
+            return False
+
+    def reap(self, reason: str = ACTOR_DIED, *, at_startup: bool = False) -> dict[str, list[str]]:
+        """Fail running jobs whose actor is gone; restart queued jobs whose actor never came."""
+        with self.db.session() as s:
+            active = s.execute(select(Job.id, Job.state, Job.created_at).where(Job.state.in_(ACTIVE_STATES))).all()
+        done: dict[str, list[str]] = {"failed": [], "restarted": []}
+        if not active:
+            return done  # no Ray needed for an idle service
+        now = utcnow()
+        for job_id, state, created_at in active:
+            if self.actor_alive(job_id):
+                continue
+            if state == "running":
+                with self.db.session() as s:
+                    if transition(s, job_id, ("running",), "failed", error=reason, finished_at=now, phase=None):
+                        done["failed"].append(job_id)
+            elif at_startup or now - created_at > self.start_grace:
+                log.warning("job %s was queued without an actor: starting it again", job_id)
+                self.start_or_fail(job_id)
+                done["restarted"].append(job_id)
+        return done

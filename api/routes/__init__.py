@@ -1,0 +1,13 @@
+"""Routers, one module per resource.
+
+`V1_ROUTERS` are mounted under `/v1`, `ROOT_ROUTERS` at `/` (health, metrics). Another resource
+plugs in by adding its module's `router` here: `routes/training_jobs.py` belongs in V1_ROUTERS,
+`routes/dashboard.py` (HTML pages) in ROOT_ROUTERS.
+"""
+
+from api.routes import corpora, documents, health, jobs, manifests, metrics, tokenizers
+
+V1_ROUTERS = [corpora.router, jobs.router, documents.router, manifests.router, tokenizers.router]
+ROOT_ROUTERS = [health.router, metrics.router]
+
+__all__ = ["V1_ROUTERS", "ROOT_ROUTERS"]

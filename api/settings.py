@@ -1,0 +1,89 @@
+"""Service settings, read from `FLYWHEEL_*` environment variables.
+
+Embedded default (nothing set): everything lives under `./flywheel-data/` (`FLYWHEEL_HOME`):
+a SQLite file `flywheel.db` and a storage root `storage/`; Ray starts locally on first use.
+Production: `FLYWHEEL_DATABASE_URL=postgresql://...`, `FLYWHEEL_STORAGE=s3://bucket/prefix`,
+`RAY_ADDRESS=ray://...` (read by `curation.runtime`).
+
+Paths are made absolute here: Ray workers that run jobs do not share the server's cwd.
+Job actors write their progress into the database themselves, so SQLite (a local file) suits
+the embedded Ray only; with `RAY_ADDRESS` use PostgreSQL and storage every worker can reach.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+GiB = 1024**3
+MiB = 1024**2
+
+# env var -> field. Lists are comma-separated (s3:// URIs contain ':').
+ENV_FIELDS = {
+    "FLYWHEEL_HOME": "home",
+    "FLYWHEEL_DATABASE_URL": "database_url",
+    "FLYWHEEL_STORAGE": "storage",
+    "FLYWHEEL_ALLOWED_ROOTS": "allowed_roots",
+    "FLYWHEEL_MAX_UPLOAD_BYTES": "max_upload_bytes",
+    "FLYWHEEL_SCAN_INLINE_BYTES": "scan_inline_bytes",
+    "FLYWHEEL_AUTH": "auth",
+    "FLYWHEEL_TOKEN_PEPPER": "token_pepper",
+    "FLYWHEEL_PUBLIC_URL": "public_url",
+    "FLYWHEEL_REAP_INTERVAL_S": "reap_interval_s",
+}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(description="folder for the embedded SQLite file and storage root")
+    database_url: str = Field(description="SQLAlchemy URL; postgresql:// uses psycopg 3")
+    storage: str = Field(description="storage root: a local folder or a pyarrow.fs URI (s3://bucket/prefix)")
+    allowed_roots: tuple[str, ...] = Field(
+        default=(), description="folders/URI prefixes whose files may be registered as corpora by URI"
+    )
+    max_upload_bytes: int = Field(default=16 * GiB, ge=1, description="largest corpus file accepted by upload")
+    scan_inline_bytes: int = Field(
+        default=32 * MiB, ge=0, description="corpora up to this size are counted before the upload answers"
+    )
+    auth: bool = Field(default=True, description="require bearer tokens (off: `flywheel serve --no-auth`)")
+    token_pepper: str = Field(default="", repr=False, description="HMAC key mixed into stored token hashes")
+    public_url: str | None = Field(default=None, description="base URL put into manifests (default: the request's)")
+    reap_interval_s: float = Field(default=15.0, gt=0, description="how often running jobs are checked for a live actor")
+    job_start_grace_s: float = Field(default=60.0, ge=0, description="a queued job gets this long to start its actor")
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Settings from `env` (default os.environ); keyword overrides win over the environment."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {field: env[name] for name, field in ENV_FIELDS.items() if env.get(name)}
+        if "auth" in values:
+            values["auth"] = values["auth"].strip().lower() not in ("0", "false", "no", "off")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        home = Path(values.get("home") or "flywheel-data").expanduser().absolute()
+        values["home"] = home
+        values.setdefault("database_url", f"sqlite:///{home / 'flywheel.db'}")
+        storage = str(values.get("storage") or home / "storage")
+        values["storage"] = storage if "://" in storage else str(Path(storage).expanduser().absolute())
+        return cls.model_validate(values)
+
+    def prepare(self) -> None:
+        """Create the home folder when the embedded SQLite file lives there."""
+        if self.database_url.startswith("sqlite:///"):
+            Path(self.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -116,3 +116,16 @@ def test_rules_are_switched_off_and_stop_words_follow_the_language_column():
 def test_unknown_parameters_are_rejected():
     with pytest.raises(Exception, match="extra"):
         HeuristicParams(min_word=3)
+
+
+def test_skip_domains_pass_through_untouched():
+    import pyarrow as pa
+
+    from curation.stages.base import RunContext
+    from curation.stages.heuristics import HeuristicFilter
+
+    formula = "x = a + b ; y = 2 * x ; z = y ** 2 " * 20
+    batch = pa.table({"id": ["m", "w"], "text": [formula, formula], "domain": ["math", "web"]})
+    stage = HeuristicFilter(HeuristicFilter.Params(skip_domains=["math"]), RunContext(seed=0, output="/tmp/x"))
+    reasons = stage.process_batch(batch)["_reason"].to_pylist()
+    assert reasons[0] == "" and reasons[1].startswith("heuristic_")

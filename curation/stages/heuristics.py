@@ -63,6 +63,8 @@ class HeuristicParams(StageParams):
     drop_lorem_ipsum: bool = True
     # Code domains (The Stack / StarCoder)
     code_domains: list[str] = Field(default_factory=lambda: ["code"])
+    # Domains no rule looks at (e.g. math: formulas fail prose rules like alpha_words).
+    skip_domains: list[str] = Field(default_factory=list)
     code_max_line_length: int | None = 1000
     code_max_mean_line_length: float | None = 100.0
     code_min_alnum_frac: float | None = 0.25
@@ -86,10 +88,11 @@ class HeuristicFilter(MapStage):
         texts = pc.fill_null(batch["text"].combine_chunks(), "")
         is_code = _np(pc.fill_null(pc.is_in(batch["domain"], value_set=pa.array(p.code_domains, pa.string())), False))
         lines = _Lines(texts)
-        verdicts.scope = ~is_code
+        judged = ~_np(pc.fill_null(pc.is_in(batch["domain"], value_set=pa.array(p.skip_domains, pa.string())), False))
+        verdicts.scope = ~is_code & judged
         if verdicts.scope.any():
             _prose_rules(p, batch, texts, lines, verdicts)
-        verdicts.scope = is_code
+        verdicts.scope = is_code & judged
         if verdicts.scope.any():
             _code_rules(p, texts, lines, verdicts)
         return with_verdicts(batch, verdicts.reasons, verdicts.details)

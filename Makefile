@@ -34,8 +34,12 @@ $(DEMO_CORPUS)/lm/%.arpa: $(DEMO_CORPUS)/truth.json
 
 DEMO_LMS := $(DEMO_CORPUS)/lm/web.arpa $(DEMO_CORPUS)/lm/books.arpa $(DEMO_CORPUS)/lm/code.arpa
 
+# The main job the way a user runs it: the service, the corpus uploaded through REST, the
+# pipeline as a job; it keeps serving the dashboard until Ctrl-C (FLYWHEEL_DEMO_EXIT=1: exit).
+# `flywheel curate curation/configs/demo.yaml` runs the same pipeline without the service.
+DEMO_PORT ?= 8000
 demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
-	$(VENV)/bin/flywheel curate curation/configs/demo.yaml --overwrite
+	$(VENV)/bin/flywheel demo --port $(DEMO_PORT)
 
 # FLYWHEEL_TEST_POSTGRES=1: the service tests run against a throwaway PostgreSQL as well as SQLite.
 test: $(STAMP)

@@ -9,8 +9,10 @@ Start-up migrates the database (Alembic `upgrade head`), fails jobs a previous p
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
 from api.routes import ROOT_ROUTERS, V1_ROUTERS
@@ -22,9 +24,13 @@ Flywheel's curation service. Upload or register corpora, run curation configs on
 their per-stage progress, ask why any document was dropped, and stream the resulting token
 shards (HTTP Range, ETag = sha256) to training clients.
 
-Every route but `/healthz` needs `Authorization: Bearer <token>` (`flywheel token create NAME
-[--scope read|admin]`); `read` tokens may GET, `admin` tokens may also create and cancel.
+Every route but `/healthz` and `/static` needs `Authorization: Bearer <token>` (`flywheel token
+create NAME [--scope read|admin]`); `read` tokens may GET, `admin` tokens may also create and
+cancel. The dashboard (`/`) signs a browser in with `/?token=<token>` (an HttpOnly cookie).
 """
+
+# The dashboard's CSS, JS and vendored Chart.js: public code, served without a token.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 TAGS = [
     {"name": "corpora", "description": "Input data: streamed uploads, or files registered by URI."},
@@ -61,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix="/v1")
     for router in ROOT_ROUTERS:
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 

@@ -6,6 +6,10 @@ GitHub's tokens; a slow KDF (scrypt ~50 ms) would cost that on every request. Lo
 so no token is ever compared in plain text.
 
 Scopes: `read` (every GET) and `admin` (also creates corpora and jobs, cancels jobs).
+
+The dashboard's pages and their JavaScript send the token as the HttpOnly SameSite=Strict
+cookie `TOKEN_COOKIE` (set by `GET /?token=...`); it counts for safe methods only, so a cookie
+can never create or cancel anything.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from api.models import SCOPES, ApiToken, utcnow
 TOKEN_PREFIX = "fw_"
 # last_used_at is a hint for operators: refreshing it on every request would add a write to each read.
 _TOUCH_EVERY = timedelta(minutes=5)
+TOKEN_COOKIE = "flywheel_token"
+_COOKIE_METHODS = ("GET", "HEAD")
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `flywheel token create NAME [--scope admin]`.")
 
@@ -70,6 +76,13 @@ def authenticate(session: Session, token: str, pepper: str) -> Principal | None:
     return Principal(name=row.name, scope=row.scope)
 
 
+def presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The bearer token, else (GET/HEAD only) the dashboard's cookie."""
+    if credentials is not None:
+        return credentials.credentials
+    return request.cookies.get(TOKEN_COOKIE) if request.method in _COOKIE_METHODS else None
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, detail=message, headers={"WWW-Authenticate": "Bearer"})
 
@@ -81,10 +94,11 @@ def require(scope: str):
         services = request.app.state.services
         if not services.settings.auth:
             return ANONYMOUS_ADMIN
-        if credentials is None:
+        token = presented_token(request, credentials)
+        if token is None:
             raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
         with services.db.session() as session:
-            principal = authenticate(session, credentials.credentials, services.settings.token_pepper)
+            principal = authenticate(session, token, services.settings.token_pepper)
         if principal is None:
             raise _unauthorized("invalid or revoked token")
         if not principal.allows(scope):

@@ -244,6 +244,22 @@ def validate_manifest(target: str = typer.Argument(..., help="manifest.json path
     raise typer.Exit(validate_manifest_cli(target))
 
 
+@app.command()
+def demo(
+    corpus: Path = typer.Option(Path("build/demo-corpus/corpus"), help="Folder of the demo corpus files."),
+    config: Path = typer.Option(Path("curation/configs/demo.yaml"), help="Pipeline config of the job."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    home: Path = typer.Option(Path("flywheel-data"), help="The service's data folder (FLYWHEEL_HOME)."),
+    exit_after: bool = typer.Option(False, "--exit-after", envvar="FLYWHEEL_DEMO_EXIT",
+                                    help="Stop the service once the job has ended."),
+) -> None:
+    """Start the service, upload the demo corpus through the API, run the pipeline as a job."""
+    from api.demo import run_demo
+
+    raise typer.Exit(run_demo(corpus, config, host, port, home, exit_after))
+
+
 def _register_groups() -> None:
     from api.cli import register  # imports only typer/rich: the service loads when used
 

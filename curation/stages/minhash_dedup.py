@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from curation.dedup import report
-from curation.dedup.components import connected_components
+from curation.dedup.components import LABEL_SCHEMA, connected_components
 from curation.dedup.minhash import MinHasher, band_keys, lsh_errors, optimal_bands_rows, signature_type
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
@@ -87,17 +87,23 @@ class MinHashDedupParams(StageParams):
 
 # -- per-batch and per-partition functions (module level: Ray pickles them by reference) ----
 
+def signature_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([pa.field("node", pa.string()), pa.field("sig", signature_type(num_perm)),
+                      pa.field("n_shingles", pa.int32()), pa.field("quality", pa.float64()),
+                      pa.field("origin", pa.int16())])
+
+
 def _signature_rows(batch: pa.Table, hasher: MinHasher, quality: str | None) -> pa.Table:
     sig, n_shingles = hasher.signatures(batch["text"])
     n = batch.num_rows
     q = (pc.cast(batch[quality], pa.float64()) if quality else pa.nulls(n, pa.float64()))
-    return pa.table({
-        "node": batch["id"],
-        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), hasher.num_perm),
-        "n_shingles": pa.array(n_shingles, pa.int32()),
-        "quality": q,
-        "origin": pa.array(np.full(n, NEW, np.int16)),
-    })
+    return pa.Table.from_arrays([
+        batch["id"],
+        pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), hasher.num_perm),
+        pa.array(n_shingles, pa.int32()),
+        q,
+        pa.array(np.full(n, NEW, np.int16)),
+    ], schema=signature_schema(hasher.num_perm))
 
 
 def _sig_matrix(col: pa.ChunkedArray | pa.Array, num_perm: int) -> np.ndarray:
@@ -111,6 +117,9 @@ def _band_rows(batch: pa.Table, num_perm: int, bands: int, rows: int, seed: int)
     owner = np.repeat(np.arange(batch.num_rows), bands)
     return pa.table({"bucket": pa.array(keys.reshape(-1)), "node": batch["node"].take(owner),
                      "new": pc.equal(batch["origin"], NEW).take(owner)})
+
+
+MEMBER_SCHEMA = pa.schema([pa.field("bucket", pa.uint64()), pa.field("node", pa.string())])
 
 
 def _candidate_members(part: pa.Table) -> pa.Table:
@@ -291,9 +300,10 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
 
     def as_earlier(batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        return pa.table({"node": pc.binary_join_element_wise(prefix, batch["id"], ""),
-                         "sig": batch["sig"].cast(signature_type(p.num_perm)), "n_shingles": batch["n_shingles"],
-                         "quality": pa.nulls(n, pa.float64()), "origin": pa.array(np.full(n, origin, np.int16))})
+        return pa.Table.from_arrays([
+            pc.binary_join_element_wise(prefix, batch["id"], ""), batch["sig"].cast(signature_type(p.num_perm)),
+            batch["n_shingles"].cast(pa.int32()), pa.nulls(n, pa.float64()), pa.array(np.full(n, origin, np.int16)),
+        ], schema=signature_schema(p.num_perm))
 
     return ds.map_batches(as_earlier, batch_format="pyarrow"), meta["docs"]
 
@@ -324,7 +334,9 @@ class MinHashDedup(Stage):
         p = self.params
         if p.quality_column in arrow_schema(ds).names:
             return p.quality_column
-        if "quality_column" in p.model_fields_set:
+        # Only a column the user named must exist (a config read back from stats.json or the
+        # service names every default explicitly, so compare with the default, not fields_set).
+        if p.quality_column != type(p).model_fields["quality_column"].default:
             raise ValueError(f"minhash_dedup: quality_column {p.quality_column!r} is not a column of the documents")
         return None
 
@@ -339,6 +351,7 @@ class MinHashDedup(Stage):
                        "false_positive_mass": round(fp, 5), "false_negative_mass": round(fn, 5),
                        "seconds": phases}
         hasher = MinHasher(p.num_perm, p.ngram, p.seed)
+        sig_schema = signature_schema(p.num_perm)
         quality = self._quality_column(ds)
 
         t = time.perf_counter()
@@ -363,12 +376,10 @@ class MinHashDedup(Stage):
         t = time.perf_counter()
         band_rows = all_sigs.map_batches(_band_rows, batch_format="pyarrow",
                                          fn_kwargs={"num_perm": p.num_perm, "bands": bands, "rows": rows, "seed": p.seed})
-        members = map_partitions(band_rows, ["bucket"], n_parts, _candidate_members).materialize()
-        self.report["candidate_bucket_rows"] = members.count()
+        members = map_partitions(band_rows, ["bucket"], n_parts, _candidate_members)
         if p.verify:
-            sig_cols = all_sigs.select_columns(["node", "sig", "origin"])
-            with_sig = cogroup(members, sig_cols, "node", n_parts, _attach_signatures,
-                               left_schema=arrow_schema(members), right_schema=arrow_schema(sig_cols))
+            with_sig = cogroup(members, all_sigs, "node", n_parts, _attach_signatures,
+                               left_schema=MEMBER_SCHEMA, right_schema=sig_schema)
             edges = map_partitions(with_sig, ["bucket"], n_parts, _verified_edges,
                                    num_perm=p.num_perm, threshold=p.threshold)
         else:
@@ -379,15 +390,12 @@ class MinHashDedup(Stage):
 
         t = time.perf_counter()
         labels, rounds = connected_components(edges, n_parts)
-        labels = labels.materialize()
         self.report["components_rounds"] = rounds
-        self.report["clustered_docs"] = labels.count()
         phases["components"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
-        member_cols = all_sigs.select_columns(["node", "sig", "quality", "origin"])
-        members_full = cogroup(labels, member_cols, "node", n_parts, _attach_members,
-                               left_schema=arrow_schema(labels), right_schema=arrow_schema(member_cols))
+        members_full = cogroup(labels, all_sigs, "node", n_parts, _attach_members,
+                               left_schema=LABEL_SCHEMA, right_schema=sig_schema)
         verdicts = map_partitions(members_full, ["root"], n_parts, _decide, num_perm=p.num_perm,
                                   threshold=p.threshold, max_cluster_size=p.max_cluster_size,
                                   corpora=list(p.dedup_against)).materialize()

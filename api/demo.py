@@ -1,0 +1,96 @@
+"""`flywheel demo`: the main job, run the way a user runs it.
+
+Starts the service (embedded defaults: SQLite + local storage under FLYWHEEL_HOME, local Ray),
+uploads the demo corpus through the REST API, submits the demo pipeline as a job, follows it,
+prints the stats table and the dashboard URL, then keeps serving until interrupted
+(`--exit-after` or FLYWHEEL_DEMO_EXIT=1 stop once the job has ended, for scripts).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api.cli import _call, _client, _fail, console, err_console, jobs_stats, jobs_watch
+
+
+def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _fail(f"the service exited with code {proc.returncode} before it was ready")
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    _fail(f"the service did not answer /healthz within {timeout_s:.0f} s")
+
+
+def _job_config(config_path: Path) -> dict[str, Any]:
+    """The demo config without inputs/output (the service fills them), model paths absolute
+    (the job runs in a Ray actor whose working directory is not ours)."""
+    data = yaml.safe_load(config_path.read_text()) or {}
+    data.pop("inputs", None)
+    data.pop("output", None)
+    for stage in data.get("stages", []):
+        if isinstance(stage, dict) and isinstance(stage.get("models"), dict):
+            stage["models"] = {d: str(Path(p).resolve()) for d, p in stage["models"].items()}
+    return data
+
+
+def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Path, exit_after: bool) -> int:
+    files = sorted(corpus_dir.glob("*.jsonl*"))
+    if not files:
+        _fail(f"no corpus files in {corpus_dir} (run `flywheel demo-corpus`)")
+    env = {**os.environ, "FLYWHEEL_HOME": str(home.resolve())}
+    url = f"http://{host}:{port}"
+    err_console.print(f"starting the service on {url} (data under {home})", highlight=False)
+    server = subprocess.Popen([sys.executable, "-m", "curation.cli", "serve", "--host", host, "--port", str(port),
+                               "--no-auth"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with _client(url, None, timeout=600) as client:
+            _wait_healthy(client, server)
+            corpus_ids = []
+            for f in files:
+                with open(f, "rb") as fh:
+                    corpus = _call(client, "POST", "/v1/corpora", files={"file": (f.name, fh, "application/gzip")})
+                corpus_ids.append(corpus["id"])
+                err_console.print(f"uploaded {f.name}: corpus {corpus['id']}", highlight=False)
+            job = _call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus_ids, "config": _job_config(config_path)})
+        console.print(f"job {job['id']} submitted; dashboard: {url}/jobs/{job['id']}", highlight=False)
+        code = 0
+        try:
+            jobs_watch(job["id"], interval=2.0, url=url, token=None)
+        except SystemExit as e:  # typer.Exit from a failed job
+            code = int(e.code or 1)
+        except Exception as e:  # click's Exit is not a SystemExit
+            code = int(getattr(e, "exit_code", 1))
+        if code == 0:
+            jobs_stats(job["id"], url=url, token=None, as_json=False)
+        console.print(f"dashboard: {url}/jobs/{job['id']}\nAPI docs:  {url}/docs", highlight=False)
+        if exit_after or code:
+            return code
+        console.print("serving until interrupted (Ctrl-C)")
+        while server.poll() is None:
+            time.sleep(1.0)
+        return server.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()

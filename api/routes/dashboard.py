@@ -1,0 +1,225 @@
+"""The dashboard: server-rendered HTML over the same database and stats.json as the JSON API.
+
+    GET /                corpora and jobs, with live state and per-stage progress
+    GET /jobs/{id}       one job: the seed-style funnel table and charts from its stats.json
+
+Sign-in: open any page once with `?token=<token>` (a `read` token is enough). The token is
+checked, put into an HttpOnly SameSite=Strict cookie and the browser is sent to the clean URL,
+so the token leaves the address bar and history; the page's JavaScript then polls the JSON
+API with that cookie (see api/auth.py). A bearer header works too.
+
+Every chart's numbers reach the page twice: as JSON in `<script type="application/json"
+id="chart-data-...">` (what dashboard.js draws) and as a table next to the canvas, so the
+numbers can be read without JavaScript and checked by a browser test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security.utils import get_authorization_scheme_param
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from api.auth import TOKEN_COOKIE, authenticate, require_read
+from api.deps import SessionDep
+from api.models import ACTIVE_STATES, Corpus, Job
+from api.results import read_stats
+from api.routes.jobs import JobIdPath, job_out
+from curation.stats import SEED_TABLE_HEADER, RunStats, seed_table_rows
+
+router = APIRouter(include_in_schema=False)
+TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+TEMPLATES.env.filters["num"] = lambda v: "–" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.2f}"
+LIST_LIMIT = 100
+PERCENTILES = ("10", "25", "50", "75", "90")
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _sign_in(request: Request, token: str | None) -> Response | None:
+    """A response that ends the request (redirect with cookie, or 401/403 page), or None to go on."""
+    services = request.app.state.services
+    if token is not None:
+        clean = request.url.remove_query_params("token")
+        response = RedirectResponse(clean.path + (f"?{clean.query}" if clean.query else ""), status_code=303)
+        if services.settings.auth:
+            with services.db.session() as session:
+                if authenticate(session, token, services.settings.token_pepper) is None:
+                    return _page(request, "denied.html", 401, message="That token is invalid or revoked.")
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/",
+                                secure=request.url.scheme == "https")
+        return response
+    scheme, value = get_authorization_scheme_param(request.headers.get("authorization"))
+    credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=value) if scheme.lower() == "bearer" else None
+    try:
+        require_read(request, credentials)
+    except HTTPException as e:
+        message = "Open this page once with ?token=<your API token> to sign in." if e.status_code == 401 else e.detail
+        return _page(request, "denied.html", e.status_code, message=message)
+    return None
+
+
+# --- chart specs from stats.json -------------------------------------------------------------
+# A spec is what dashboard.js turns into a Chart.js config: {id, kind, title, note, type,
+# labels, datasets: [{label, data, line?}], y_title, x_title}. `line` datasets are drawn as
+# dashed lines over the bars (thresholds).
+
+def _spec(kind: str, title: str, labels: list, datasets: list[dict], *, suffix: str = "", note: str = "",
+          x_title: str = "", y_title: str = "", chart_type: str = "bar") -> dict[str, Any]:
+    return {"id": f"chart-{kind}{suffix}", "kind": kind, "title": title, "note": note, "type": chart_type,
+            "labels": labels, "datasets": datasets, "x_title": x_title, "y_title": y_title}
+
+
+def _bin_start(label: str) -> int:
+    return int(label.split("-")[0])
+
+
+def funnel_chart(stages: list[dict]) -> dict[str, Any]:
+    labels = ["input"] + [s["name"] for s in stages]
+    data = [stages[0]["docs_in"]] + [s["docs_out"] for s in stages]
+    return _spec("funnel", "Documents remaining after each stage", labels,
+                 [{"label": "documents", "data": data}], y_title="documents")
+
+
+def cluster_size_chart(stages: list[dict]) -> dict[str, Any] | None:
+    hists = {s["name"]: s["extra"]["cluster_size_histogram"] for s in stages
+             if s.get("extra", {}).get("cluster_size_histogram")}
+    if not hists:
+        return None
+    labels = sorted({b for h in hists.values() for b in h}, key=_bin_start)
+    datasets = [{"label": name, "data": [h.get(b, 0) for b in labels]} for name, h in hists.items()]
+    clusters = ", ".join(f"{s['name']}: {s['extra'].get('duplicate_clusters', 0):,} clusters"
+                         for s in stages if s["name"] in hists)
+    return _spec("clusters", "Duplicate cluster sizes", labels, datasets, note=clusters,
+                 x_title="documents (or sentences) per cluster", y_title="clusters")
+
+
+def duplicate_rate_chart(stages: list[dict]) -> dict[str, Any] | None:
+    rates = {s["name"]: s["extra"]["duplicate_rate_by_domain"] for s in stages
+             if s.get("extra", {}).get("duplicate_rate_by_domain")}
+    if not rates:
+        return None
+    labels = sorted({d for r in rates.values() for d in r})
+    datasets = []
+    for name, by_domain in rates.items():
+        # Document dedup counts duplicate documents; sentence dedup counts removed words.
+        unit = "words" if any("removed_words" in v for v in by_domain.values()) else "documents"
+        datasets.append({"label": f"{name} ({unit})",
+                         "data": [round(100 * by_domain[d]["rate"], 4) if d in by_domain else None for d in labels]})
+    return _spec("dup-rate", "Duplicate rate per domain", labels, datasets, y_title="% duplicate")
+
+
+def perplexity_charts(stages: list[dict]) -> list[dict[str, Any]]:
+    """One chart per domain: its percentiles as bars, the cut-offs and thresholds as lines."""
+    charts = []
+    for s in stages:
+        domains = s.get("extra", {}).get("domains")
+        if not isinstance(domains, dict):
+            continue
+        for domain, c in sorted(domains.items()):
+            if not c.get("percentiles"):
+                continue
+            labels = [f"p{q}" for q in PERCENTILES]
+            datasets = [{"label": "perplexity", "data": [c["percentiles"][q] for q in PERCENTILES]}]
+            lines = {"head cut-off": c.get("bucket_cutoffs", {}).get("head"),
+                     "middle cut-off": c.get("bucket_cutoffs", {}).get("middle"),
+                     "drop above (percentile)": c.get("percentile_threshold"),
+                     "drop above (absolute)": c.get("max_perplexity")}
+            datasets += [{"label": k, "data": [round(v, 3)] * len(labels), "line": True}
+                         for k, v in lines.items() if v is not None]
+            counts = c.get("bucket_counts", {})
+            note = (f"{c['scored']:,} of {c['docs']:,} documents scored; head {counts.get('head', 0):,}, "
+                    f"middle {counts.get('middle', 0):,}, tail {counts.get('tail', 0):,}")
+            charts.append(_spec("perplexity", f"Perplexity: {domain}", labels, datasets,
+                                suffix=f"-{len(charts)}", note=note, y_title="perplexity"))
+    return charts
+
+
+def pii_chart(stages: list[dict]) -> dict[str, Any] | None:
+    for s in stages:
+        extra = s.get("extra", {})
+        if "entities" in extra:
+            entities = extra["entities"]
+            note = (f"{extra.get('docs_with_pii', 0):,} documents with PII, "
+                    f"{extra.get('bytes_redacted', 0):,} bytes redacted")
+            return _spec("pii", "PII entities by type", list(entities),
+                         [{"label": "entities", "data": list(entities.values())}], note=note, y_title="entities")
+    return None
+
+
+def mixture_chart(stages: list[dict]) -> dict[str, Any] | None:
+    for s in stages:
+        extra = s.get("extra", {})
+        if "tokens_before" in extra and "tokens_after" in extra:
+            before, after = extra["tokens_before"], extra["tokens_after"]
+            labels = sorted(set(before) | set(after))
+            note = f"temperature {extra.get('temperature')}, max epochs {extra.get('max_epochs')}"
+            return _spec("mixture", "Mixture: tokens per domain before and after sampling", labels,
+                         [{"label": "before sampling", "data": [before.get(d, 0) for d in labels]},
+                          {"label": "after sampling", "data": [after.get(d, 0) for d in labels]}],
+                         note=note, y_title="tokens")
+    return None
+
+
+def loss_chart(curve: Any) -> dict[str, Any] | None:
+    """A training job's `loss_curve`: [{step, loss}, ...] or a plain list of losses."""
+    if not curve:
+        return None
+    points = [(p["step"], p["loss"]) if isinstance(p, dict) else (i, p) for i, p in enumerate(curve)]
+    return _spec("loss", "Training loss", [s for s, _ in points], [{"label": "loss", "data": [v for _, v in points]}],
+                 x_title="step", y_title="loss", chart_type="line")
+
+
+def stats_charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    stages = stats.get("stages") or []
+    if not stages:
+        return []
+    charts = [funnel_chart(stages), cluster_size_chart(stages), duplicate_rate_chart(stages),
+              *perplexity_charts(stages), pii_chart(stages), mixture_chart(stages)]
+    return [c for c in charts if c is not None]
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, session: SessionDep, token: str | None = None) -> Response:
+    if (stop := _sign_in(request, token)) is not None:
+        return stop
+    jobs = [job_out(j).model_dump(mode="json")
+            for j in session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(LIST_LIMIT))]
+    corpora = session.scalars(select(Corpus).order_by(Corpus.created_at.desc(), Corpus.id).limit(LIST_LIMIT)).all()
+    return _page(request, "index.html", jobs=jobs, corpora=corpora, active=list(ACTIVE_STATES))
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: JobIdPath, request: Request, session: SessionDep, token: str | None = None) -> Response:
+    if (stop := _sign_in(request, token)) is not None:
+        return stop
+    row = session.get(Job, job_id)
+    if row is None:
+        return _page(request, "denied.html", 404, message=f"No job {job_id}.")
+    job = job_out(row).model_dump(mode="json")
+    stats = read_stats(row.output_uri) if row.state == "succeeded" else None
+    funnel: list[tuple[str, ...]] = []
+    charts: list[dict[str, Any]] = []
+    problem = None
+    if stats is not None:
+        try:
+            funnel = seed_table_rows(RunStats.from_json(stats))
+        except (KeyError, TypeError, ValueError) as e:
+            problem = f"stats.json does not add up: {e}"
+        charts = stats_charts(stats)
+    curve = loss_chart(job.get("loss_curve") or (stats or {}).get("loss_curve"))
+    if curve is not None:
+        charts.append(curve)
+    return _page(request, "job.html", job=job, stats=stats, funnel=funnel, funnel_header=SEED_TABLE_HEADER,
+                 charts=charts, problem=problem, active=list(ACTIVE_STATES))

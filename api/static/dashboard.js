@@ -1,0 +1,166 @@
+// Flywheel dashboard: draws the charts whose specs the server put into the page as JSON, and
+// follows running jobs by polling the JSON API (the session cookie authenticates) every 2 s,
+// stopping once nothing is queued or running.
+"use strict";
+
+(function () {
+  const POLL_MS = 2000;
+  const PALETTE = ["#3b6fd4", "#e0873a", "#3aa37a", "#b2509e", "#8a8f2f", "#d4493b", "#5a9fb8"];
+  const LINE_COLORS = ["#2f9e6e", "#d08a00", "#c23b3b", "#7b2d8e"];
+
+  const fmt = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US", {maximumFractionDigits: 2}));
+  const readJson = (id) => {
+    const el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : null;
+  };
+
+  // --- charts ----------------------------------------------------------------------------------
+  function chartConfig(spec) {
+    let bars = 0, lines = 0;
+    const datasets = spec.datasets.map((d) => {
+      if (d.line) {
+        const color = LINE_COLORS[lines++ % LINE_COLORS.length];
+        return {type: "line", label: d.label, data: d.data, borderColor: color, backgroundColor: color,
+                borderDash: [6, 4], borderWidth: 2, pointRadius: 0, pointStyle: "line", fill: false, order: 0};
+      }
+      const color = PALETTE[bars++ % PALETTE.length];
+      return {label: d.label, data: d.data, backgroundColor: spec.type === "line" ? color : color + "cc",
+              borderColor: color, borderWidth: spec.type === "line" ? 2 : 1, pointRadius: spec.type === "line" ? 0 : 3,
+              pointStyle: spec.type === "line" ? "line" : "rect", order: 1};
+    });
+    // Counts (documents, clusters, entities) get whole-number ticks.
+    const counts = spec.datasets.every((d) => d.data.every((v) => v === null || Number.isInteger(v)));
+    const title = (text) => ({display: Boolean(text), text});
+    return {
+      type: spec.type,
+      data: {labels: spec.labels, datasets},
+      options: {
+        responsive: true, maintainAspectRatio: false, animation: false,
+        plugins: {legend: {display: datasets.length > 1, position: "bottom",
+                           labels: {usePointStyle: true, boxWidth: 10, boxHeight: 10}},
+                  tooltip: {callbacks: {label: (c) => `${c.dataset.label}: ${fmt(c.parsed.y)}`}}},
+        scales: {
+          // Every category of a bar chart is named; a loss curve's steps may be skipped.
+          x: {title: title(spec.x_title), grid: {display: false}, ticks: {autoSkip: spec.type === "line"}},
+          y: {title: title(spec.y_title), grid: {color: "#eef0f4"}, beginAtZero: true,
+              ticks: {precision: counts ? 0 : undefined, callback: (v) => fmt(v)}},
+        },
+      },
+    };
+  }
+
+  function drawCharts() {
+    if (typeof Chart === "undefined") return;
+    Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+    Chart.defaults.color = "#4a5160";
+    document.querySelectorAll('script[type="application/json"][data-chart-for]').forEach((el) => {
+      const spec = JSON.parse(el.textContent);
+      const canvas = document.getElementById(spec.id);
+      if (canvas && !Chart.getChart(canvas)) new Chart(canvas, chartConfig(spec));
+    });
+  }
+
+  // --- live progress ---------------------------------------------------------------------------
+  function setField(scope, name, text) {
+    const el = scope.querySelector(`[data-field="${name}"]`);
+    if (el && el.textContent !== text) el.textContent = text;
+    return el;
+  }
+
+  function setState(scope, state, prefix) {
+    const el = setField(scope, "state", state);
+    if (el) el.className = `badge ${prefix}-${state}`;
+  }
+
+  function setProgress(scope, progress) {
+    const el = scope.querySelector('[data-field="progress"]');
+    if (!el) return;
+    el.style.width = `${(100 * progress).toFixed(1)}%`;
+    el.parentElement.setAttribute("aria-valuenow", (100 * progress).toFixed(1));
+  }
+
+  function tags(obj) {
+    const frag = document.createDocumentFragment();
+    Object.entries(obj || {}).forEach(([k, v]) => {
+      const s = document.createElement("span");
+      s.className = "tag";
+      s.textContent = `${k} ${fmt(v)}`;
+      frag.appendChild(s);
+    });
+    return frag;
+  }
+
+  function poll(url, apply, isActive) {
+    let timer = null;
+    const tick = async () => {
+      try {
+        const r = await fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"});
+        if (!r.ok) return;  // signed out or gone: stop following
+        const body = await r.json();
+        apply(body);
+        if (isActive(body)) timer = setTimeout(tick, POLL_MS);
+      } catch (e) {
+        timer = setTimeout(tick, POLL_MS);  // a transient network error: try again
+      }
+    };
+    timer = setTimeout(tick, POLL_MS);
+    return () => clearTimeout(timer);
+  }
+
+  function followJob(page) {
+    const head = document.getElementById("job-head");
+    const active = (job) => page.active.includes(job.state);
+    if (!active(page)) return;
+    poll(`/v1/jobs/${page.job_id}`, (job) => {
+      setState(head, job.state, "state");
+      setField(head, "phase", job.phase || "");
+      setProgress(head, job.progress);
+      setField(head, "finished_at", (job.finished_at || "").slice(0, 19).replace("T", " "));
+      const err = setField(head, "error", job.error || "");
+      if (err) err.hidden = !job.error;
+      job.stages.forEach((s) => {
+        const row = document.querySelector(`#stages tr[data-position="${s.position}"]`);
+        if (!row) return;
+        setState(row, s.state, "stage");
+        setField(row, "docs_in", fmt(s.docs_in));
+        setField(row, "docs_out", fmt(s.docs_out));
+        setField(row, "seconds", fmt(s.seconds));
+        row.querySelector('[data-field="dropped"]').replaceChildren(tags(s.dropped));
+      });
+      // The funnel and charts come from stats.json, rendered by the server: fetch them once.
+      if (job.state === "succeeded") window.location.reload();
+    }, active);
+  }
+
+  function followJobs(page) {
+    const rows = new Map([...document.querySelectorAll("#jobs tr[data-job-id]")].map((r) => [r.dataset.jobId, r]));
+    const anyActive = (list) => list.items.some((j) => page.active.includes(j.state));
+    const initiallyActive = [...rows.values()].some((r) => page.active.includes(r.querySelector('[data-field="state"]').textContent));
+    if (!initiallyActive) return;
+    poll("/v1/jobs?limit=100", (list) => {
+      if (list.items.some((j) => !rows.has(j.id))) { window.location.reload(); return; }
+      list.items.forEach((j) => {
+        const row = rows.get(j.id);
+        setState(row, j.state, "state");
+        setField(row, "phase", j.phase || "");
+        setProgress(row, j.progress);
+        setField(row, "docs_in", fmt(j.docs_in));
+        setField(row, "docs_out", fmt(j.docs_out));
+        const pips = row.querySelector('[data-field="stages"]');
+        pips.replaceChildren(...j.stages.map((s) => {
+          const p = document.createElement("span");
+          p.className = `pip pip-${s.state}`;
+          p.title = `${s.name}: ${s.state}`;
+          return p;
+        }));
+      });
+    }, anyActive);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    drawCharts();
+    const page = readJson("page-data");
+    if (page && page.page === "job") followJob(page);
+    if (page && page.page === "index") followJobs(page);
+  });
+})();

@@ -245,6 +245,33 @@ def validate_manifest(target: str = typer.Argument(..., help="manifest.json path
 
 
 @app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Training config (YAML/JSON); options override it."),
+    manifest: Optional[str] = typer.Option(None, help="Manifest path or URL (file://, http(s)://, s3://)."),
+    preset: Optional[str] = typer.Option(None, help="tiny | small | seed-67b"),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (snapped to a valid FSDP x EP layout)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: metrics.jsonl, checkpoints/."),
+    local: bool = typer.Option(False, "--local", help="Run here without Ray (one process, or torchrun ranks)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print shapes and memory per rank; allocate nothing."),
+    ep: Optional[int] = typer.Option(None, help="Expert-parallel degree (default: the largest that fits)."),
+    seq_len: Optional[int] = typer.Option(None),
+    global_batch_tokens: Optional[int] = typer.Option(None),
+    micro_batch: Optional[int] = typer.Option(None),
+) -> None:
+    """Train the MoE on a manifest's shards (FSDP2 + expert parallel, elastic Ray Train workers)."""
+    from training.cli import train_command
+
+    try:
+        summary = train_command(config, manifest, preset, steps, workers, out, local=local, dry_run=dry_run,
+                                ep=ep, seq_len=seq_len, global_batch_tokens=global_batch_tokens,
+                                micro_batch=micro_batch)
+    except ValueError as e:
+        fail(str(e).splitlines()[0] if str(e) else repr(e))
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
 def demo(
     corpus: Path = typer.Option(Path("build/demo-corpus/corpus"), help="Folder of the demo corpus files."),
     config: Path = typer.Option(Path("curation/configs/demo.yaml"), help="Pipeline config of the job."),

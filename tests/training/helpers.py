@@ -1,0 +1,70 @@
+"""Shared by the training tests: a small synthetic manifest, a tiny-model config, and a way to
+run a function on N local gloo ranks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training.data.synthetic import write_synthetic_dataset
+from training.launch import free_port
+from training.train_config import TrainConfig
+
+VOCAB = 16  # small enough that 20 steps visibly learn the unigram distribution
+
+
+def write_tiny_manifest(root: Path, total_tokens: int = 40_000) -> str:
+    """Seeded random-token shards (3 shards, documents of ~100 tokens) and their manifest."""
+    path = write_synthetic_dataset(
+        root, total_tokens=total_tokens, vocab_size=VOCAB, mean_doc_tokens=100, target_tokens=15_000, seed=0
+    )
+    return str(path)
+
+
+def tiny_config(manifest: str, out: Path, **overrides: Any) -> TrainConfig:
+    """The tiny preset without dropout and with the aux-free router bias on (so its update is
+    exercised), 32-token sequences, 8 sequences per step, LR high enough to move in 20 steps."""
+    data: dict[str, Any] = {
+        "preset": "tiny",
+        "manifest": manifest,
+        "out_dir": str(out),
+        "model": {"attn_dropout": 0.0, "moe": {"bias_update_rate": 1e-3}},
+        "seq_len": 32,
+        "global_batch_tokens": 32 * 8,
+        "micro_batch": 2,
+        "steps": 20,
+        "optimizer": {"lr": 3e-3, "router_lr": 3e-3, "schedule": {"total_steps": 20, "warmup_steps": 2}},
+        "peak_tflops_per_worker": 0.05,
+        "checkpoint_interval_s": 3600,
+        "resume": False,
+        "gc_every_steps": 5,
+    }
+    data.update(overrides)
+    return TrainConfig.model_validate(data)
+
+
+def _entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, fn, *args: Any) -> None:
+    """Run fn(rank, world, *args) on `world` processes in one gloo group (loopback); `fn`
+    communicates through files.
+
+    NOTE: forked, not spawned: a spawned child spends seconds re-importing torch (8 s each on
+    a loaded 2-core box, four at once). Forking is safe here: CPU only, one intra-op thread,
+    and no process group exists in the parent.
+    """
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True, start_method="fork")

@@ -1,0 +1,248 @@
+"""Starting ranks: in this process, as local processes (gloo on loopback), or on Ray Train.
+
+    launch_local(cfg)                 # 1 process, or cfg.workers processes via torch.multiprocessing
+    launch_ray(cfg)                   # Ray Train TorchTrainer, elastic, restarts on failure
+    run_worker(cfg)                   # what every rank runs (also under torchrun)
+
+Whatever starts the ranks, `run_worker` snaps the process count to a layout
+(`parallel.plan_layout`): W ranks that divide the global batch, ep dividing W and the experts.
+Processes beyond W stay in the process group as spares: they join the per-step control
+broadcast and every `ray.train.report`, and train nothing. Ray Train restarts the whole group
+from the latest reported checkpoint after a failure or an elastic resize; the checkpoint is
+resharded to the new layout and the data cursor continues with the first unseen sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training.checkpoint import CheckpointManager, read_meta
+from training.data.fetch import Fetcher
+from training.data.manifest import Manifest, parse_manifest
+from training.parallel import Layout, build_meshes, plan_layout
+from training.train_config import TrainConfig
+from training.trainer import FitResult, Trainer, resolve_device
+
+OnStep = Callable[[int, int], None]
+OnCheckpoint = Callable[[int, Path | None, dict[str, Any]], None]
+
+
+def read_manifest(location: str) -> Manifest:
+    fetcher = Fetcher()
+    try:
+        return parse_manifest(fetcher.read_bytes(location))
+    finally:
+        fetcher.close()
+
+
+def layout_for(cfg: TrainConfig, manifest: Manifest, available: int) -> Layout:
+    n_experts = cfg.build_model_config(manifest.tokenizer.vocab_size).moe.n_routed_experts
+    return plan_layout(available, n_experts, cfg.ep, cfg.global_batch_seqs)
+
+
+def broadcast_control(device: torch.device) -> Callable[[bool, bool], tuple[bool, bool]]:
+    """(save, stop) as rank 0 sees them, on every process of the default group (spares too)."""
+
+    def control(save: bool, stop: bool) -> tuple[bool, bool]:
+        flags = torch.tensor([int(save), int(stop)], device=device)
+        dist.broadcast(flags, src=0)
+        return bool(flags[0]), bool(flags[1])
+
+    return control
+
+
+def build_worker(cfg: TrainConfig) -> tuple[Trainer | None, Callable[[bool, bool], tuple[bool, bool]] | None]:
+    """This process's Trainer (None on a spare rank) and the control broadcast (None alone).
+
+    Uses the default process group when one is initialised (Ray Train, torchrun, spawn),
+    otherwise trains alone. Collective: every process of the group must call it.
+    """
+    from training.data.dataset import ManifestDataset
+
+    if cfg.manifest is None:
+        raise ValueError("a training run needs a manifest")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    manifest = read_manifest(cfg.manifest)
+    distributed = dist.is_available() and dist.is_initialized()
+    layout = layout_for(cfg, manifest, dist.get_world_size() if distributed else 1)
+    meshes = build_meshes(layout, device.type) if distributed else None
+    control = broadcast_control(device) if distributed else None
+    if meshes is not None and not meshes.member:
+        return None, control
+    rank = dist.get_rank(meshes.group) if meshes is not None else 0
+    dataset = ManifestDataset(cfg.manifest, cfg.seq_len, cfg.seed, rank=rank, world_size=layout.world,
+                              cache_dir=cfg.cache_dir)  # fmt: skip
+    return Trainer(cfg, dataset, meshes, device), control
+
+
+def run_worker(
+    cfg: TrainConfig,
+    resume_from: str | Path | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
+    on_step: OnStep | None = None,
+    prune_checkpoints: bool = True,
+) -> FitResult | None:
+    """Train on this rank until cfg.steps; None on a spare rank.
+
+    Resumes from `resume_from`, else (cfg.resume) from the latest complete checkpoint under
+    cfg.out_dir/checkpoints. prune_checkpoints=False leaves deleting old checkpoints to someone
+    else (Ray Train's CheckpointConfig).
+    """
+    trainer, control = build_worker(cfg)
+    if trainer is None:
+        while True:  # a spare: mirror the training ranks' control broadcasts and reports
+            save, stop = control(False, False)
+            if save and on_checkpoint is not None:
+                on_checkpoint(-1, None, {})
+            if stop:
+                return None
+    if not prune_checkpoints:
+        trainer.checkpoints.keep = None
+    if resume_from is None and cfg.resume:
+        resume_from = trainer.checkpoints.latest()
+    elif resume_from is None and trainer.checkpoints.latest() is not None:
+        raise ValueError(f"{trainer.checkpoints.root} holds another run's checkpoints: resume it or use another out_dir")
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    if trainer.rank == 0:
+        print(
+            f"[flywheel train] world {trainer.world} (efsdp {trainer.world // trainer.ep} x ep {trainer.ep}), "
+            f"micro-batch {trainer.micro_batch} x {trainer.accum} accumulation, {trainer.tokens_per_step} "
+            f"tokens/step, from step {trainer.step} to {cfg.steps}",
+            flush=True,
+        )
+    return trainer.fit(on_checkpoint=on_checkpoint, on_step=on_step, control=control)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local processes (tests, benchmarks, a single machine without Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, world: int, port: int, cfg_json: str, on_step: OnStep | None, threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    device = resolve_device(cfg.device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        run_worker(cfg, on_step=on_step)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | None = None) -> FitResult | None:
+    """Train with `nprocs` (default cfg.workers) local processes.
+
+    One process: in this process, without torch.distributed (or inside the group torchrun
+    set up, when its environment is present). More: torch.multiprocessing.spawn, gloo on CPU
+    (NCCL on GPUs) over a loopback port; each process gets cores / nprocs intra-op threads.
+    Returns rank 0's FitResult when it ran in this process, else None (read metrics.jsonl).
+    """
+    nprocs = nprocs or cfg.workers
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        device = resolve_device(cfg.device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            return run_worker(cfg, on_step=on_step)
+        finally:
+            dist.destroy_process_group()
+    if nprocs == 1:
+        return run_worker(cfg, on_step=on_step)
+    import torch.multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // nprocs)
+    mp.spawn(_spawned, args=(nprocs, free_port(), cfg.model_dump_json(), on_step, threads), nprocs=nprocs, join=True)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train
+# ---------------------------------------------------------------------------------------------
+
+
+def _ray_train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: resume from the latest reported checkpoint, report each
+    new one (every rank, the same number of times: spares report None)."""
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.v2.api.report_config import CheckpointUploadMode
+
+    cfg = TrainConfig.model_validate(config["train"])
+
+    def report(step: int, path: Path | None, metrics: dict[str, Any]) -> None:
+        # NOTE: the checkpoint is already under the run's storage (out_dir/checkpoints), written
+        # there by DCP from every rank: nothing to upload, Ray only records it.
+        checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    # Ray hands back the latest checkpoint its controller had registered, which can trail the
+    # last one written (a failure right after a report). A later complete one under out_dir
+    # (meta.json present: every rank finished writing) loses less work.
+    reported = ray.train.get_checkpoint()
+    candidates = [Path(reported.path)] if reported is not None else []
+    if cfg.resume or reported is not None:
+        latest = CheckpointManager(Path(cfg.out_dir) / "checkpoints").latest()
+        candidates += [latest] if latest is not None else []
+    resume_from = max(candidates, key=lambda p: read_meta(p)["step"], default=None)
+    run_worker(cfg, resume_from=resume_from, on_checkpoint=report, on_step=config.get("on_step"), prune_checkpoints=False)
+
+
+def scaling_bounds(cfg: TrainConfig) -> int | tuple[int, int]:
+    """Ray Train's num_workers: (min, max) when elastic, else the fixed count."""
+    if cfg.min_workers is not None and cfg.min_workers < cfg.workers:
+        return (cfg.min_workers, cfg.workers)
+    return cfg.workers
+
+
+def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
+    """Run on Ray Train; returns ray.train.Result (raises if the run failed after retries).
+
+    The run's storage is cfg.out_dir itself (Ray's run state beside metrics.jsonl and
+    checkpoints/), which on a cluster must be a shared filesystem. Starts a local Ray unless
+    one is running or RAY_ADDRESS names a cluster.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = Path(cfg.out_dir).resolve()
+    manifest = cfg.manifest
+    if manifest is not None and "://" not in manifest:
+        manifest = str(Path(manifest).resolve())
+    cfg = cfg.model_copy(update={"out_dir": out, "manifest": manifest})
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(include_dashboard=False, object_store_memory=256 * 1024**2)
+    use_gpu = resolve_device(cfg.device).type == "cuda"
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "on_step": on_step},
+        scaling_config=ScalingConfig(num_workers=scaling_bounds(cfg), use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=out.name,
+            storage_path=str(out.parent),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()

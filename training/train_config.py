@@ -1,0 +1,124 @@
+"""What a training run is: model preset, batch geometry, parallel layout, checkpoints, optimiser.
+
+    cfg = load_train_config("run.yaml", steps=200, workers=2)   # file, then overrides
+    cfg.global_batch_seqs                                      # sequences per optimiser step
+
+Tokens per step are fixed by `global_batch_tokens` whatever the world size: the launcher picks
+the micro-batch and the accumulation count for the ranks it gets (`parallel.accumulation`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.config import ModelConfig, preset
+from training.optim import OptimizerConfig
+
+# Batch geometry a preset implies unless the config says otherwise. seed-67b: the article's
+# 4,096-token sequences and "4 million"-token batches (1,024 sequences), one per GPU forward.
+PRESET_BATCH = {"seed-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 1024, "micro_batch": 1}}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # -- model and data ---------------------------------------------------------------------
+    preset: Literal["tiny", "small", "seed-67b"] = "tiny"
+    # Overrides of the preset's ModelConfig fields (a nested "moe" dict overrides MoEConfig).
+    model: dict[str, Any] = Field(default_factory=dict)
+    manifest: str | None = Field(default=None, description="manifest.json path or URL")
+    cache_dir: Path | None = None
+    seq_len: int = Field(default=256, ge=1)
+    # Document-masked attention inside packed sequences (False: plain causal attention).
+    document_mask: bool = True
+
+    # -- schedule and batch -----------------------------------------------------------------
+    steps: int = Field(default=100, ge=1, description="optimiser steps in the whole run")
+    global_batch_tokens: int = Field(default=16_384, ge=1)
+    micro_batch: int = Field(default=8, ge=1, description="most sequences per rank per forward")
+    # False: FSDP reduce-scatters once per step, after the last micro-batch (the unsharded
+    # gradients of every block stay resident meanwhile: 43 GB per GPU for seed-67b on 256 GPUs).
+    # True: after every micro-batch (more traffic, sharded gradients only).
+    reduce_every_micro_batch: bool = False
+    seed: int = 0
+    optimizer: OptimizerConfig
+
+    # -- parallelism and launch ---------------------------------------------------------------
+    workers: int = Field(default=1, ge=1, description="most ranks (Ray workers or local processes)")
+    min_workers: int | None = Field(default=None, ge=1, description="elastic lower bound (Ray)")
+    ep: int = Field(default=1, ge=1, description="largest expert-parallel degree to use")
+    max_failures: int = Field(default=3, ge=0, description="worker-group restarts Ray Train allows")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Compute dtype of gathered parameters: auto = bfloat16 on GPUs, float32 on CPU.
+    param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Peak dense TFLOP/s of one worker for MFU (H100 SXM bf16: 989). None: measured once at
+    # start with a large matmul, which on CPU is the honest "peak".
+    peak_tflops_per_worker: float | None = Field(default=None, gt=0)
+
+    # -- checkpoints, logs, housekeeping ----------------------------------------------------
+    out_dir: Path = Path("runs/train")
+    checkpoint_interval_s: float = Field(default=600.0, gt=0, description="wall-clock checkpoint period")
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also every N steps")
+    keep_checkpoints: int = Field(default=2, ge=1)
+    resume: bool = Field(default=True, description="continue from the latest checkpoint in out_dir")
+    gc_every_steps: int = Field(default=500, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """The preset's batch geometry (PRESET_BATCH) unless given. The optimiser's schedule spans `steps` unless given; warmup defaults to the seed's
+        3000 steps, capped at a tenth of the run so short runs still decay."""
+        if not isinstance(data, dict):
+            return data
+        data = {**PRESET_BATCH.get(data.get("preset", "tiny"), {}), **data}
+        steps = int(data.get("steps", cls.model_fields["steps"].default))
+        optimizer = dict(data.get("optimizer") or {})
+        schedule = dict(optimizer.get("schedule") or {})
+        schedule.setdefault("total_steps", steps)
+        schedule.setdefault("warmup_steps", min(3000, int(schedule["total_steps"]) // 10))
+        optimizer["schedule"] = schedule
+        return {**data, "optimizer": optimizer}
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.global_batch_tokens % self.seq_len:
+            raise ValueError(f"global_batch_tokens {self.global_batch_tokens} is not a multiple of seq_len {self.seq_len}")
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError("min_workers cannot exceed workers")
+        return self
+
+    @property
+    def global_batch_seqs(self) -> int:
+        return self.global_batch_tokens // self.seq_len
+
+    def build_model_config(self, vocab_size: int) -> ModelConfig:
+        """The preset for this vocabulary with `model` overrides applied (and validated)."""
+        base = preset(self.preset, vocab_size).model_dump()
+        overrides = dict(self.model)
+        moe = {**base["moe"], **overrides.pop("moe", {})}
+        cfg = ModelConfig.model_validate({**base, **overrides, "moe": moe})
+        if self.seq_len > cfg.max_seq_len:
+            cfg = cfg.model_copy(update={"max_seq_len": self.seq_len})
+        return cfg
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a YAML or JSON file (or defaults), then keyword overrides; overrides
+    that are None are ignored (unset CLI options)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        if str(path).endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a mapping")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.model_validate(data)

@@ -1,0 +1,385 @@
+"""The training loop: accumulate, clip, step, balance the router, log, checkpoint.
+
+    trainer = Trainer(cfg, dataset, meshes, device)    # builds and shards the model
+    trainer.resume(path)                                # optional: any layout's checkpoint
+    trainer.fit(on_checkpoint=report)                   # until cfg.steps
+
+One optimiser step on every rank:
+  1. reseed torch from (seed, step, rank): dropout is reproducible after any restart;
+  2. read `accum` micro-batches of `micro_batch` sequences (the global cursor advances by
+     world x micro_batch each), forward, backward on (LM loss + aux losses) / accum, with FSDP's
+     reduce-scatter only in the last backward;
+  3. clip to the global norm (combined over the dense and expert meshes), step (the
+     aux-loss-free router-bias update runs as the optimiser's step pre-hook, once), schedule;
+  4. one all-reduce for the logged losses and the data digest; rank 0 appends a JSON line to
+     metrics.jsonl; rank 0 decides whether to checkpoint and broadcasts it (wall clock differs
+     per rank), spares included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.checkpoint import CheckpointManager, TrainingState
+from training.config import ModelConfig
+from training.data.dataset import Batch, ManifestDataset
+from training.model import causal_lm_loss
+from training.moe import register_router_bias_hook
+from training.optim import GCController, RecipeScheduler, build_optimizer
+from training.parallel import Meshes, accumulation, clip_grad_norm_, parallelize, set_gradient_sync
+from training.planner import model_flops_per_token
+from training.train_config import TrainConfig
+
+METRICS_NAME = "metrics.jsonl"
+ROLLED_BACK_NAME = "metrics.rolled_back.jsonl"
+DIGEST_MOD = 2**40
+
+
+class MicroBatch(NamedTuple):
+    inputs_BS: torch.Tensor  # int64
+    targets_BS: torch.Tensor  # int64
+    doc_ids_BS: torch.Tensor | None  # int32 segment ids, or None for plain causal attention
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the model
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def resolve_param_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"float32": None, "bfloat16": torch.bfloat16}[name]
+
+
+def build_model(
+    model_cfg: ModelConfig, meshes: Meshes | None, device: torch.device, seed: int, param_dtype: torch.dtype | None
+) -> nn.Module:
+    """The model, initialised identically whatever the layout, then sharded.
+
+    On CPU every rank materialises the full model from the same seed and keeps its shards (so a
+    1-, 2- or 4-rank run starts from the same weights: the parity tests rely on it). On GPUs the
+    model is built on the meta device, sharded, then materialised shard by shard (DTensor's RNG
+    keeps the init consistent across ranks; a 67B model never exists whole on one rank).
+    """
+    torch.manual_seed(seed)
+    if device.type == "cpu" or meshes is None:
+        with torch.device(device):
+            model = model_cfg.build()
+        if meshes is not None:
+            parallelize(model, meshes, param_dtype=param_dtype)
+        return model
+    with torch.device("meta"):
+        model = model_cfg.build()
+    parallelize(model, meshes, param_dtype=param_dtype)
+    model.to_empty(device=device)
+    model.init_weights(buffer_device=device)
+    return model
+
+
+def measure_peak_tflops(device: torch.device, size: int = 1024, trials: int = 5, seconds: float = 0.1) -> float:
+    """Dense matmul TFLOP/s on this worker (fp32 CPU, bf16 GPU), the best of `trials` short
+    runs: MFU's denominator when the config gives none. On a shared CPU the best trial is the
+    closest to what the cores can do; a single run under contention reads low (MFU > 1)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(trials):
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = max(best, 2 * size**3 * runs / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics log
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per optimiser step, written by rank 0 only.
+
+    On resume from step s, lines for steps after s (work a crash threw away) move to
+    metrics.rolled_back.jsonl, so metrics.jsonl keeps exactly one line per step.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.path = out_dir / METRICS_NAME
+        self.enabled = enabled
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+    def rollback_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        keep, drop = [], []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                (keep if json.loads(line)["step"] <= step else drop).append(line)
+        if drop:
+            with (self.path.parent / ROLLED_BACK_NAME).open("a") as f:
+                f.write("\n".join(drop) + "\n")
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def truncate(self) -> None:
+        if self.enabled:
+            self.path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS_NAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sequence_digest(batch: Batch, sequences_per_epoch: int) -> int:
+    """An order-free digest of the (epoch, sequence) pairs in a batch: summed over ranks and
+    micro-batches it identifies the step's data, to check no sequence is skipped or repeated."""
+    ids = batch.epochs.astype(np.uint64) * np.uint64(sequences_per_epoch) + batch.sequences.astype(np.uint64)
+    mixed = (ids + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2^64 (Fibonacci hashing)
+    return int(np.sum(mixed >> np.uint64(24), dtype=np.uint64)) % DIGEST_MOD
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    step: int
+    resumed_from: int
+    losses: list[float]
+    seconds: float
+
+
+class Trainer:
+    """One rank's trainer. `meshes` is None for a single process without torch.distributed."""
+
+    def __init__(self, cfg: TrainConfig, dataset: ManifestDataset, meshes: Meshes | None, device: torch.device):
+        self.cfg, self.dataset, self.meshes, self.device = cfg, dataset, meshes, device
+        self.group = meshes.group if meshes is not None else None
+        self.rank = dist.get_rank(self.group) if self.group is not None else 0
+        self.world = meshes.layout.world if meshes is not None else 1
+        self.ep = meshes.layout.ep if meshes is not None else 1
+        if dataset.world_size != self.world or dataset.rank != self.rank:
+            raise ValueError(f"dataset is rank {dataset.rank}/{dataset.world_size}, trainer {self.rank}/{self.world}")
+        self.micro_batch, self.accum = accumulation(cfg.global_batch_seqs, self.world, cfg.micro_batch)
+
+        self.model_cfg = cfg.build_model_config(dataset.manifest.tokenizer.vocab_size)
+        self.model = build_model(
+            self.model_cfg, meshes, device, cfg.seed, resolve_param_dtype(cfg.param_dtype, device)
+        )
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.scheduler = RecipeScheduler(self.optimizer, cfg.optimizer)
+        self._loads: dict[str, torch.Tensor] = {}
+        register_router_bias_hook(self.optimizer, self.model, on_load=self._loads.update, group=self.group)
+
+        self.step = 0
+        self.resumed_from = 0
+        self.tokens_per_step = cfg.global_batch_seqs * cfg.seq_len
+        self.flops_per_token = model_flops_per_token(self.model_cfg, cfg.seq_len)
+        self.peak_tflops = cfg.peak_tflops_per_worker or measure_peak_tflops(device)
+        self.metrics = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0)
+        self.checkpoints = CheckpointManager(
+            Path(cfg.out_dir) / "checkpoints", cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
+            keep=cfg.keep_checkpoints, group=self.group,
+        )  # fmt: skip
+        self.state = TrainingState(self.model, self.optimizer, self.scheduler, self._trainer_state, self._load_trainer_state)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _trainer_state(self) -> dict[str, Any]:
+        manifest = self.dataset.manifest
+        return {
+            "step": self.step,
+            "data": self.dataset.state_dict(),
+            "manifest_id": manifest.dataset_id,
+            "manifest_fingerprint": manifest.fingerprint,
+            "seed": self.cfg.seed,
+            "global_batch_tokens": self.cfg.global_batch_tokens,
+        }
+
+    def _load_trainer_state(self, state: dict[str, Any]) -> None:
+        if state["manifest_fingerprint"] != self.dataset.manifest.fingerprint:
+            raise ValueError(
+                f"checkpoint was trained on manifest {state['manifest_id']!r} "
+                f"({state['manifest_fingerprint']}), this run reads {self.dataset.manifest.fingerprint}"
+            )
+        if state["global_batch_tokens"] != self.cfg.global_batch_tokens:
+            raise ValueError("checkpoint used another global batch; the data cursor would not line up")
+        self.dataset.load_state_dict(state["data"])
+        self.step = int(state["step"])
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        manifest = self.dataset.manifest
+        return {
+            "consumed": self.dataset.consumed,
+            "manifest_id": manifest.dataset_id,
+            "manifest_fingerprint": manifest.fingerprint,
+            "world": self.world,
+            "ep": self.ep,
+            "preset": self.cfg.preset,
+        }
+
+    def resume(self, path: str | Path) -> int:
+        """Load a checkpoint (saved at any layout); returns its step. metrics.jsonl is cut back
+        to that step (the lines after it move to metrics.rolled_back.jsonl)."""
+        self.checkpoints.load(path, self.state)
+        if self.dataset.consumed != self.step * self.cfg.global_batch_seqs:
+            raise ValueError(f"checkpoint cursor {self.dataset.consumed} does not match step {self.step}")
+        self.resumed_from = self.step
+        self.metrics.rollback_after(self.step)
+        return self.step
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def to_micro_batch(self, batch: Batch) -> MicroBatch:
+        tokens = torch.from_numpy(batch.tokens).to(self.device, non_blocking=True)
+        doc_ids = None
+        if self.cfg.document_mask:
+            doc_ids = torch.from_numpy(batch.segment_ids()[:, :-1]).to(self.device, non_blocking=True)
+        return MicroBatch(tokens[:, :-1], tokens[:, 1:], doc_ids)
+
+    def next_micro_batches(self) -> tuple[list[MicroBatch], int]:
+        """This rank's `accum` micro-batches of the next step and their data digest."""
+        batches = [self.dataset.next_batch(self.micro_batch) for _ in range(self.accum)]
+        digest = sum(sequence_digest(b, self.dataset.sequences_per_epoch) for b in batches) % DIGEST_MOD
+        return [self.to_micro_batch(b) for b in batches], digest
+
+    def train_step(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
+        """Forward/backward over the micro-batches, clip, optimiser and schedule step.
+
+        Each micro-batch's loss is scaled by 1/len(micro_batches) and FSDP averages over the
+        ranks, so the gradient is that of the mean loss over all ranks' micro-batches (a
+        single process given all of them in one list computes the same gradient).
+        Returns this rank's mean LM loss, balance and z losses, and the global grad norm.
+        """
+        self.model.train()
+        n = len(micro_batches)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for i, mb in enumerate(micro_batches):
+            set_gradient_sync(self.model, self.cfg.reduce_every_micro_batch or i == n - 1)
+            out = self.model(mb.inputs_BS, mb.doc_ids_BS)
+            lm = causal_lm_loss(out.logits_BSV, mb.targets_BS)
+            ((lm + out.aux_loss) / n).backward()
+            sums += torch.stack([lm.detach(), out.balance_loss.detach(), out.z_loss.detach()]).double()
+        norm = clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm)
+        lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] != "router")
+        self.optimizer.step()  # the router-bias pre-hook runs here, once per step
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        lm, balance, z = (sums / n).tolist()  # one device sync per step
+        return {"loss": lm, "balance_loss": balance, "z_loss": z, "grad_norm": float(norm), "lr": lr}
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _reseed(self) -> None:
+        # A pure function of (seed, step, rank): dropout masks survive restarts unchanged.
+        torch.manual_seed((self.cfg.seed * 1_000_003 + self.step) * 4099 + self.rank)
+
+    def _reduce(self, local: dict[str, float], digest: int) -> tuple[dict[str, float], int]:
+        """Global mean of the losses and global sum of the data digest, in one all-reduce."""
+        if self.group is None:
+            return local, digest
+        keys = ["loss", "balance_loss", "z_loss"]
+        # float64 holds the digest exactly: each rank's is < 2^40, their sum far below 2^53.
+        values = torch.tensor([local[k] for k in keys] + [float(digest)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values, group=self.group)
+        summed = values.tolist()
+        means = {**local, **{k: summed[i] / self.world for i, k in enumerate(keys)}}  # grad_norm, lr: global
+        return means, int(summed[-1]) % DIGEST_MOD
+
+    def fit(
+        self,
+        on_checkpoint: Callable[[int, Path, dict[str, Any]], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        control: Callable[[bool, bool], tuple[bool, bool]] | None = None,
+    ) -> FitResult:
+        """Train from `self.step` to cfg.steps.
+
+        on_checkpoint(step, path, metrics): after each save, on every rank (Ray: report).
+        on_step(step, rank): after each step, on every rank (fault injection in tests).
+        control(save, stop) -> (save, stop): agree on rank 0's decision (a broadcast over
+        all processes, spares included); default: this rank's own decision.
+        """
+        cfg = self.cfg
+        start_time = time.perf_counter()
+        losses: list[float] = []
+        if self.step == 0:
+            self.metrics.truncate()
+        if self.step >= cfg.steps and control is not None:
+            control(False, True)  # resumed at the end: release the spares all the same
+        with GCController(every_n_steps=cfg.gc_every_steps) as gc_ctl:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                self._reseed()
+                consumed_before = self.dataset.consumed
+                micro_batches, digest = self.next_micro_batches()
+                local = self.train_step(micro_batches)
+                self.step += 1
+                stats, digest = self._reduce(local, digest)
+                seconds = time.perf_counter() - t0
+                tokens_per_s = self.tokens_per_step / seconds
+                record = {
+                    "step": self.step,
+                    **{k: round(v, 6) for k, v in stats.items() if k != "lr"},
+                    "lr": stats["lr"],
+                    "tokens_per_s": round(tokens_per_s, 1),
+                    "mfu": round(tokens_per_s * self.flops_per_token / (self.peak_tflops * 1e12 * self.world), 5),
+                    "step_s": round(seconds, 4),
+                    "tokens": self.step * self.tokens_per_step,
+                    "consumed_start": consumed_before,
+                    "consumed": self.dataset.consumed,
+                    "data_digest": digest,
+                    "world": self.world,
+                    "ep": self.ep,
+                    "micro_batch": self.micro_batch,
+                    "accum": self.accum,
+                    "expert_load": {name: load.long().tolist() for name, load in self._loads.items()},
+                    "time": round(time.time(), 3),
+                }
+                self.metrics.write(record)
+                losses.append(stats["loss"])
+                if on_step is not None:
+                    on_step(self.step, self.rank)
+                final = self.step >= cfg.steps
+                save = self.checkpoints.due(self.step, final)
+                if control is not None:
+                    save, _ = control(save, final)
+                if save:
+                    path = self.checkpoints.save(self.step, self.state, self.checkpoint_meta())
+                    if on_checkpoint is not None:
+                        on_checkpoint(self.step, path, {k: record[k] for k in ("step", "loss", "tokens", "consumed")})
+                gc_ctl.step(self.step)
+        return FitResult(self.step, self.resumed_from, losses, time.perf_counter() - start_time)

@@ -100,12 +100,18 @@ def connected_components(edges: "ray.data.Dataset", num_partitions: int,
     for rounds in range(1, max_rounds + 1):
         star = map_partitions(current.map_batches(_both_directions, batch_format="pyarrow"), ["u"],
                               num_partitions, _large_star).materialize()
-        bad = star.sum("bad")  # None when there are no edges at all
-        if not bad:  # the input was already a star forest (or empty): its labels are final
+        # NOTE: Dataset.sum() plans a hash aggregation over 200 partitions (seconds on 2 CPUs);
+        # one partial sum per block read back is ~50x cheaper.
+        bad = sum(r["bad"] for r in star.map_batches(_count_bad, batch_format="pyarrow", batch_size=None).take_all())
+        if bad == 0:  # the input was already a star forest (or empty): its labels are final
             return star.map_batches(_labels, batch_format="pyarrow"), rounds
         current = map_partitions(star.map_batches(_both_directions, batch_format="pyarrow"), ["u"],
                                  num_partitions, _small_star).materialize()
     raise NoConvergence(f"connected components did not converge in {max_rounds} rounds")
+
+
+def _count_bad(batch: pa.Table) -> pa.Table:
+    return pa.table({"bad": [pc.sum(batch["bad"]).as_py() or 0]})
 
 
 def _labels(batch: pa.Table) -> pa.Table:

@@ -8,43 +8,65 @@ import resource
 from collections import Counter
 from typing import Any, Iterable
 
-import pyarrow as pa
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.dedup.shuffle import map_partitions, runs
-
 from curation.stages.base import REASON
 
 
-def _vm_hwm_kb(pid: str) -> int:
+def _status_kb(pid: int, field: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-def _is_ray_worker(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read(4096)
-    except OSError:
-        return False
-    return cmd.startswith(b"ray::") or b"default_worker.py" in cmd
+def raylet_pid() -> int | None:
+    """The pid of this node's raylet (the parent of its Ray workers), asked of a tiny task."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def parent() -> int:
+        return os.getppid()
+
+    return ray.get(parent.remote()) if ray.is_initialized() else None
+
+
+def ray_worker_pids(raylet: int | None) -> list[int]:
+    """Local processes started by `raylet` (workers, agents): other Ray clusters on the same
+    machine are not counted."""
+    if raylet is None or not os.path.isdir("/proc"):
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == raylet:
+                pids.append(int(entry))
+    return pids
+
+
+def rss_mb(pids: list[int], field: str = "VmRSS:") -> float:
+    return sum(_status_kb(p, field) for p in pids) / 1024
 
 
 def peak_memory_mb() -> dict[str, float]:
-    """Peak RSS of the driver, and the sum of the peak RSS of the Ray workers alive on this node
-    (an upper bound of their peak together; Linux /proc, so 0 elsewhere or on remote nodes)."""
+    """Peak RSS of the driver, and the sum of the peak RSS (VmHWM) of this node's Ray workers
+    still alive: an upper bound of their peak together (pages of the shared object store are
+    counted in every process that mapped them). Linux /proc; remote nodes are not seen."""
     driver_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_kb = 0
-    if os.path.isdir("/proc"):
-        workers_kb = sum(_vm_hwm_kb(p) for p in os.listdir("/proc") if p.isdigit() and _is_ray_worker(p))
-    return {"driver_peak_rss_mb": round(driver_kb / 1024, 1), "ray_workers_peak_rss_mb": round(workers_kb / 1024, 1)}
+    workers = rss_mb(ray_worker_pids(raylet_pid()), "VmHWM:")
+    return {"driver_peak_rss_mb": round(driver_kb / 1024, 1), "ray_workers_peak_rss_mb": round(workers, 1)}
 
 
 def size_histogram(sizes: Iterable[int]) -> dict[str, int]:

@@ -5,9 +5,10 @@
 
 Rules, in order:
 - Lines are units first: a blank line always ends a sentence, and a line that looks like code
-  (indented by 4+ spaces or a tab, or ending in `{`, `}`, `;`, `:` after a keyword, `)`,
-  or starting with a comment/preprocessor marker, a keyword such as `def`/`return`/`import`)
-  is one sentence as it stands.
+  is one sentence as it stands: indented by 4+ spaces or a tab; ending in `{`, `}` or `;`;
+  starting with a comment/preprocessor/decorator marker, closing brackets, an import or an
+  assignment; or starting with a keyword (`def`, `if`, `return`, ...) and ending in `:`, `(`,
+  `)` or `=`. A line ending in `.`, `!` or `?` is prose.
 - Inside a prose line, a sentence ends after `.`, `!`, `?` or `…` (with any closing quotes
   or brackets) followed by whitespace, unless the word before the period is a known
   abbreviation (e.g., i.e., Dr., Mr., St., etc., vs., Fig., No., Jan., Inc., ...), an initial
@@ -33,38 +34,47 @@ no nos vol vols pp p fig figs eq eqs ch sec art ed eds ref refs tel ext
 jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun
 """.split())
 
-_CODE_LINE = re.compile(
-    r"""^(?:\ {4,}|\t)                     # indented block
-      | [{};]\s*$                          # ends like a C-family statement or block
-      | ^\s*(?:\#|//|/\*|\*\s|<!--|@\w)    # comment, preprocessor, decorator
-      | ^\s*(?:def|class|return|import|from|if|elif|else|for|while|try|except|finally|with|
-               function|var|let|const|public|private|static|void|int|package|func|fn|
-               \#include|SELECT|INSERT|UPDATE)\b.*[:(){};=]\s*$
-      | ^\s*[\w.\[\]]+\s*(?:=|\+=|-=|:=)\s*\S.*$   # assignment
-      | ^\s*[})\]]+[;,]?\s*$               # closing brackets
-    """,
-    re.VERBOSE,
-)
+# Anchored at the line's start (after indentation), so a long prose line costs one short match.
+_CODE_START = re.compile(r"""(?:\#|//|/\*|\*\s|<!--|@\w          # comment, preprocessor, decorator
+                               |[})\]]+[;,]?$                       # closing brackets
+                               |(?:import|from)\s+[\w.]+(?:\s+import\s+.+)?$   # Python imports
+                               |[\w.\[\]]+\s*(?:=|\+=|-=|:=)\s*\S)   # assignment
+                          """, re.VERBOSE)
+_CODE_KEYWORD = re.compile(r"""(?:def|class|return|if|elif|else|for|while|try|except|finally|with|
+                                 function|var|let|const|public|private|static|void|int|package|func|fn|
+                                 \#include|SELECT|INSERT|UPDATE)\b""", re.VERBOSE)
 _END = re.compile(r"""([.!?…]+)(["'”’)\]»]*)(\s+)""")
 _CJK_END = re.compile(r"""[。！？．]+["'”’」』）)]*""")
-_WORD_BEFORE = re.compile(r"""(\S+)$""")
+_DOTTED = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
 def is_code_line(line: str) -> bool:
-    return bool(_CODE_LINE.search(line)) and not line.strip().endswith((".", "!", "?"))
-
-
-def _is_abbreviation(text_before: str) -> bool:
-    m = _WORD_BEFORE.search(text_before)
-    if not m:
+    stripped = line.strip()
+    if not stripped or stripped[-1] in ".!?":
         return False
-    word = m.group(1).lstrip("(\"'“‘[")
+    if line.startswith(("    ", "\t")) or stripped[-1] in "{};":
+        return True
+    if _CODE_START.match(stripped):
+        return True
+    return stripped[-1] in ":()=" and bool(_CODE_KEYWORD.match(stripped))  # "if x:", "def f("
+
+
+def _word_before(line: str, start: int, end: int) -> str:
+    """The whitespace-delimited word ending at `end` (not before `start`)."""
+    i = end
+    while i > start and not line[i - 1].isspace():
+        i -= 1
+    return line[i:end]
+
+
+def _is_abbreviation(word: str) -> bool:
+    word = word.lstrip("(\"'“‘[")
     bare = word.rstrip(".").lower()
     if bare in ABBREVIATIONS:
         return True
     if len(bare) == 1 and bare.isalpha():  # an initial: "J. Smith"
         return True
-    return bool(re.fullmatch(r"(?:[a-z]\.)+[a-z]", bare))  # dotted acronym: u.s, u.k, e.g
+    return bool(_DOTTED.fullmatch(bare))  # dotted acronym: u.s, u.k, e.g
 
 
 def _split_prose(line: str, base: int, out: list[tuple[int, int]]) -> None:
@@ -72,7 +82,8 @@ def _split_prose(line: str, base: int, out: list[tuple[int, int]]) -> None:
     for m in _END.finditer(line):
         end = m.end(2)
         nxt = line[m.end():m.end() + 1]
-        if m.group(1) == "." and (_is_abbreviation(line[start:m.start(1)]) or not nxt or nxt.islower() or nxt.isdigit()):
+        if m.group(1) == "." and (not nxt or nxt.islower() or nxt.isdigit()
+                                  or _is_abbreviation(_word_before(line, start, m.start(1)))):
             continue
         if m.group(1) != "." and nxt and nxt.islower():  # "?" mid-sentence in quotes: "what?" she said
             continue

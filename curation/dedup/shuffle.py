@@ -1,4 +1,4 @@
-"""Three Ray Data building blocks the dedup stages are made of.
+"""The Ray Data building blocks the dedup stages are made of.
 
 `map_partitions`: hash-partition a dataset on key columns and call a function once per
 partition with the *whole* partition as one Arrow table. `repartition(n, keys=...)` emits each
@@ -13,7 +13,10 @@ schema, unioned and partitioned together, and each partition is split back into 
 
 `Broadcast`: a small materialised table that every worker reads from the object store (cached
 once per worker process): the cheap way to join a few verdicts to many full rows, whose texts
-then do not move at all.
+then do not move at all (100k documents, 2 CPUs: 0.55 s, vs 3.0 s for a cogroup on id).
+
+`lookup` (a left join on a unique key inside one table) and `runs` (the groups of a sorted
+partition) are what the per-partition functions are built from.
 """
 
 from __future__ import annotations
@@ -101,11 +104,10 @@ _BROADCAST_CACHE: dict[str, pa.Table] = {}
 class Broadcast:
     """A materialised table shipped by reference; `table()` fetches it once per process."""
 
-    def __init__(self, ds: "ray.data.Dataset"):
+    def __init__(self, ds: "ray.data.Dataset", schema: pa.Schema):
         mat = ds.materialize()
         self.refs = mat.to_arrow_refs()
-        self.num_rows = mat.count()
-        self.schema = arrow_schema(mat)
+        self.schema = schema  # an empty dataset has none to ask for
         self.token = uuid.uuid4().hex
 
     def table(self) -> pa.Table:

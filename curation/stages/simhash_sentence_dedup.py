@@ -37,7 +37,7 @@ from pydantic import Field
 from curation.dedup import report
 from curation.dedup.sentences import split_sentences
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
-from curation.dedup.simhash_index import REMOVED_SCHEMA, block_values, repeats_in_partition, sentence_simhashes
+from curation.dedup.simhash_index import block_values, repeats_in_partition, sentence_simhashes
 from curation.stages.base import DETAIL, KEPT, REASON, Stage, StageParams, count_words, set_column
 
 EMPTIED = "sentence_dedup_emptied"
@@ -181,32 +181,29 @@ def _apply_cogroup(rows: pa.Table, removals: pa.Table, min_chars: int) -> pa.Tab
     return apply_removals(rows, removals, min_chars)
 
 
+_PARTIALS = ["docs", "docs_changed", "docs_emptied", "sentences", "words", "bytes", "kept_words"]
+
+
 def _removal_partials(batch: pa.Table) -> pa.Table:
-    """Per block: (domain, source, docs, docs changed, sentences/words/bytes removed, kept words)."""
-    changed = batch.filter(pc.not_equal(batch[DETAIL], "{}"))
-    rows: dict[tuple[str, str], list[int]] = {}
-    dom = pc.fill_null(batch["domain"], "").to_pylist()
-    src = pc.fill_null(batch["source"], "").to_pylist()
-    tokens = batch["n_tokens"].to_pylist()
-    reasons = batch[REASON].to_pylist()
-    for d, s, t, r in zip(dom, src, tokens, reasons):
-        acc = rows.setdefault((d, s), [0, 0, 0, 0, 0, 0, 0])
-        acc[0] += 1
-        acc[6] += t if r == KEPT else 0
-    for d, s, det, r in zip(pc.fill_null(changed["domain"], "").to_pylist(), pc.fill_null(changed["source"], "").to_pylist(),
-                            changed[DETAIL].to_pylist(), changed[REASON].to_pylist()):
+    """Per block and (domain, source): documents, changed and emptied documents, removed
+    sentences/words/bytes, and words kept. Only changed rows have their detail parsed."""
+    n = batch.num_rows
+    changed = pc.not_equal(batch[DETAIL], "{}").to_numpy(zero_copy_only=False)
+    removed = np.zeros((3, n), np.int64)
+    rows = np.flatnonzero(changed)
+    for i, det in zip(rows.tolist(), batch[DETAIL].take(pa.array(rows)).to_pylist()):
         x = json.loads(det)
-        acc = rows[(d, s)]
-        acc[1] += 1
-        acc[2] += r == EMPTIED
-        acc[3] += x["removed_sentences"]
-        acc[4] += x["removed_words"]
-        acc[5] += x["removed_bytes"]
-    keys = list(rows)
-    cols = list(zip(*[rows[k] for k in keys])) if keys else [[]] * 7
-    return pa.table({"domain": [k[0] for k in keys], "source": [k[1] for k in keys],
-                     **{name: pa.array(c, pa.int64()) for name, c in zip(
-                         ["docs", "docs_changed", "docs_emptied", "sentences", "words", "bytes", "kept_words"], cols)}})
+        removed[:, i] = (x["removed_sentences"], x["removed_words"], x["removed_bytes"])
+    kept = pc.equal(batch[REASON], KEPT)
+    per_row = pa.table({
+        "domain": pc.fill_null(batch["domain"], ""), "source": pc.fill_null(batch["source"], ""),
+        "docs": np.ones(n, np.int64), "docs_changed": changed.astype(np.int64),
+        "docs_emptied": pc.equal(batch[REASON], EMPTIED).cast(pa.int64()),
+        "sentences": removed[0], "words": removed[1], "bytes": removed[2],
+        "kept_words": pc.if_else(kept, batch["n_tokens"], 0).cast(pa.int64()),
+    })
+    g = per_row.group_by(["domain", "source"]).aggregate([(c, "sum") for c in _PARTIALS])
+    return g.rename_columns([c.removesuffix("_sum") for c in g.column_names])
 
 
 def _sentence_cluster_rows(batch: pa.Table) -> pa.Table:
@@ -237,12 +234,14 @@ class SimHashSentenceDedup(Stage):
         p, ctx = self.params, self.ctx
         phases: dict[str, float] = {}
         self.report = {"seconds": phases}
-        n_parts = p.partitions or partition_count(ctx.num_cpus)
 
         t = time.perf_counter()
         sentence_rows = ds.select_columns(["id", "text"]).map_batches(
             _sentence_rows, batch_format="pyarrow", batch_size=512,
-            fn_kwargs={"k": p.k, "ngram": p.ngram, "seed": p.seed, "min_words": p.min_sentence_words})
+            fn_kwargs={"k": p.k, "ngram": p.ngram, "seed": p.seed, "min_words": p.min_sentence_words}).materialize()
+        rows = sentence_rows.count()
+        self.report["indexed_sentences"] = rows // (p.k + 1)
+        n_parts = p.partitions or partition_count(ctx.num_cpus, rows)
         repeats = map_partitions(sentence_rows, ["block", "value"], n_parts, repeats_in_partition, k=p.k)
         removals = map_partitions(repeats, ["doc"], n_parts, _per_document).materialize()
         phases["sentences_and_buckets"] = round(time.perf_counter() - t, 3)
@@ -251,10 +250,11 @@ class SimHashSentenceDedup(Stage):
         if removals.size_bytes() / 2**20 <= p.broadcast_mb:
             self.report["removal_join"] = "broadcast"
             return ds.map_batches(_apply_broadcast, batch_format="pyarrow", zero_copy_batch=True,
-                                  fn_kwargs={"removals": Broadcast(removals), "min_chars": p.min_chars})
+                                  fn_kwargs={"removals": Broadcast(removals, REMOVALS_SCHEMA), "min_chars": p.min_chars})
         self.report["removal_join"] = "cogroup"
-        rows = ds.drop_columns([c for c in (REASON, DETAIL) if c in arrow_schema(ds).names])
-        return cogroup(rows, removals, "id", n_parts, _apply_cogroup, left_schema=arrow_schema(rows),
+        # Many documents changed: one shuffle of the full rows (the texts move once) against them.
+        full = ds.drop_columns([c for c in (REASON, DETAIL) if c in arrow_schema(ds).names])
+        return cogroup(full, removals, "id", n_parts, _apply_cogroup, left_schema=arrow_schema(full),
                        right_schema=REMOVALS_SCHEMA, min_chars=p.min_chars)
 
     def summarize(self, out) -> dict[str, Any]:
@@ -269,8 +269,8 @@ class SimHashSentenceDedup(Stage):
                 acc[0] += r["docs"]
                 acc[1] += r["words"]
                 acc[2] += r["kept_words"]
-        clusters = report.cluster_summary(out.map_batches(_sentence_cluster_rows, batch_format="pyarrow"),
-                                          self.params.partitions or partition_count(self.ctx.num_cpus))
+        n_parts = self.params.partitions or partition_count(self.ctx.num_cpus, self.report.get("indexed_sentences", 0))
+        clusters = report.cluster_summary(out.map_batches(_sentence_cluster_rows, batch_format="pyarrow"), n_parts)
 
         def rates(table: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
             # Duplicate rate here: the share of words removed as repeated sentences.

@@ -12,6 +12,9 @@ from api.services import Services
 
 # JSON bodies here are small (a config, a URI): anything bigger is refused with 413 unread.
 JSON_BODY_LIMIT = 1024 * 1024
+# Paging offsets become SQL integers: past a signed 64-bit value SQLite raises OverflowError
+# (a 500) and PostgreSQL an out-of-range error, so larger ones are refused with 422.
+MAX_OFFSET = 2**63 - 1
 
 
 def get_services(request: Request) -> Services:

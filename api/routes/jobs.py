@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import require_admin, require_read
-from api.deps import JSON_BODY_LIMIT, ServicesDep, SessionDep
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep
 from api.ids import JOB_ID, new_id
 from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import Corpus, Job, JobStage
@@ -91,7 +91,8 @@ def create_job(body: JobCreate, services: ServicesDep, session: SessionDep) -> J
 
 @router.get("/jobs", response_model=JobList, dependencies=[Depends(require_read)])
 def list_jobs(session: SessionDep, state: Annotated[JobState | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
     where = [Job.state == state] if state else []
     total = session.scalar(select(func.count()).select_from(Job).where(*where))
     rows = session.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
@@ -141,7 +142,7 @@ def job_rejects(
     stage: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
     reason: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     include_text: bool = False,
 ) -> dict:
     """Dropped documents, paged, filtered by stage and reason; `text` only with include_text=true."""

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import require_read
-from api.deps import ServicesDep, SessionDep, base_url
+from api.deps import MAX_OFFSET, ServicesDep, SessionDep, base_url
 from api.ids import MANIFEST_ID
 from api.manifests import ManifestInvalid, load_manifest, locate, shard_file, with_urls
 from api.models import Manifest
@@ -55,7 +55,7 @@ def summary(row: Manifest, base: str) -> ManifestSummary:
 
 @router.get("/manifests", response_model=ManifestList, dependencies=[Depends(require_read)])
 def list_manifests(request: Request, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
     total = session.scalar(select(func.count()).select_from(Manifest))
     rows = session.scalars(select(Manifest).order_by(Manifest.created_at.desc(), Manifest.id).limit(limit).offset(offset))
     base = base_url(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -22,3 +23,17 @@ def ray_local():
     runtime.init_ray(num_cpus=2, object_store_mb=200)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch intra-op thread in tests that use torch: on a shared 2-core box two OpenMP
+    threads spin against other processes (an overfit test took 144 s with 2, 3 s with 1)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -31,3 +31,18 @@ def read_parquet_dir(path: Path):
     if not files:
         return None
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def docs_table(rows):
+    """A document batch as stages see it, from (text, domain) pairs."""
+    import pyarrow as pa
+
+    return pa.table({
+        "id": [f"d{i}" for i in range(len(rows))],
+        "text": [t for t, _ in rows],
+        "url": [None] * len(rows),
+        "domain": pa.array([d for _, d in rows], pa.string()),
+        "metadata": ["{}"] * len(rows),
+        "source": ["test"] * len(rows),
+        "n_tokens": pa.array([len(t.split()) for t, _ in rows], pa.int64()),
+    })

@@ -14,6 +14,7 @@ from curation.classifier import train_classifier
 from curation.config import ConfigError, parse_config
 from curation.stages.base import DETAIL, REASON, RunContext
 from curation.stages.language import LanguageFilter, LanguageParams
+from tests.helpers import docs_table
 
 SENTENCES = {
     "en": [
@@ -97,17 +98,6 @@ def test_predict_handles_newlines_and_missing_text():
     assert langid.predict(model, []) == ([], [])
 
 
-def _docs(rows: list[tuple[str, str | None]]) -> pa.Table:
-    return pa.table({
-        "id": [f"d{i}" for i in range(len(rows))],
-        "text": [t for t, _ in rows],
-        "url": [None] * len(rows),
-        "domain": pa.array([d for _, d in rows], pa.string()),
-        "metadata": ["{}"] * len(rows),
-        "source": ["test"] * len(rows),
-        "n_tokens": pa.array([len(t.split()) for t, _ in rows], pa.int64()),
-    })
-
 
 CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(add(i, 1))"
 MIXED_ROWS = [
@@ -126,7 +116,7 @@ def _stage(**params) -> LanguageFilter:
 
 
 def test_stage_marks_languages_and_skips_code():
-    out = _stage().process_batch(_docs(MIXED_ROWS))
+    out = _stage().process_batch(docs_table(MIXED_ROWS))
     assert out.num_rows == len(MIXED_ROWS)
     assert out.column(REASON).to_pylist() == ["", "language_not_kept", "", "language_low_score", "language_not_kept"]
     assert out.column("lang").to_pylist()[:3] == ["en", "fr", None]  # code: not identified
@@ -137,9 +127,9 @@ def test_stage_marks_languages_and_skips_code():
 
 
 def test_keep_any_and_several_languages():
-    reasons = _stage(keep="any").process_batch(_docs(MIXED_ROWS)).column(REASON).to_pylist()
+    reasons = _stage(keep="any").process_batch(docs_table(MIXED_ROWS)).column(REASON).to_pylist()
     assert reasons == ["", "", "", "language_low_score", ""]
-    reasons = _stage(keep=["en", "de"], skip_domains=[]).process_batch(_docs(MIXED_ROWS)).column(REASON).to_pylist()
+    reasons = _stage(keep=["en", "de"], skip_domains=[]).process_batch(docs_table(MIXED_ROWS)).column(REASON).to_pylist()
     assert reasons[0] == "" and reasons[1] == "language_not_kept" and reasons[4] == ""
     assert reasons[2] != ""  # code judged as language when not skipped: not English prose
 
@@ -236,13 +226,13 @@ def test_train_classifier_rejects_bad_labels(tmp_path):
 def test_stage_assigns_missing_domains(domain_model):
     path, _ = domain_model
     rows = [(HELD_OUT[0][0], None), (HELD_OUT[2][0], ""), (HELD_OUT[4][0], "web"), (HELD_OUT[6][0], None)]
-    out = _stage(domain_model=str(path)).process_batch(_docs(rows))
+    out = _stage(domain_model=str(path)).process_batch(docs_table(rows))
     assert out.column("domain").to_pylist() == ["code", "legal", "web", "news"]
     # The classifier's `code` is applied before skip_domains: that doc is not language-judged.
     assert out.column("lang").to_pylist()[0] is None and out.column("lang").to_pylist()[1] == "en"
-    always = _stage(domain_model=str(path), assign_domain="always").process_batch(_docs(rows))
+    always = _stage(domain_model=str(path), assign_domain="always").process_batch(docs_table(rows))
     assert always.column("domain").to_pylist()[2] == "medical"
-    never = _stage(domain_model=str(path), assign_domain="never").process_batch(_docs(rows))
+    never = _stage(domain_model=str(path), assign_domain="never").process_batch(docs_table(rows))
     assert never.column("domain").to_pylist() == [None, "", "web", None]
 
 
@@ -250,7 +240,7 @@ def test_stage_assigns_missing_domains(domain_model):
 def test_stage_in_ray_pipeline_marks_and_never_drops(ray_local):
     ray = ray_local
     rows = [(s, "web") for sents in SENTENCES.values() for s in sents] + [(CODE, "code")] * 3
-    ds = ray.data.from_arrow(_docs(rows)).repartition(4)
+    ds = ray.data.from_arrow(docs_table(rows)).repartition(4)
     stage = LanguageFilter(LanguageParams(), RunContext(seed=0, output="/tmp/unused", num_cpus=1))
     out = stage.run(ds).materialize()
     table = pa.concat_tables([ray.get(ref) for ref in out.to_arrow_refs()])

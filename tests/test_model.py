@@ -13,15 +13,6 @@ from training.moe import MoE
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # NOTE: on this shared 2-core box, 2 OpenMP threads spin against other processes: the
-    # overfit test took 144 s with 2 threads and 3 s with 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def counted(model: Transformer) -> dict[str, int]:
     """Total from the real parameters; active = total minus the unchosen routed experts."""

@@ -24,15 +24,6 @@ from training.moe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # NOTE: on this shared 2-core box, 2 OpenMP threads spin against other processes: the
-    # overfit test took 144 s with 2 threads and 3 s with 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def naive_experts(x_sorted_ND, gate_EFD, up_EFD, down_EDF, counts_E):
     """The reference: one SwiGLU per expert over its slice of the sorted rows."""

@@ -25,15 +25,6 @@ SCHED = ScheduleConfig(total_steps=1000, warmup_steps=100, final_fraction=0.1, m
 PEAK = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # NOTE: on this shared 2-core box, 2 OpenMP threads spin against other processes: the
-    # overfit test took 144 s with 2 threads and 3 s with 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_seed_defaults():
     cfg = OptimizerConfig(schedule=ScheduleConfig(total_steps=100_000))

@@ -14,6 +14,7 @@ import pytest
 from curation.config import ConfigError, parse_config
 from curation.stages.base import DETAIL, REASON, RunContext
 from curation.stages.pii import PiiParams, PiiRedaction
+from tests.helpers import docs_table
 
 TAGGED = Path(__file__).parent / "data" / "pii_tagged.txt"
 TAG_TYPES = {"email": "EMAIL", "person": "PERSON", "phone": "PHONE", "ssn": "SSN", "cc": "CREDIT_CARD",
@@ -38,7 +39,7 @@ def parse_tagged(line: str) -> tuple[str, list[tuple[str, int, int]]]:
     return "".join(parts), gold
 
 
-def tagged_docs() -> list[tuple[str, list[tuple[str, int, int]]]]:
+def taggeddocs_table() -> list[tuple[str, list[tuple[str, int, int]]]]:
     lines = TAGGED.read_text(encoding="utf-8").splitlines()
     return [parse_tagged(line) for line in lines if line.strip() and not line.startswith("#")]
 
@@ -78,7 +79,7 @@ def engine():
 
 
 def test_tagged_set_has_every_type_and_phone_formats():
-    docs = tagged_docs()
+    docs = taggeddocs_table()
     types = Counter(t for _, gold in docs for t, _, _ in gold)
     assert 55 <= len(docs) <= 80
     assert set(types) == set(TAG_TYPES.values())
@@ -87,7 +88,7 @@ def test_tagged_set_has_every_type_and_phone_formats():
 
 
 def test_precision_recall_floors_on_tagged_set(engine):
-    table = score(engine, tagged_docs())
+    table = score(engine, taggeddocs_table())
     print(f"\n{'type':12s} {'P':>5s} {'R':>5s} {'gold':>5s} {'pred':>5s}")
     for t, m in table.items():
         print(f"{t:12s} {m['precision']:5.2f} {m['recall']:5.2f} {m['gold']:5d} {m['predicted']:5d}")
@@ -100,7 +101,7 @@ def test_precision_recall_floors_on_tagged_set(engine):
 def test_ner_precheck_keeps_recall_and_skips_documents(engine):
     from curation.pii.engine import PiiEngine, has_name_candidate
 
-    docs = tagged_docs()
+    docs = taggeddocs_table()
     without = PiiEngine(ner_precheck=False)
     ner_before, skipped_before = engine.ner_docs, engine.precheck_skipped
     on, off = score(engine, docs), score(without, docs)
@@ -128,17 +129,6 @@ def test_engine_is_offline(monkeypatch):
     assert sorted(f.type for f in found) == ["EMAIL", "PERSON"]
 
 
-def _docs(rows: list[tuple[str, str | None]]) -> pa.Table:
-    return pa.table({
-        "id": [f"d{i}" for i in range(len(rows))],
-        "text": [t for t, _ in rows],
-        "url": [None] * len(rows),
-        "domain": pa.array([d for _, d in rows], pa.string()),
-        "metadata": ["{}"] * len(rows),
-        "source": ["test"] * len(rows),
-        "n_tokens": pa.array([len(t.split()) for t, _ in rows], pa.int64()),
-    })
-
 
 def _stage(seed: int = 0, **params) -> PiiRedaction:
     stage = PiiRedaction(PiiParams(**params), RunContext(seed=seed, output="/tmp/unused"))
@@ -159,7 +149,7 @@ CODE = ('# Maintainer: Jane Doe <jane.doe@example.com>\n'
 
 
 def test_placeholders_counts_and_refreshed_token_counts(default_stage):
-    out = default_stage.process_batch(_docs([(LETTER, "web"), ("nothing to see here, move along", "web")]))
+    out = default_stage.process_batch(docs_table([(LETTER, "web"), ("nothing to see here, move along", "web")]))
     text = out.column("text").to_pylist()
     assert text[0] == "Please call <PERSON> at <PHONE> or write to <EMAIL> about the lease."
     assert text[1] == "nothing to see here, move along"
@@ -171,7 +161,7 @@ def test_placeholders_counts_and_refreshed_token_counts(default_stage):
 
 
 def test_code_domain_redacts_emails_and_ips_but_does_not_scan_names(default_stage):
-    out = default_stage.process_batch(_docs([(CODE, "code"), (CODE, "web")]))
+    out = default_stage.process_batch(docs_table([(CODE, "code"), (CODE, "web")]))
     code, web = out.column("text").to_pylist()
     assert "<EMAIL>" in code and "<IP>" in code and "jane.doe@" not in code
     assert code.count("Jane Doe") == 3 and "<PERSON>" not in code
@@ -182,13 +172,13 @@ def test_context_words_raise_scores_on_both_routes(default_stage):
     """A bare 9-digit number is an SSN only next to a context word, with NER or without."""
     rows = [("my ssn is 536228714 ok", "code"), ("my ssn is 536228714 ok", "web"),
             ("Order 536228714 shipped to Jane Doe", "web")]
-    out = default_stage.process_batch(_docs(rows)).column("text").to_pylist()
+    out = default_stage.process_batch(docs_table(rows)).column("text").to_pylist()
     assert out[0] == out[1] == "my ssn is <SSN> ok"
     assert "536228714" in out[2]
 
 
 def test_ner_domains_limit_where_names_are_scanned():
-    out = _stage(ner_domains=["news"]).process_batch(_docs([(LETTER, "web"), (LETTER, "news")]))
+    out = _stage(ner_domains=["news"]).process_batch(docs_table([(LETTER, "web"), (LETTER, "news")]))
     web, news = out.column("text").to_pylist()
     assert "Jane Doe" in web and "<EMAIL>" in web
     assert "<PERSON>" in news
@@ -196,20 +186,20 @@ def test_ner_domains_limit_where_names_are_scanned():
 
 def test_hash_mode_is_consistent_across_documents_and_batches():
     stage = _stage(seed=1234, mode="hash")
-    a = stage.process_batch(_docs([(LETTER, "web")])).column("text")[0].as_py()
-    b = stage.process_batch(_docs([("Jane Doe signed the form yesterday.", "web")])).column("text")[0].as_py()
+    a = stage.process_batch(docs_table([(LETTER, "web")])).column("text")[0].as_py()
+    b = stage.process_batch(docs_table([("Jane Doe signed the form yesterday.", "web")])).column("text")[0].as_py()
     tag = re.search(r"<PERSON:[0-9a-f]{6}>", a).group(0)
     assert tag in b
     assert re.search(r"<EMAIL:[0-9a-f]{6}>", a) and re.search(r"<PHONE:[0-9a-f]{6}>", a)
-    other = stage.process_batch(_docs([("Marcus Whitfield signed it.", "web")]))
+    other = stage.process_batch(docs_table([("Marcus Whitfield signed it.", "web")]))
     assert tag not in other.column("text")[0].as_py()
-    reseeded = _stage(seed=99, mode="hash").process_batch(_docs([(LETTER, "web")])).column("text")[0].as_py()
+    reseeded = _stage(seed=99, mode="hash").process_batch(docs_table([(LETTER, "web")])).column("text")[0].as_py()
     assert tag not in reseeded  # the run seed is the salt
 
 
 def test_max_density_drops_pii_dense_documents_after_redacting_them():
     dense = "jane@example.com, bob@example.org, 415-555-0132 and ann@example.net"
-    out = _stage(max_density=30).process_batch(_docs([(dense, "web"), (LETTER, "web")]))
+    out = _stage(max_density=30).process_batch(docs_table([(dense, "web"), (LETTER, "web")]))
     assert out.column(REASON).to_pylist() == ["pii_density", ""]
     detail = json.loads(out.column(DETAIL)[0].as_py())
     assert detail["density"] == 80.0 and detail["max_density"] == 30 and detail["pii"]["EMAIL"] == 3
@@ -229,9 +219,9 @@ def test_params_are_validated_in_the_config(tmp_path):
 @pytest.mark.slow
 def test_stage_in_ray_pipeline_and_summary(ray_local):
     ray = ray_local
-    rows = [(text, "web") for text, _ in tagged_docs()] + [(CODE, "code")] * 4
+    rows = [(text, "web") for text, _ in taggeddocs_table()] + [(CODE, "code")] * 4
     stage = PiiRedaction(PiiParams(max_density=30), RunContext(seed=0, output="/tmp/unused", num_cpus=1))
-    out = stage.run(ray.data.from_arrow(_docs(rows)).repartition(3)).materialize()
+    out = stage.run(ray.data.from_arrow(docs_table(rows)).repartition(3)).materialize()
     table = pa.concat_tables([ray.get(ref) for ref in out.to_arrow_refs()])
     assert table.num_rows == len(rows)
     assert sorted(table.column("id").to_pylist()) == sorted(f"d{i}" for i in range(len(rows)))

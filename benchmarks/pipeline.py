@@ -36,22 +36,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
+    stages = [s for s in args.stages.split(",") if s]
+    run(Path(args.corpus), stages, args.cpus, args.repeat)
+
+
+def run(corpus: Path, stages: list, cpus: int, repeat: int = 1) -> None:
+    """Run `stages` (names or {name: ..., params}) on the corpus and print per-stage rates."""
+    import gzip
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from curation import runtime
     from curation.config import parse_config
     from curation.demo_corpus import build_demo_corpus
     from curation.pipeline import run_pipeline
 
-    corpus = Path(args.corpus)
     if not (corpus / "truth.json").exists():
         build_demo_corpus(corpus, seed=0)
-    runtime.init_ray(num_cpus=args.cpus, object_store_mb=1024)
-    input_mb = sum(len(l) for f in sorted((corpus / "corpus").glob("*.jsonl.gz"))
-                   for l in __import__("gzip").open(f, "rt")) / 1e6
-    stages = [s for s in args.stages.split(",") if s]
-    print(f"corpus: {corpus} ({input_mb:.1f} MB of JSONL), stages: {stages}, Ray CPUs: {args.cpus}")
-    print(f"{'run':>3} {'stage':<24} {'docs in':>9} {'seconds':>8} {'docs/s':>9} {'MB/s':>7} {'MB/s/core':>9}")
-    for rep in range(args.repeat):
+    runtime.init_ray(num_cpus=cpus, object_store_mb=1024)
+    input_mb = sum(len(line) for f in sorted((corpus / "corpus").glob("*.jsonl.gz"))
+                   for line in gzip.open(f, "rt")) / 1e6
+    names = [s if isinstance(s, str) else s["name"] for s in stages]
+    print(f"corpus: {corpus} ({input_mb:.1f} MB of JSONL), stages: {names}, Ray CPUs: {cpus}")
+    print(f"{'run':>3} {'stage':<24} {'docs in':>9} {'seconds':>8} {'docs/s':>9} {'docs/s/core':>11} {'MB/s':>7} {'MB/s/core':>9}")
+    for rep in range(repeat):
         with tempfile.TemporaryDirectory() as out:
             cfg = parse_config({"inputs": [str(corpus / "corpus")], "output": out, "seed": 0, "stages": stages})
             t0 = time.perf_counter()
@@ -61,13 +68,13 @@ def main() -> None:
             for st in result.stats.stages:
                 rate = st.docs_in / st.seconds if st.seconds else float("inf")
                 mbs = mb / st.seconds if st.seconds else float("inf")
-                print(f"{rep:>3} {st.name:<24} {st.docs_in:>9,} {st.seconds:>8.2f} {rate:>9.0f} {mbs:>7.2f} "
-                      f"{mbs / args.cpus:>9.2f}")
+                print(f"{rep:>3} {st.name:<24} {st.docs_in:>9,} {st.seconds:>8.2f} {rate:>9.0f} {rate / cpus:>11.0f} "
+                      f"{mbs:>7.2f} {mbs / cpus:>9.2f}")
                 mb = mb * (st.tokens_out / st.tokens_in) if st.tokens_in else mb
             kept_mb = text_mb(Path(out) / "data")
-            print(f"{rep:>3} {'total (wall)':<24} {result.stats.stages[0].docs_in:>9,} {wall:>8.2f} "
-                  f"{result.stats.stages[0].docs_in / wall:>9.0f} {input_mb / wall:>7.2f} {input_mb / wall / args.cpus:>9.2f}"
-                  f"   kept {kept_mb:.1f} MB of text")
+            first = result.stats.stages[0].docs_in
+            print(f"{rep:>3} {'total (wall)':<24} {first:>9,} {wall:>8.2f} {first / wall:>9.0f} {first / wall / cpus:>11.0f} "
+                  f"{input_mb / wall:>7.2f} {input_mb / wall / cpus:>9.2f}   kept {kept_mb:.1f} MB of text")
 
 
 if __name__ == "__main__":

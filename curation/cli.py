@@ -80,10 +80,11 @@ def curate(
     except (ConfigError, InputError, OutputExists) as e:
         fail(str(e))
     print_stats_table(result.stats)
+    # soft_wrap: paths stay on one line (copyable) however narrow the terminal is
     console.print(f"kept documents: {result.data_dir}\nrejects:        {result.rejects_dir}\n"
-                  f"stats:          {result.stats_path}", highlight=False)
+                  f"stats:          {result.stats_path}", highlight=False, soft_wrap=True)
     if "tokenize" in result.extra:
-        console.print(f"manifest:       {result.extra['tokenize']}", highlight=False)
+        console.print(f"manifest:       {result.extra['tokenize']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -268,6 +269,24 @@ def train(
                                 micro_batch=micro_batch)
     except ValueError as e:
         fail(str(e).splitlines()[0] if str(e) else repr(e))
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command("export-hf")
+def export_hf(
+    checkpoint: Path = typer.Argument(..., help="A step_* checkpoint, a checkpoints/ folder or a run's --out folder."),
+    out: Path = typer.Argument(..., help="Folder for config.json, model.safetensors and the tokenizer."),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.json (or its folder), e.g. the manifest's."),
+    config: Optional[Path] = typer.Option(None, help="The run's config, for checkpoints that do not carry it."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+) -> None:
+    """Export a checkpoint as a transformers Qwen2-MoE model (AutoModelForCausalLM, no remote code)."""
+    from training.export_hf import export_hf as export
+
+    try:
+        summary = export(checkpoint, out, tokenizer=tokenizer, config=config, dtype=dtype)
+    except ValueError as e:
+        fail(str(e))
     console.print_json(json.dumps(summary, default=str))
 
 

@@ -250,6 +250,8 @@ class Trainer:
             "world": self.world,
             "ep": self.ep,
             "preset": self.cfg.preset,
+            # The exact architecture, so `flywheel export-hf` needs nothing but the checkpoint.
+            "model_config": self.model_cfg.model_dump(mode="json"),
         }
 
     def resume(self, path: str | Path) -> int:

@@ -1,0 +1,277 @@
+"""Export a Flywheel checkpoint as a Hugging Face `Qwen2MoeForCausalLM` folder.
+
+    flywheel export-hf CHECKPOINT OUT [--config RUN.yaml] [--tokenizer tokenizer.json] [--dtype float32]
+    AutoModelForCausalLM.from_pretrained(OUT)        # built-in architecture, no remote code
+
+CHECKPOINT is a step directory written by `CheckpointManager` (DCP shards + meta.json), a
+checkpoints folder, or a run's out_dir (the latest complete step is taken). The DCP shards are
+read into plain tensors in this one process (no process group), whatever layout saved them.
+
+The model's architecture comes from meta.json's `model_config` when the trainer stored it,
+otherwise from the run's training config (`config`) with the vocabulary read off the
+checkpoint; every tensor shape is checked against the checkpoint either way.
+
+Layout written (the Hub's Qwen2-MoE layout, which vLLM and transformers 4.x read directly and
+transformers 5.x fuses on load through its conversion mapping):
+  - routed experts one Linear each, `mlp.experts.{e}.{gate,up,down}_proj.weight`;
+  - q/k/v biases always present (zeros when the model has none), `qkv_bias=True`: older
+    readers build them unconditionally, and a zero bias is the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import META_NAME, CheckpointManager, read_meta
+from training.config import ModelConfig
+from training.train_config import TrainConfig, load_train_config
+
+HF_ARCHITECTURE = "Qwen2MoeForCausalLM"
+MODEL_PREFIX = "app.model."  # CheckpointManager saves {"app": TrainingState}, whose "model" is this
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPECIAL_TOKEN_NAMES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}  # curation.tokenizer's
+
+
+class ExportError(ValueError):
+    """The checkpoint cannot be exported as asked (a message the user can act on)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The step directory for a step directory, a checkpoints folder or a run's out_dir."""
+    path = Path(path)
+    if (path / META_NAME).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        latest = CheckpointManager(root).latest()
+        if latest is not None:
+            return latest
+    raise ExportError(f"{path}: no complete checkpoint (a step_* directory with {META_NAME})")
+
+
+def checkpoint_tensor_shapes(step_dir: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Model tensor name -> (global shape, dtype), read from DCP's .metadata alone."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = FileSystemReader(str(step_dir)).read_metadata().state_dict_metadata
+    return {
+        key[len(MODEL_PREFIX) :]: (tuple(md.size), md.properties.dtype)
+        for key, md in metadata.items()
+        if key.startswith(MODEL_PREFIX) and isinstance(md, TensorStorageMetadata)
+    }
+
+
+def resolve_model_config(
+    step_dir: Path, config: str | Path | TrainConfig | ModelConfig | None = None
+) -> ModelConfig:
+    """The checkpoint's ModelConfig: `config` when given (a ModelConfig, a TrainConfig or its
+    file, with the vocabulary taken from the checkpoint), else meta.json's `model_config`."""
+    if isinstance(config, ModelConfig):
+        return config
+    if config is not None:
+        train_cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
+        shapes = checkpoint_tensor_shapes(step_dir)
+        if "tok_embeddings.weight" not in shapes:
+            raise ExportError(f"{step_dir}: the checkpoint holds no model embedding")
+        return train_cfg.build_model_config(shapes["tok_embeddings.weight"][0][0])
+    meta = read_meta(step_dir)
+    if "model_config" not in meta:
+        raise ExportError(
+            f"{step_dir}/{META_NAME} does not record the model config; pass the run's training "
+            "config (--config RUN.yaml)"
+        )
+    return ModelConfig.model_validate(meta["model_config"])
+
+
+def load_model_state(step_dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The model's tensors (Flywheel names) from a DCP checkpoint, in the dtype saved.
+
+    Shapes are checked against `cfg` first (built on the meta device: nothing allocated), so a
+    config that does not describe this checkpoint fails with the offending tensor named.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    with torch.device("meta"):
+        expected = cfg.build().state_dict()
+    saved = checkpoint_tensor_shapes(step_dir)
+    if cfg.tie_embeddings:
+        expected.pop("output.weight")  # the same tensor as tok_embeddings.weight
+    problems = []
+    for name, tensor in expected.items():
+        if name not in saved:
+            problems.append(f"{name}: missing from the checkpoint")
+        elif saved[name][0] != tuple(tensor.shape):
+            problems.append(f"{name}: checkpoint {saved[name][0]}, config {tuple(tensor.shape)}")
+    if problems:
+        raise ExportError(f"{step_dir} does not match the model config: " + "; ".join(problems[:5]))
+
+    state = {name: torch.empty(tuple(t.shape), dtype=saved[name][1]) for name, t in expected.items()}
+    # DCP flattens {"app": {"model": {...}}} to the same "app.model.<name>" keys it saved; keys
+    # not asked for (optimizer moments, trainer state) are simply not read.
+    with warnings.catch_warnings():  # DCP warns that it "assumes" one process even with no_dist
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"app": {"model": state}}, checkpoint_id=str(step_dir), no_dist=True)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hugging Face side
+# ---------------------------------------------------------------------------------------------
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    problems = cfg.hf_export_problems()
+    if problems:
+        raise ExportError(f"this model does not map exactly onto {HF_ARCHITECTURE}: " + "; ".join(problems))
+
+
+def hf_config(cfg: ModelConfig, dtype: str = "float32", special_ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """config.json for `Qwen2MoeForCausalLM` (validated by transformers' Qwen2MoeConfig)."""
+    from transformers import Qwen2MoeConfig
+
+    moe = cfg.moe
+    hf = Qwen2MoeConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.attn_head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        initializer_range=cfg.init_std,
+        rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings,
+        use_sliding_window=False,
+        max_window_layers=cfg.n_layers,
+        attention_dropout=cfg.attn_dropout,
+        qkv_bias=True,  # see the module docstring: zeros when Flywheel has no bias
+        intermediate_size=cfg.dense_dim,
+        moe_intermediate_size=moe.expert_dim,
+        shared_expert_intermediate_size=moe.shared_dim,
+        num_experts=moe.n_routed_experts,
+        num_experts_per_tok=moe.n_activated_experts,
+        norm_topk_prob=moe.normalize_topk,
+        decoder_sparse_step=1,
+        mlp_only_layers=list(range(moe.n_dense_layers)),
+        router_aux_loss_coef=moe.balance_loss_coef,
+        **{f"{name}_token_id": i for name, i in (special_ids or {}).items()},
+    )
+    out = hf.to_dict()
+    out["architectures"] = [HF_ARCHITECTURE]
+    out["dtype"] = dtype
+    out["rope_theta"] = cfg.rope_theta  # where transformers 4.x and vLLM read it
+    return out
+
+
+def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Flywheel tensor names -> Qwen2-MoE names, each a contiguous tensor of its own."""
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        out[name] = tensor.detach().to(dtype).contiguous().clone()
+
+    put("model.embed_tokens.weight", state["tok_embeddings.weight"])
+    put("model.norm.weight", state["norm.weight"])
+    if not cfg.tie_embeddings:
+        put("lm_head.weight", state["output.weight"])
+    for i in range(cfg.n_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        put(dst + "input_layernorm.weight", state[src + "attn_norm.weight"])
+        put(dst + "post_attention_layernorm.weight", state[src + "ffn_norm.weight"])
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            weight = state[src + f"attn.{proj}.weight"]
+            put(dst + f"self_attn.{proj}.weight", weight)
+            if proj != "o_proj":
+                bias = state.get(src + f"attn.{proj}.bias")
+                put(dst + f"self_attn.{proj}.bias", bias if bias is not None else weight.new_zeros(weight.shape[0]))
+        if not cfg.is_moe_layer(i):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                put(dst + f"mlp.{proj}.weight", state[src + f"ffn.{proj}.weight"])
+            continue
+        put(dst + "mlp.gate.weight", state[src + "ffn.router.gate.weight"])
+        put(dst + "mlp.shared_expert_gate.weight", state[src + "ffn.shared_gate.weight"])
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            put(dst + f"mlp.shared_expert.{proj}.weight", state[src + f"ffn.shared_experts.{proj}.weight"])
+            # GroupedExperts stores expert e's nn.Linear weight at [e] (see training.moe).
+            for e, weight in enumerate(state[src + f"ffn.experts.{proj}"].unbind(0)):
+                put(dst + f"mlp.experts.{e}.{proj}.weight", weight)
+    return out
+
+
+def write_tokenizer(source: str | Path, out: Path, cfg: ModelConfig) -> dict[str, int]:
+    """Copy a `tokenizers` tokenizer.json (a file, or a folder holding one) and describe it for
+    AutoTokenizer; returns the ids of the special tokens it has (curation's names)."""
+    from tokenizers import Tokenizer
+
+    source = Path(source)
+    path = source / "tokenizer.json" if source.is_dir() else source
+    if not path.is_file():
+        raise ExportError(f"{source}: no tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise ExportError(f"tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+    shutil.copyfile(path, out / "tokenizer.json")
+    ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKEN_NAMES.items()}
+    ids = {name: i for name, i in ids.items() if i is not None}
+    tokenizer_config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+    }
+    tokenizer_config.update({f"{name}_token": SPECIAL_TOKEN_NAMES[name] for name in ids})
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    return ids
+
+
+def export_hf(
+    checkpoint: str | Path,
+    out: str | Path,
+    tokenizer: str | Path | None = None,
+    config: str | Path | TrainConfig | ModelConfig | None = None,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """Write OUT/config.json, model.safetensors (sharded past 5 GB) and, given `tokenizer`,
+    tokenizer.json + tokenizer_config.json. Returns a summary (paths, step, parameter count).
+
+    Raises ExportError when the model is not exactly a Qwen2-MoE (`hf_export_problems`), when
+    the config does not match the checkpoint, or when no config can be found.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    step_dir = resolve_checkpoint(checkpoint)
+    cfg = resolve_model_config(step_dir, config)
+    check_exportable(cfg)  # before reading gigabytes of shards
+    state = load_model_state(step_dir, cfg)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    special_ids = write_tokenizer(tokenizer, out, cfg) if tokenizer is not None else {}
+    tensors = hf_state_dict(cfg, state, DTYPES[dtype])
+    del state
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, dtype, special_ids), indent=2, sort_keys=True) + "\n")
+    save_torch_state_dict(tensors, out, metadata={"format": "pt"})
+    return {
+        "checkpoint": str(step_dir),
+        "step": read_meta(step_dir).get("step"),
+        "out": str(out),
+        "architecture": HF_ARCHITECTURE,
+        "dtype": dtype,
+        "parameters": sum(t.numel() for t in tensors.values()),
+        "tokenizer": special_ids if tokenizer is not None else None,
+        "files": sorted(p.name for p in out.iterdir()),
+    }

@@ -37,6 +37,7 @@ TAGS = [
     {"name": "jobs", "description": "Curation runs on Ray: state, progress, stats, rejects."},
     {"name": "documents", "description": "Why a document was dropped."},
     {"name": "manifests", "description": "Token-shard manifests and their files."},
+    {"name": "training", "description": "Training runs on a manifest, in a Ray actor: state, loss curve, checkpoints."},
     {"name": "service", "description": "Health and metrics."},
 ]
 

@@ -2,8 +2,9 @@
 
 Starts the service (embedded defaults: SQLite + local storage under FLYWHEEL_HOME, local Ray),
 uploads the demo corpus through the REST API, submits the demo pipeline as a job, follows it,
-prints the stats table and the dashboard URL, then keeps serving until interrupted
-(`--exit-after` or FLYWHEEL_DEMO_EXIT=1 stop once the job has ended, for scripts).
+prints the stats table, trains a tiny MoE model on the job's manifest as a training job (its loss
+from first to last step), prints the dashboard URL, then keeps serving until interrupted
+(`--exit-after` or FLYWHEEL_DEMO_EXIT=1 stop once the jobs have ended, for scripts).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from api.cli import _call, _client, _fail, console, err_console, jobs_stats, jobs_watch
+from api.cli import TERMINAL, _call, _client, _fail, console, err_console, jobs_stats, jobs_watch
 
 
 def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -47,6 +48,40 @@ def _job_config(config_path: Path) -> dict[str, Any]:
         if isinstance(stage, dict) and isinstance(stage.get("models"), dict):
             stage["models"] = {d: str(Path(p).resolve()) for d, p in stage["models"].items()}
     return data
+
+
+# ~1-2 minutes on 2 CPUs: the tiny preset (2 layers, dim 64, 8 experts top-2 + 1 shared) on
+# 30 steps of 16 x 128-token sequences, a checkpoint at the end.
+DEMO_TRAINING = {"preset": "tiny", "steps": 30, "seq_len": 128, "global_batch_tokens": 2048, "micro_batch": 16,
+                 "seed": 0, "optimizer": {"lr": 3e-3}}
+
+
+def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
+    """Submit DEMO_TRAINING on the manifest as a training job, follow it, print its loss curve's
+    ends; 0 if it succeeded."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job = _call(client, "POST", "/v1/training-jobs", json={"manifest_id": manifest_id, "config": DEMO_TRAINING})
+    console.print(f"training job {job['id']} submitted on manifest {manifest_id} "
+                  f"(preset tiny, {job['steps']} steps)", highlight=False)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    with progress:
+        task = progress.add_task(job["state"], total=job["steps"])
+        while job["state"] not in TERMINAL:
+            time.sleep(interval)
+            job = _call(client, "GET", f"/v1/training-jobs/{job['id']}")
+            loss = f" loss {job['loss']:.3f}" if job["loss"] is not None else ""
+            progress.update(task, completed=job["step"] or 0, description=f"training {job['state']}{loss}")
+    if job["state"] != "succeeded":
+        err_console.print(f"training job {job['id']} {job['state']}: {job['error']}", highlight=False)
+        return 1
+    curve = job["loss_curve"]
+    first, last = curve[0], curve[-1]
+    console.print(f"trained {last['step']} steps: loss {first['loss']:.3f} (step {first['step']}) -> "
+                  f"{last['loss']:.3f} (step {last['step']}), {job['tokens_per_s']:,.0f} tokens/s; "
+                  f"checkpoints {', '.join(job['checkpoints'])}", highlight=False)
+    return 0
 
 
 def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Path, exit_after: bool) -> int:
@@ -78,6 +113,12 @@ def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Pa
             code = int(getattr(e, "exit_code", 1))
         if code == 0:
             jobs_stats(job["id"], url=url, token=None, as_json=False)
+            with _client(url, None, timeout=600) as client:
+                manifest_id = _call(client, "GET", f"/v1/jobs/{job['id']}")["manifest_id"]
+                if manifest_id is None:
+                    err_console.print("the job wrote no manifest (no tokenize stage): nothing to train on")
+                else:
+                    code = train_on_manifest(client, manifest_id)
         console.print(f"dashboard: {url}/jobs/{job['id']}\nAPI docs:  {url}/docs", highlight=False)
         if exit_after or code:
             return code

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-KINDS = ("cor", "job", "man", "tok")
+KINDS = ("cor", "job", "man", "tok", "trn")
 
 
 def new_id(kind: str) -> str:
@@ -23,4 +23,5 @@ def id_pattern(kind: str) -> str:
 CORPUS_ID = id_pattern("cor")
 JOB_ID = id_pattern("job")
 MANIFEST_ID = id_pattern("man")
+TRAINING_JOB_ID = id_pattern("trn")
 SHA256 = r"^[0-9a-f]{64}$"

@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.db import Database
-from api.models import ACTIVE_STATES, Job, JobStage, utcnow
+from api.models import ACTIVE_STATES, Job, JobStage, TrainingJob, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,12 @@ def actor_name(job_id: str) -> str:
     return f"flywheel-job-{job_id}"
 
 
-def transition(session: Session, job_id: str, from_states: tuple[str, ...], to_state: str, **values: Any) -> bool:
-    """Move a job to `to_state` only if it is in `from_states`; True when this call did it."""
+def transition(session: Session, job_id: str, from_states: tuple[str, ...], to_state: str, *,
+               table: type[Job] | type[TrainingJob] = Job, **values: Any) -> bool:
+    """Move a job (of `table`) to `to_state` only if it is in `from_states`; True when this call did it."""
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_(from_states))
+        update(table)
+        .where(table.id == job_id, table.state.in_(from_states))
         .values(state=to_state, updated_at=utcnow(), **values)
     )
     return result.rowcount == 1
@@ -148,7 +149,24 @@ def _actor_class():
 
 
 class JobRunner:
-    """The web process's side: start, cancel and check job actors (Ray is started on first use)."""
+    """The web process's side: start, cancel and check job actors (Ray is started on first use).
+
+    Generic over the kind of job: a subclass names its table (same state columns as `jobs`),
+    its actor class (`run(database_url, job_id)`) and its actor-name prefix.
+    """
+
+    table: type[Job] | type[TrainingJob] = Job
+    actor_prefix = "flywheel-job-"
+
+    def actor_class(self):
+        return _actor_class()
+
+    def actor_name(self, job_id: str) -> str:
+        return f"{self.actor_prefix}{job_id}"
+
+    def _transition(self, session: Session, job_id: str, from_states: tuple[str, ...], to_state: str,
+                    **values: Any) -> bool:
+        return transition(session, job_id, from_states, to_state, table=self.table, **values)
 
     def __init__(self, db: Database, *, start_grace_s: float = 60.0) -> None:
         self.db = db
@@ -165,8 +183,8 @@ class JobRunner:
     def start(self, job_id: str) -> None:
         """Create (or find) the job's actor and tell it to run; returns at once."""
         ray = self._ray()
-        actor = _actor_class().options(
-            name=actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
+        actor = self.actor_class().options(
+            name=self.actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
         ).remote()
         actor.run.remote(self.db.url, job_id)  # fire and forget: the actor reports through the database
 
@@ -176,17 +194,17 @@ class JobRunner:
         except Exception as e:  # Ray unreachable: the job cannot run, say so instead of queueing forever
             log.exception("could not start job %s", job_id)
             with self.db.session() as s:
-                transition(s, job_id, ACTIVE_STATES, "failed", error=f"could not start on Ray: {describe(e)}",
-                           finished_at=utcnow())
+                self._transition(s, job_id, ACTIVE_STATES, "failed",
+                                 error=f"could not start on Ray: {describe(e)}", finished_at=utcnow())
 
     def cancel(self, job_id: str) -> bool:
         """Mark the job cancelled and kill its actor; False if it had already finished."""
         with self.db.session() as s:
-            if not transition(s, job_id, ACTIVE_STATES, "cancelled", finished_at=utcnow(), phase=None):
+            if not self._transition(s, job_id, ACTIVE_STATES, "cancelled", finished_at=utcnow(), phase=None):
                 return False
         ray = self._ray()
         try:
-            ray.kill(ray.get_actor(actor_name(job_id), namespace=ACTOR_NAMESPACE), no_restart=True)
+            ray.kill(ray.get_actor(self.actor_name(job_id), namespace=ACTOR_NAMESPACE), no_restart=True)
         except ValueError:  # no such actor: it had not started or already exited
             pass
         return True
@@ -194,7 +212,7 @@ class JobRunner:
     def actor_alive(self, job_id: str) -> bool:
         ray = self._ray()
         try:
-            ray.get_actor(actor_name(job_id), namespace=ACTOR_NAMESPACE)
+            ray.get_actor(self.actor_name(job_id), namespace=ACTOR_NAMESPACE)
             return True
         except ValueError:
             return False
@@ -202,7 +220,8 @@ class JobRunner:
     def reap(self, reason: str = ACTOR_DIED, *, at_startup: bool = False) -> dict[str, list[str]]:
         """Fail running jobs whose actor is gone; restart queued jobs whose actor never came."""
         with self.db.session() as s:
-            active = s.execute(select(Job.id, Job.state, Job.created_at).where(Job.state.in_(ACTIVE_STATES))).all()
+            active = s.execute(select(self.table.id, self.table.state, self.table.created_at)
+                               .where(self.table.state.in_(ACTIVE_STATES))).all()
         done: dict[str, list[str]] = {"failed": [], "restarted": []}
         if not active:
             return done  # no Ray needed for an idle service
@@ -212,7 +231,7 @@ class JobRunner:
                 continue
             if state == "running":
                 with self.db.session() as s:
-                    if transition(s, job_id, ("running",), "failed", error=reason, finished_at=now, phase=None):
+                    if self._transition(s, job_id, ("running",), "failed", error=reason, finished_at=now, phase=None):
                         done["failed"].append(job_id)
             elif at_startup or now - created_at > self.start_grace:
                 log.warning("job %s was queued without an actor: starting it again", job_id)

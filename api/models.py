@@ -5,6 +5,7 @@
     jobs         curation runs: state machine queued -> running -> succeeded|failed|cancelled
     job_stages   per-stage progress of a job, written by the job's Ray actor
     manifests    token-shard manifests produced by finished jobs
+    training_jobs  training runs on a manifest: same state machine as jobs, metrics in out_uri
 
 Migrations (`api/migrations/versions/`) create these tables; keep the two in step.
 """
@@ -137,3 +138,22 @@ class Manifest(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingJob(Base):
+    """A training run on a registered manifest. Its step, loss and checkpoints live in files under
+    `out_uri` (metrics.jsonl, checkpoints/), written by the trainer; the row holds the state."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    manifest_id: Mapped[str] = mapped_column(ForeignKey("manifests.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict[str, Any]]  # the validated TrainConfig, manifest and out_dir filled in
+    out_uri: Mapped[str] = mapped_column(Text)  # local folder: metrics.jsonl, checkpoints/, train_config.json
+    phase: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

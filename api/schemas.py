@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.ids import CORPUS_ID
+from api.ids import CORPUS_ID, MANIFEST_ID
 from curation.config import DOMAIN_PATTERN
 
 
@@ -185,3 +185,55 @@ class ManifestList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
+
+
+# --- training jobs ---------------------------------------------------------------------------
+
+class TrainingJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "manifest_id": "man_0c1d2e3f4a5b6c7d",
+        "config": {"preset": "tiny", "steps": 30, "seq_len": 64, "global_batch_tokens": 1024, "micro_batch": 8}}]})
+
+    manifest_id: str = Field(pattern=MANIFEST_ID)
+    config: dict[str, Any] = Field(default_factory=dict, description=(
+        "training.train_config.TrainConfig fields without `manifest`, `out_dir`, `cache_dir`, `workers`, "
+        "`min_workers` (the service sets them: one process in a Ray actor)"))
+
+
+class LossPoint(BaseModel):
+    step: int
+    loss: float
+
+
+class TrainingJobSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "trn_5e6f7a8b9c0d1e2f", "manifest_id": "man_0c1d2e3f4a5b6c7d", "state": "running",
+        "phase": "training", "error": None, "config": {"preset": "tiny", "steps": 30}, "steps": 30, "step": 12,
+        "loss": 7.91, "tokens_per_s": 2350.4, "created_at": "2026-11-29T10:00:00Z",
+        "started_at": "2026-11-29T10:00:02Z", "finished_at": None}]})
+
+    id: str
+    manifest_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    phase: str | None
+    error: str | None
+    config: dict[str, Any] = Field(description="the validated TrainConfig, less the fields the service sets")
+    steps: int = Field(description="optimiser steps the run will take")
+    step: int | None = Field(description="latest step in metrics.jsonl (None before the first)")
+    loss: float | None
+    tokens_per_s: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrainingJobOut(TrainingJobSummary):
+    loss_curve: list[LossPoint] = Field(description="one point per step, evenly thinned to at most `max_points`")
+    checkpoints: list[str] = Field(description="complete checkpoint folders under checkpoints/, oldest first")
+
+
+class TrainingJobList(BaseModel):
+    items: list[TrainingJobSummary]
+    total: int
+    limit: int
+    offset: int

@@ -1,4 +1,4 @@
-"""What the routes share: settings, database, storage, job runner, metrics, background scans.
+"""What the routes share: settings, database, storage, job runners, metrics, background scans.
 
 `start()` runs at application start-up: schema migration, the reaper's first pass (jobs left
 `running` by a previous process are failed as "lost on restart"), counting of corpora whose
@@ -19,6 +19,7 @@ from api.metrics import ServiceMetrics
 from api.models import Corpus, utcnow
 from api.scan import count_corpus
 from api.settings import Settings
+from api.training_jobs import TrainingJobRunner
 from api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,21 @@ class Services:
         self.db = Database(settings.database_url)
         self.storage = Storage(settings.storage)
         self.runner = JobRunner(self.db, start_grace_s=settings.job_start_grace_s)
+        self.training_runner = TrainingJobRunner(self.db, start_grace_s=settings.job_start_grace_s)
         self.metrics = ServiceMetrics(self.db)
         self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-scan")
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
 
+    @property
+    def runners(self) -> tuple[JobRunner, ...]:
+        return (self.runner, self.training_runner)
+
     def start(self) -> None:
         self.db.migrate()
         self.storage.sweep_tmp()
-        self.runner.reap(LOST_ON_RESTART, at_startup=True)
+        for runner in self.runners:
+            runner.reap(LOST_ON_RESTART, at_startup=True)
         with self.db.session() as s:
             unfinished = s.scalars(select(Corpus.id).where(Corpus.state == "scanning")).all()
         for corpus_id in unfinished:
@@ -56,10 +63,11 @@ class Services:
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.settings.reap_interval_s):
-            try:
-                self.runner.reap(ACTOR_DIED)
-            except Exception:  # the reaper must outlive a database or Ray hiccup
-                log.exception("job reaper pass failed")
+            for runner in self.runners:
+                try:
+                    runner.reap(ACTOR_DIED)
+                except Exception:  # the reaper must outlive a database or Ray hiccup
+                    log.exception("job reaper pass failed")
 
     def scan_later(self, corpus_id: str) -> None:
         self._scans.submit(self._scan, corpus_id)

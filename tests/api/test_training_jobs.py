@@ -5,12 +5,14 @@ and a finished job cannot be cancelled."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from api.ids import new_id
 from api.models import Job
+from api.training_jobs import read_progress, thin
 from tests.api.conftest import wait_for
 from training.data.synthetic import write_synthetic_dataset
 
@@ -99,6 +101,10 @@ def test_the_curve_is_thinned_and_the_list_summarises(trained, reader):
     ({"workers": 4}, "set by the service"),
     ({"preset": "seed-67b"}, "planning only"),
     ({"model": {"n_layers": 0}}, "config.model"),
+    ({"model": 5}, "model"),
+    ({"steps": [1]}, "config"),
+    ({"optimizer": 5}, "config"),
+    ({"preset": ["tiny"]}, "config"),
 ])
 def test_a_bad_config_is_422_and_starts_nothing(admin, reader, manifest_id, config, message):
     before = reader.get("/v1/training-jobs").json()["total"]
@@ -136,3 +142,18 @@ def test_a_killed_actor_is_reaped_and_an_ended_job_not_cancelled(ray_local, serv
     assert job["state"] == "failed" and "actor" in job["error"]
     r = admin.post(f"/v1/training-jobs/{job_id}/cancel")
     assert r.status_code == 409 and "already failed" in r.json()["detail"]
+
+
+def test_progress_ignores_a_line_still_being_written(tmp_path):
+    lines = [json.dumps({"step": i, "loss": 5.0 - i / 10, "tokens_per_s": 100.0}) for i in range(1, 2001)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 2001, "lo')
+    (tmp_path / "checkpoints" / "step_00002000").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00002000" / "meta.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step_00002001").mkdir()  # being written: no meta.json yet
+    progress = read_progress(tmp_path)
+    assert len(progress.records) == 2000 and progress.last["step"] == 2000
+    assert progress.checkpoints == ["step_00002000"]
+    assert read_progress(tmp_path, with_curve=False).records == [progress.last]  # from the file's tail
+    assert read_progress(tmp_path / "not-yet").records == []
+    points = thin(progress.records, 7)
+    assert len(points) <= 7 and points[0]["step"] == 1 and points[-1]["step"] == 2000

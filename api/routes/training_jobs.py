@@ -1,0 +1,142 @@
+"""/v1/training-jobs: train a model on a registered manifest, follow its loss, cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.auth import require_admin, require_read
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep
+from api.errors import one_line
+from api.ids import TRAINING_JOB_ID, new_id
+from api.manifests import ManifestInvalid, load_manifest
+from api.models import Manifest, TrainingJob
+from api.schemas import Problem, TrainingJobCreate, TrainingJobList, TrainingJobOut, TrainingJobSummary
+from api.training_jobs import read_progress, thin
+from training.data.fetch import local_path
+
+router = APIRouter(tags=["training"])
+# TrainConfig fields the service sets: where the data is, where the run writes, and one process.
+SERVICE_KEYS = ("manifest", "out_dir", "cache_dir", "workers", "min_workers")
+
+TrainingJobIdPath = Annotated[str, Path(pattern=TRAINING_JOB_ID)]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _summary_fields(job: TrainingJob, last: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: getattr(job, k) for k in ("id", "manifest_id", "state", "phase", "error", "created_at", "started_at",
+                                        "finished_at")},
+        "config": {k: v for k, v in job.config.items() if k not in SERVICE_KEYS},
+        "steps": job.config["steps"],
+        "step": last.get("step"), "loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s"),
+    }
+
+
+def training_job_summary(job: TrainingJob) -> TrainingJobSummary:
+    last = read_progress(job.out_uri, with_curve=False).last
+    return TrainingJobSummary.model_validate(_summary_fields(job, last))
+
+
+def training_job_out(job: TrainingJob, max_points: int = 1000) -> TrainingJobOut:
+    progress = read_progress(job.out_uri)
+    curve = [{"step": r["step"], "loss": r["loss"]} for r in progress.records]
+    return TrainingJobOut.model_validate({**_summary_fields(job, progress.last), "loss_curve": thin(curve, max_points),
+                                          "checkpoints": progress.checkpoints})
+
+
+def get_training_job(session: Session, job_id: str) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no training job {job_id}")
+    return job
+
+
+def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str) -> dict[str, Any]:
+    """The TrainConfig of the run as JSON, checked as far as possible before anything starts:
+    its fields, and the model it builds for the manifest's vocabulary. 422 with one line if not."""
+    from training.train_config import TrainConfig
+
+    given = [k for k in SERVICE_KEYS if k in body.config]
+    if given:
+        raise HTTPException(422, detail=f"config: {', '.join(given)} are set by the service")
+    try:
+        cfg = TrainConfig.model_validate({**body.config, "manifest": manifest.uri, "out_dir": out_dir, "workers": 1})
+    except ValidationError as e:
+        raise HTTPException(422, detail=f"config: {one_line(e.errors())}") from None
+    except TypeError as e:  # TrainConfig's before-validator meets e.g. `"steps": [1]` (not a ValidationError)
+        raise HTTPException(422, detail=f"config: {e}") from None
+    if cfg.preset == "seed-67b":
+        raise HTTPException(422, detail="config: preset seed-67b is for planning only (flywheel train --dry-run)")
+    try:
+        vocab_size = load_manifest(manifest.uri, manifest.sha256).tokenizer.vocab_size
+    except (FileNotFoundError, ManifestInvalid) as e:
+        raise HTTPException(410, detail=f"manifest {manifest.id}: {e}") from None
+    try:
+        cfg.build_model_config(vocab_size)
+    except ValidationError as e:
+        raise HTTPException(422, detail=f"config.model: {one_line(e.errors())}") from None
+    except (ValueError, TypeError) as e:
+        raise HTTPException(422, detail=f"config.model: {e}") from None
+    return cfg.model_dump(mode="json")
+
+
+@router.post("/training-jobs", status_code=201, response_model=TrainingJobOut, dependencies=[Depends(require_admin)],
+             max_body_size=JSON_BODY_LIMIT,
+             responses={404: {"model": Problem}, 409: {"model": Problem}, 410: {"model": Problem},
+                        413: {"model": Problem}, 422: {"model": Problem}})
+def create_training_job(body: TrainingJobCreate, services: ServicesDep, session: SessionDep) -> TrainingJobOut:
+    """Validate the training config against the manifest (422 with one line), then train on Ray.
+
+    The answer comes at once with state `queued`; poll `GET /v1/training-jobs/{id}`."""
+    manifest = session.get(Manifest, body.manifest_id)
+    if manifest is None:
+        raise HTTPException(404, detail=f"no manifest {body.manifest_id}")
+    job_id = new_id("trn")
+    out_uri = services.storage.uri(f"training/{job_id}")
+    if local_path(out_uri) is None:
+        raise HTTPException(409, detail="training jobs write checkpoints to a local folder: the service's storage "
+                                        "is remote (run `flywheel train` against the manifest URL instead)")
+    config = validated_config(body, manifest, out_uri)
+    job = TrainingJob(id=job_id, manifest_id=manifest.id, state="queued", config=config, out_uri=out_uri,
+                      phase="queued")
+    session.add(job)
+    session.commit()
+    services.training_runner.start_or_fail(job_id)
+    session.refresh(job)
+    return training_job_out(job)
+
+
+@router.get("/training-jobs", response_model=TrainingJobList, dependencies=[Depends(require_read)])
+def list_training_jobs(session: SessionDep, state: Annotated[JobState | None, Query()] = None,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                       offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
+    where = [TrainingJob.state == state] if state else []
+    total = session.scalar(select(func.count()).select_from(TrainingJob).where(*where))
+    rows = session.scalars(select(TrainingJob).where(*where)
+                           .order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit).offset(offset))
+    return {"items": [training_job_summary(j) for j in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/training-jobs/{job_id}", response_model=TrainingJobOut, dependencies=[Depends(require_read)],
+            responses={404: {"model": Problem}})
+def read_training_job(job_id: TrainingJobIdPath, session: SessionDep,
+                      max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000) -> TrainingJobOut:
+    """State; step, loss and tokens/s of the latest step; the loss curve; complete checkpoints."""
+    return training_job_out(get_training_job(session, job_id), max_points)
+
+
+@router.post("/training-jobs/{job_id}/cancel", response_model=TrainingJobOut, dependencies=[Depends(require_admin)],
+             max_body_size=JSON_BODY_LIMIT, responses={404: {"model": Problem}, 409: {"model": Problem}})
+def cancel_training_job(job_id: TrainingJobIdPath, services: ServicesDep, session: SessionDep) -> TrainingJobOut:
+    """Mark the job cancelled and kill its Ray actor (its checkpoints so far stay on disk)."""
+    job = get_training_job(session, job_id)
+    if not services.training_runner.cancel(job_id):
+        session.refresh(job)
+        raise HTTPException(409, detail=f"training job {job_id} already {job.state}")
+    session.refresh(job)
+    return training_job_out(job)

@@ -35,3 +35,13 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 # scope="function": commit (and give the connection back) before the response is sent, so a
 # client's next request sees what this one wrote, and no connection is held while a shard streams.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def newest_first_page(session: Session, model, limit: int, offset: int, *where, out=lambda row: row) -> dict:
+    """One page of `model` rows (newest first, id as tie-break) in the list endpoints' shape."""
+    from sqlalchemy import func, select
+
+    total = session.scalar(select(func.count()).select_from(model).where(*where))
+    rows = session.scalars(select(model).where(*where).order_by(model.created_at.desc(), model.id)
+                           .limit(limit).offset(offset))
+    return {"items": [out(r) for r in rows], "total": total, "limit": limit, "offset": offset}

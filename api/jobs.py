@@ -182,7 +182,7 @@ class JobRunner:
 
     def start(self, job_id: str) -> None:
         """Create (or find) the job's actor and tell it to run; returns at once."""
-        ray = self._ray()
+        self._ray()  # Ray up (embedded or RAY_ADDRESS) before the actor is made
         actor = self.actor_class().options(
             name=self.actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
         ).remote()

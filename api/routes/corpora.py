@@ -9,10 +9,9 @@ from anyio import CancelScope, to_thread
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import func, select
 
 from api.auth import require_admin, require_read
-from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.ids import CORPUS_ID, new_id
 from api.locations import LocationError, LocationForbidden, allowed_location
 from api.models import Corpus, utcnow
@@ -162,9 +161,7 @@ async def create_corpus(request: Request, services: ServicesDep) -> Corpus:
 @router.get("/corpora", response_model=CorpusList, dependencies=[Depends(require_read)])
 def list_corpora(session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
-    total = session.scalar(select(func.count()).select_from(Corpus))
-    rows = session.scalars(select(Corpus).order_by(Corpus.created_at.desc(), Corpus.id).limit(limit).offset(offset))
-    return {"items": list(rows), "total": total, "limit": limit, "offset": offset}
+    return newest_first_page(session, Corpus, limit, offset)
 
 
 @router.get("/corpora/{corpus_id}", response_model=CorpusOut, dependencies=[Depends(require_read)],

@@ -6,11 +6,11 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import require_admin, require_read
-from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.ids import JOB_ID, new_id
 from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import Corpus, Job, JobStage
@@ -94,9 +94,7 @@ def list_jobs(session: SessionDep, state: Annotated[JobState | None, Query()] = 
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
     where = [Job.state == state] if state else []
-    total = session.scalar(select(func.count()).select_from(Job).where(*where))
-    rows = session.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
-    return {"items": [job_out(j) for j in rows], "total": total, "limit": limit, "offset": offset}
+    return newest_first_page(session, Job, limit, offset, *where, out=job_out)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require_read)],

@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import require_read
-from api.deps import MAX_OFFSET, ServicesDep, SessionDep, base_url
+from api.deps import MAX_OFFSET, ServicesDep, SessionDep, base_url, newest_first_page
 from api.ids import MANIFEST_ID
 from api.manifests import ManifestInvalid, load_manifest, locate, shard_file, with_urls
 from api.models import Manifest
@@ -56,10 +55,8 @@ def summary(row: Manifest, base: str) -> ManifestSummary:
 @router.get("/manifests", response_model=ManifestList, dependencies=[Depends(require_read)])
 def list_manifests(request: Request, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
-    total = session.scalar(select(func.count()).select_from(Manifest))
-    rows = session.scalars(select(Manifest).order_by(Manifest.created_at.desc(), Manifest.id).limit(limit).offset(offset))
     base = base_url(request)
-    return {"items": [summary(r, base) for r in rows], "total": total, "limit": limit, "offset": offset}
+    return newest_first_page(session, Manifest, limit, offset, out=lambda r: summary(r, base))
 
 
 @router.get("/manifests/{manifest_id}", response_model=ManifestDoc, dependencies=[Depends(require_read)],

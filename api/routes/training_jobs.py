@@ -6,11 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import require_admin, require_read
-from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.errors import one_line
 from api.ids import TRAINING_JOB_ID, new_id
 from api.manifests import ManifestInvalid, load_manifest
@@ -116,10 +115,7 @@ def list_training_jobs(session: SessionDep, state: Annotated[JobState | None, Qu
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
     where = [TrainingJob.state == state] if state else []
-    total = session.scalar(select(func.count()).select_from(TrainingJob).where(*where))
-    rows = session.scalars(select(TrainingJob).where(*where)
-                           .order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit).offset(offset))
-    return {"items": [training_job_summary(j) for j in rows], "total": total, "limit": limit, "offset": offset}
+    return newest_first_page(session, TrainingJob, limit, offset, *where, out=training_job_summary)
 
 
 @router.get("/training-jobs/{job_id}", response_model=TrainingJobOut, dependencies=[Depends(require_read)],

@@ -24,13 +24,6 @@ from training.trainer import ROLLED_BACK_NAME, read_metrics
 TOTAL = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _run(rank: int, world: int, cfg_json: str) -> None:
     run_worker(TrainConfig.model_validate_json(cfg_json))

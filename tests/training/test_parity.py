@@ -23,13 +23,6 @@ from training.train_config import TrainConfig
 from training.trainer import Trainer, read_metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:

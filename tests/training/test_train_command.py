@@ -6,20 +6,12 @@ import json
 import resource
 
 import pytest
-import torch
 
 from tests.training.helpers import write_tiny_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.cli import train_command
 from training.trainer import read_metrics
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_train_command_writes_metrics_and_checkpoints(tmp_path):

@@ -21,7 +21,7 @@ import logging
 import traceback
 from datetime import timedelta
 from functools import cache
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -130,13 +130,17 @@ def execute_job(database_url: str, job_id: str) -> str:
 
 
 class _JobActor:
-    """One curation job. `num_cpus=0`: it only drives Ray Data, whose tasks take the CPUs."""
+    """One job (curation or training), running `execute(database_url, job_id)`.
 
-    def run(self, database_url: str, job_id: str) -> None:
+    `num_cpus=0`: a curation job only drives Ray Data, whose tasks take the CPUs, and a CPU
+    reservation for a training job would starve those tasks on a small machine.
+    """
+
+    def run(self, execute: Callable[[str, str], str], database_url: str, job_id: str) -> None:
         import ray
 
         try:
-            execute_job(database_url, job_id)
+            execute(database_url, job_id)
         finally:
             ray.actor.exit_actor()  # detached actors live until told to go
 
@@ -157,6 +161,7 @@ class JobRunner:
 
     table: type[Job] | type[TrainingJob] = Job
     actor_prefix = "flywheel-job-"
+    execute = staticmethod(execute_job)  # what the actor runs
 
     def actor_class(self):
         return _actor_class()
@@ -186,7 +191,7 @@ class JobRunner:
         actor = self.actor_class().options(
             name=self.actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
         ).remote()
-        actor.run.remote(self.db.url, job_id)  # fire and forget: the actor reports through the database
+        actor.run.remote(self.execute, self.db.url, job_id)  # fire and forget: the actor reports through the database
 
     def start_or_fail(self, job_id: str) -> None:
         try:

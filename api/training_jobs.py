@@ -20,7 +20,6 @@ import json
 import logging
 import traceback
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -76,34 +75,12 @@ def execute_training_job(database_url: str, job_id: str) -> str:
         db.dispose()
 
 
-class _TrainingActor:
-    """One training job. `num_cpus=0`: a CPU reservation would starve the curation jobs' Ray Data
-    tasks on a small machine; the training process shares the cores instead."""
-
-    def run(self, database_url: str, job_id: str) -> None:
-        import ray
-
-        try:
-            execute_training_job(database_url, job_id)
-        finally:
-            ray.actor.exit_actor()  # detached actors live until told to go
-
-
-@cache
-def _training_actor_class():
-    import ray
-
-    return ray.remote(num_cpus=0, max_restarts=0)(_TrainingActor)
-
-
 class TrainingJobRunner(JobRunner):
     """Start, cancel, check and reap training actors (the curation runner over `training_jobs`)."""
 
     table = TrainingJob
     actor_prefix = "flywheel-train-"
-
-    def actor_class(self):
-        return _training_actor_class()
+    execute = staticmethod(execute_training_job)
 
 
 # --- progress, read from the run's folder ------------------------------------------------------

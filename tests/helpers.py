@@ -46,3 +46,12 @@ def docs_table(rows):
         "source": ["test"] * len(rows),
         "n_tokens": pa.array([len(t.split()) for t, _ in rows], pa.int64()),
     })
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (tests bind servers to loopback only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -24,17 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.helpers import free_port
 
 POSTGRES_FLAG = "FLYWHEEL_TEST_POSTGRES"
 
 
 # --- databases -------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def postgres_server():
@@ -54,7 +49,7 @@ def postgres_server():
     subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
                               "--no-sync"], check=True, capture_output=True)
     for _ in range(5):  # a free port can be taken by someone else before the server binds it
-        port = _free_port()
+        port = free_port()
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
         started = subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
                                             "-l", str(root / "log"), "-w", "start"], capture_output=True)

@@ -11,28 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from tests.helpers import free_port
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
 
 KEY, SECRET, REGION, BUCKET = "flywheel-test", "flywheel-test-secret", "us-east-1", "flywheel-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 on 127.0.0.1 with the AWS variables a pod would get; one bucket created."""
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

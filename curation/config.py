@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,6 +78,9 @@ class PipelineConfig(BaseModel):
     seed: int = 0
     default_domain: str = Field(default="web", pattern=DOMAIN_PATTERN)
     stages: list[StageSpec] = Field(default_factory=list)
+    # Records repeating an earlier record's id: `reject` (kept first, later ones rejected with
+    # reason duplicate_id) or `error` (the run stops). See curation/io/unique_ids.py.
+    duplicate_ids: Literal["reject", "error"] = "reject"
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -102,16 +105,17 @@ class PipelineConfig(BaseModel):
             "seed": self.seed,
             "default_domain": self.default_domain,
             "stages": [s.dump() for s in self.stages],
+            "duplicate_ids": self.duplicate_ids,
         }
 
     def fingerprint(self) -> str:
         """sha256 of the config minus where it reads/writes: same recipe -> same hash."""
         d = self.dump()
-        recipe = {k: d[k] for k in ("seed", "default_domain", "stages")}
+        recipe = {k: d[k] for k in ("seed", "default_domain", "stages", "duplicate_ids")}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
-def _format_error(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"] if p not in ("params",))
     msg = err["msg"].removeprefix("Value error, ")
@@ -128,7 +132,7 @@ def parse_config(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"config: {_format_error(e)}") from None
+        raise ConfigError(f"config: {format_validation_error(e)}") from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:

@@ -67,7 +67,8 @@ def _jsonl_rows(task: ReadTask, max_record_bytes: int):
 def _document_or_reject(rec: Any, raw: str | None, default_id: str, task: ReadTask, offset: int) -> dict[str, Any]:
     """The document `rec` makes, or a malformed row keeping its raw text (re-serialised if None)."""
     try:
-        return parse_record(rec, default_id=default_id, default_domain=task.domain, source=task.source)
+        return parse_record(rec, default_id=default_id, default_domain=task.domain, source=task.source,
+                            position=offset)
     except RecordError as e:
         if raw is None:
             raw = json.dumps(rec, default=str, ensure_ascii=False)

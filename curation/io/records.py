@@ -24,7 +24,10 @@ DOCUMENT_SCHEMA = pa.schema([
     pa.field("n_tokens", pa.int64(), nullable=False),  # whitespace words (stats' token unit)
 ])
 VERDICT_FIELDS = [pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())]
-READ_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + VERDICT_FIELDS)
+# Where a record starts in its source (byte offset of a JSONL line, row of a Parquet file):
+# "first occurrence" for the duplicate-id check. Internal to the read step, dropped after it.
+POSITION = "_position"
+READ_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + VERDICT_FIELDS + [pa.field(POSITION, pa.int64(), nullable=False)])
 
 MALFORMED = "malformed"
 # A rejected record keeps at most this much of its raw text: enough to see what it was.
@@ -46,7 +49,7 @@ def _as_id(value: Any) -> str:
     return s
 
 
-def parse_record(rec: Any, *, default_id: str, default_domain: str, source: str) -> dict[str, Any]:
+def parse_record(rec: Any, *, default_id: str, default_domain: str, source: str, position: int = 0) -> dict[str, Any]:
     """A document dict from one decoded record; `RecordError` says why it is not one."""
     if not isinstance(rec, dict):
         raise RecordError(f"not_an_object: a record must be a JSON object, got {type(rec).__name__}")
@@ -80,7 +83,7 @@ def parse_record(rec: Any, *, default_id: str, default_domain: str, source: str)
     return {
         "id": doc_id, "text": text, "url": url or None, "domain": domain.lower(),
         "metadata": metadata_json, "source": source, "n_tokens": len(_WORD.findall(text)),
-        REASON: "", DETAIL: "{}",
+        REASON: "", DETAIL: "{}", POSITION: position,
     }
 
 
@@ -90,6 +93,7 @@ def malformed_row(*, doc_id: str, raw: str, error: str, source: str, offset: int
     return {
         "id": doc_id, "text": raw[:REJECT_TEXT_CHARS], "url": None, "domain": domain, "metadata": "{}",
         "source": source, "n_tokens": 0, REASON: MALFORMED, DETAIL: json.dumps(detail, sort_keys=True),
+        POSITION: offset,
     }
 
 

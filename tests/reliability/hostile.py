@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curation.io.reader import MAX_RECORD_BYTES
+from curation.io.unique_ids import DUPLICATE_ID
 
 MIB = 1024 * 1024
 KEPT_BIG_BYTES = 50 * MIB  # under the reader's 64 MiB limit: must be kept
@@ -32,14 +33,18 @@ class HostileCorpus:
     kept: int = 0  # records the read step keeps
     malformed: Counter = field(default_factory=Counter)  # error kind -> records rejected
     exact_duplicates: int = 0  # kept records `exact_dedup` drops (same text modulo case/space)
-    kept_ids: Counter = field(default_factory=Counter)  # id -> times kept (duplicate ids: 2)
+    duplicate_ids: int = 0  # records the read step rejects for repeating an earlier id
+    kept_ids: Counter = field(default_factory=Counter)  # id -> times kept
     nul_text: dict[str, str] = field(default_factory=dict)  # id -> kept text holding a NUL
 
     def expect(self, kind: str | None) -> None:
-        """Count one record: kind None = kept, else the `error` kind of its malformed row."""
+        """Count one record: kind None = kept, "duplicate_id", else the `error` kind of its
+        malformed row."""
         self.records += 1
         if kind is None:
             self.kept += 1
+        elif kind == DUPLICATE_ID:
+            self.duplicate_ids += 1
         else:
             self.malformed[kind] += 1
 
@@ -114,9 +119,9 @@ def _hostile_lines(c: HostileCorpus) -> list[tuple[bytes, str | None]]:
     # A UTF-8 byte-order mark is valid UTF-8, but Python's json refuses it -> bad_json.
     add(b'\xef\xbb\xbf{"id": "bom", "text": "x"}\n', "bad_json")
 
-    # Duplicate ids: the reader does NOT dedup by id (no stage does): both are kept.
+    # Duplicate ids: the first is kept, the later one is a `duplicate_id` reject of the read step.
     add(_line({"id": "dup-1", "text": "first text under a shared id"}), None, "dup-1")
-    add(_line({"id": "dup-1", "text": "second, different text under the same id"}), None, "dup-1")
+    add(_line({"id": "dup-1", "text": "second, different text under the same id"}), DUPLICATE_ID)
     # Exact duplicates modulo case and whitespace: read keeps both, exact_dedup drops one.
     add(_line({"id": "exact-a", "text": "The Same Words, twice over."}), None, "exact-a")
     add(_line({"id": "exact-b", "text": "  the same words,   TWICE over.  "}), None, "exact-b")

@@ -14,6 +14,7 @@ import pytest
 
 from curation.config import parse_config
 from curation.io.records import MALFORMED
+from curation.io.unique_ids import DUPLICATE_ID
 from curation.pipeline import run_pipeline
 from tests.helpers import read_parquet_dir
 from tests.reliability.hostile import make_hostile_corpus
@@ -60,17 +61,19 @@ def test_read_accounts_for_every_record(ray_local, corpus):
     (read,) = result.stats.stages
     assert read.docs_in == read.docs_out + sum(read.dropped.values()) == corpus.records
     assert read.docs_out == corpus.kept
-    assert read.dropped == {MALFORMED: sum(corpus.malformed.values())}
+    assert read.dropped == {MALFORMED: sum(corpus.malformed.values()), DUPLICATE_ID: corpus.duplicate_ids}
 
     rejects = read_parquet_dir(result.rejects_dir).select(["id", "stage", "reason", "detail"]).to_pylist()
-    assert all(r["stage"] == "read" and r["reason"] == MALFORMED for r in rejects)
+    assert all(r["stage"] == "read" for r in rejects)
+    (dup,) = [r for r in rejects if r["reason"] == DUPLICATE_ID]
+    assert dup["id"] == "dup-1" and json.loads(dup["detail"])["kept_position"] < json.loads(dup["detail"])["position"]
+    rejects = [r for r in rejects if r["reason"] == MALFORMED]
     assert Counter(error_kind(r["detail"]) for r in rejects) == corpus.malformed
     too_large = sorted(r["id"] for r in rejects if error_kind(r["detail"]) == "record_too_large")
     assert too_large == ["big_rejected.jsonl@0", "bomb.jsonl.gz@0"]
 
     kept = pq.read_table(result.data_dir, columns=["id"])["id"].to_pylist()
-    # Duplicate ids are read as two documents: nothing in the pipeline dedups by id.
-    assert Counter(kept) == corpus.kept_ids
+    assert Counter(kept) == corpus.kept_ids  # ids unique: the first "dup-1" only
     small = pq.read_table(result.data_dir, columns=["id", "text"],
                           filters=[("id", "in", list(corpus.nul_text))]).to_pylist()
     assert {r["id"]: r["text"] for r in small} == corpus.nul_text
@@ -87,10 +90,14 @@ def test_exact_dedup_keeps_the_accounting(ray_local, corpus):
 
     rejects = read_parquet_dir(result.rejects_dir).select(["id", "stage", "reason", "detail"]).to_pylist()
     by_stage = Counter(r["stage"] for r in rejects)
-    assert by_stage == {"read": sum(corpus.malformed.values()), "exact_dedup": corpus.exact_duplicates}
+    assert by_stage == {"read": sum(corpus.malformed.values()) + corpus.duplicate_ids,
+                        "exact_dedup": corpus.exact_duplicates}
     for r in rejects:
         assert r["reason"]
         detail = json.loads(r["detail"])
-        assert detail.get("error") if r["stage"] == "read" else detail["kept_id"] == "exact-a"
+        if r["stage"] == "exact_dedup":
+            assert detail["kept_id"] == "exact-a"
+        else:
+            assert detail["kept_source"] if r["reason"] == DUPLICATE_ID else detail["error"]
     kept = Counter(pq.read_table(result.data_dir, columns=["id"])["id"].to_pylist())
-    assert kept["dup-1"] == 2 and kept["exact-a"] == 1 and "exact-b" not in kept
+    assert kept["dup-1"] == 1 and kept["exact-a"] == 1 and "exact-b" not in kept

@@ -52,7 +52,7 @@ def curate(
 
     from curation.config import ConfigError, load_config
     from curation.io.files import InputError
-    from curation.pipeline import OutputExists, Pipeline
+    from curation.pipeline import OutputError, Pipeline
 
     try:
         cfg = load_config(config, inputs=list(input) if input else None, output=output)
@@ -77,7 +77,7 @@ def curate(
         pipeline = Pipeline(cfg, overwrite=overwrite, progress=on_event)
         with progress:
             result = pipeline.run()
-    except (ConfigError, InputError, OutputExists) as e:
+    except (ConfigError, InputError, OutputError) as e:
         fail(str(e))
     print_stats_table(result.stats)
     # soft_wrap: paths stay on one line (copyable) however narrow the terminal is
@@ -288,6 +288,50 @@ def export_hf(
     except ValueError as e:
         fail(str(e))
     console.print_json(json.dumps(summary, default=str))
+
+
+def print_eval_table(report) -> None:
+    """Rows: each file, each domain, overall (an `training.evaluate.EvalReport`)."""
+    title = f"Evaluation of {report.checkpoint} (step {report.step}, seq_len {report.seq_len})"
+    table = Table("", "documents", "tokens", "loss", "perplexity", "bits/byte", title=title)
+    for col in table.columns[1:]:
+        col.justify = "right"
+
+    def cells(t) -> list[str]:
+        number = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731  (no tokens: no loss)
+        return [f"{t.documents:,}", f"{t.tokens:,}", number(t.loss, ".4f"), number(t.perplexity, ".2f"),
+                number(t.bits_per_byte, ".4f")]
+
+    sections = [[(f"file {name}", t) for name, t in report.files.items()],
+                [(f"domain {name}", t) for name, t in report.domains.items()], [("overall", report.overall)]]
+    for section in sections:
+        for i, (name, totals) in enumerate(section):
+            table.add_row(name, *cells(totals), end_section=i == len(section) - 1)
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A step_* checkpoint, a checkpoints/ folder or a run's --out folder."),
+    eval_files: list[Path] = typer.Option(..., "--eval", help="JSONL of {text, domain?, id?}. Repeatable."),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.json (default: the training manifest's)."),
+    seq_len: Optional[int] = typer.Option(None, min=1, help="Window length (default: the run's)."),
+    batch_size: int = typer.Option(8, min=1, help="Windows per forward."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Loss, perplexity and bits per byte of a checkpoint on held-out text, per file and domain."""
+    from training.evaluate import evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(checkpoint, eval_files, tokenizer=tokenizer, seq_len=seq_len,
+                                     batch_size=batch_size)
+    except (OSError, ValueError) as e:
+        fail(str(e).splitlines()[0] if str(e) else repr(e))
+    print_eval_table(report)
+    if json_out is not None:
+        data = {"checkpoint": report.checkpoint, "step": report.step, "seq_len": report.seq_len, **report.to_dict()}
+        json_out.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"report: {json_out}", highlight=False, soft_wrap=True)
 
 
 @app.command()

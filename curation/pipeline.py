@@ -12,6 +12,8 @@ later stage runs, and rejects written once per stage without recomputing the sta
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -26,6 +28,7 @@ from curation import runtime
 from curation.config import PipelineConfig
 from curation.io.files import InputError, filesystem_for, plan_reads
 from curation.io.reader import read_documents
+from curation.io.unique_ids import enforce_unique_ids
 from curation.stages import stage_class
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage
 from curation.stats import StageStats, RunStats
@@ -35,8 +38,37 @@ READ_METHOD = "JSONL/Parquet reader"
 STATS_FILE = "stats.json"
 
 
-class OutputExists(ValueError):
+class OutputError(ValueError):
+    """The output cannot be written: not empty, not writable, or the disk filled (one line)."""
+
+
+class OutputExists(OutputError):
     pass
+
+
+# Disk-level failures worth a one-line answer (the rest are bugs and keep their traceback).
+# Ray re-raises a worker's OSError as a RayTaskError whose text may be all that survives.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_MESSAGES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Permission denied", "File too large")  # fmt: skip
+
+
+def disk_failure(exc: BaseException) -> str | None:
+    """The disk-level reason behind `exc` (through Ray task errors and exception chains), or None."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return os.strerror(e.errno)  # pyarrow puts its whole message in strerror
+        text = str(e)
+        for message in _DISK_MESSAGES:
+            if message in text:
+                return message
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
 
 
 class AccountingError(RuntimeError):
@@ -119,18 +151,27 @@ class Pipeline:
                            for t in plan_reads(spec.path, spec.domain or config.default_domain)]
 
     def _prepare_output(self) -> None:
+        """An empty, writable output folder, checked before any work (a probe file is written
+        and removed: a folder can exist on a read-only or full filesystem)."""
         from pyarrow import fs as pafs
 
-        info = self.fs.get_file_info(self.root)
-        if info.type == pafs.FileType.File:
-            raise OutputExists(f"output {self.config.output} is a file")
-        if info.type == pafs.FileType.Directory:
-            entries = self.fs.get_file_info(pafs.FileSelector(self.root))
-            if entries and not self.overwrite:
-                raise OutputExists(f"output {self.config.output} is not empty (use --overwrite to replace it)")
-            if entries:
-                self.fs.delete_dir_contents(self.root)
-        self.fs.create_dir(self.root, recursive=True)
+        try:
+            info = self.fs.get_file_info(self.root)
+            if info.type == pafs.FileType.File:
+                raise OutputExists(f"output {self.config.output} is a file")
+            if info.type == pafs.FileType.Directory:
+                entries = self.fs.get_file_info(pafs.FileSelector(self.root))
+                if entries and not self.overwrite:
+                    raise OutputExists(f"output {self.config.output} is not empty (use --overwrite to replace it)")
+                if entries:
+                    self.fs.delete_dir_contents(self.root)
+            self.fs.create_dir(self.root, recursive=True)
+            probe = _path_in(self.root, f".write-probe-{uuid.uuid4().hex[:8]}")
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as e:
+            raise OutputError(f"output {self.config.output}: cannot write there ({disk_failure(e) or e})") from None
 
     def _settle(self, name: str, method: str, out, docs_in: int | None, tokens_in: int | None,
                 started: float, stage: Stage | None) -> tuple[Any, StageStats]:
@@ -158,8 +199,25 @@ class Pipeline:
         return kept, stats
 
     def run(self) -> RunResult:
-        started = time.perf_counter()
+        """Run every step. A disk-level failure on the way (full, read-only, no permission) is an
+        `OutputError` naming the step; stats.json and manifest.json are written last, each to a
+        temporary name then renamed, so a run that fails publishes neither."""
         self._prepare_output()
+        self._step = "read"
+        try:
+            return self._run()
+        except OutputError:
+            raise
+        except Exception as e:
+            reason = disk_failure(e)
+            if reason is None:
+                raise
+            raise OutputError(f"output {self.config.output}: {reason} during {self._step}; the run stopped "
+                              f"without publishing stats.json or a manifest (free space, then rerun with --overwrite)"
+                              ) from e
+
+    def _run(self) -> RunResult:
+        started = time.perf_counter()
         runtime.init_ray()
         ctx = RunContext(seed=self.config.seed, output=self.config.output, num_cpus=runtime.cluster_cpus())
         stages = [stage_class(s.name)(s.params, ctx) for s in self.config.stages]
@@ -169,10 +227,13 @@ class Pipeline:
         n_steps = len(stages) + 1
         self.progress("stage_start", {"name": "read", "index": 0, "total": n_steps})
         t0 = time.perf_counter()
-        ds, st = self._settle("read", READ_METHOD, read_documents(self.read_tasks), None, None, t0, None)
+        records = read_documents(self.read_tasks).materialize()
+        unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
+        ds, st = self._settle("read", READ_METHOD, unique, None, None, t0, None)
         run_stats.stages.append(st)
         self.progress("stage_done", {"stats": st, "index": 0, "total": n_steps})
         for i, stage in enumerate(stages, start=1):
+            self._step = stage.name
             self.progress("stage_start", {"name": stage.name, "index": i, "total": n_steps})
             t0 = time.perf_counter()
             prev = run_stats.stages[-1]
@@ -180,6 +241,7 @@ class Pipeline:
             run_stats.stages.append(st)
             self.progress("stage_done", {"stats": st, "index": i, "total": n_steps})
 
+        self._step = "write"
         self.progress("write_start", {})
         if run_stats.stages[-1].docs_out:
             ds.write_parquet(self.data_dir, filename_provider=_filenames("part"))
@@ -190,10 +252,17 @@ class Pipeline:
         stats_json = run_stats.to_json()
         write_json_atomic(self.fs, _path_in(self.root, STATS_FILE), stats_json)
         extra = {}
-        for stage in stages:
-            made = stage.finalize(stats_json)
-            if made is not None:
-                extra[stage.name] = str(made)
+        try:
+            for stage in stages:
+                self._step = f"{stage.name} (finalize)"
+                made = stage.finalize(stats_json)
+                if made is not None:
+                    extra[stage.name] = str(made)
+        except BaseException:
+            # stats.json says "done": without the finalize step's files (the manifest) it must not stay.
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(_path_in(self.root, STATS_FILE))
+            raise
         return RunResult(output=self.config.output, stats=run_stats, data_dir=self.data_dir,
                          rejects_dir=self.rejects_dir, stats_path=stats_path, extra=extra)
 
@@ -209,13 +278,19 @@ def _path_in(root: str, name: str) -> str:
 def write_json_atomic(fs, path: str, obj: Any) -> None:
     """Write JSON to a temporary name, then rename: readers never see half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
 
 
 def run_pipeline(config: PipelineConfig, **kwargs: Any) -> RunResult:
     return Pipeline(config, **kwargs).run()
 
 
-__all__ = ["Pipeline", "RunResult", "run_pipeline", "OutputExists", "AccountingError", "InputError", "tally"]
+__all__ = ["Pipeline", "RunResult", "run_pipeline", "OutputError", "OutputExists", "AccountingError", "InputError",
+           "tally"]

@@ -244,8 +244,12 @@ class ShardWriter:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a hidden temporary sibling, fsync, rename: readers see all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn temporary behind
+        raise

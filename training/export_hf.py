@@ -125,6 +125,21 @@ def load_model_state(step_dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor
     return state
 
 
+def load_checkpoint_model(
+    path: str | Path, config: str | Path | TrainConfig | ModelConfig | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model, meta.json) of a checkpoint (any layout; see `resolve_checkpoint`): a plain
+    single-process float32 model on CPU in eval mode, whatever layout and dtype saved it."""
+    step_dir = resolve_checkpoint(path)
+    cfg = resolve_model_config(step_dir, config)
+    state = load_model_state(step_dir, cfg)
+    if cfg.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model = cfg.build()
+    model.load_state_dict(state, strict=True)
+    return model.eval(), read_meta(step_dir)
+
+
 # ---------------------------------------------------------------------------------------------
 # The Hugging Face side
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,11 @@ class TrainConfig(BaseModel):
     resume: bool = Field(default=True, description="continue from the latest checkpoint in out_dir")
     gc_every_steps: int = Field(default=500, ge=1)
 
+    # -- held-out evaluation (training.evaluate): OUT/eval.jsonl ------------------------------
+    eval_files: list[str] = Field(default_factory=list, description="JSONL files of {text, domain?}")
+    eval_every_steps: int | None = Field(default=None, ge=1, description="None: only after the final step")
+    eval_batch_size: int = Field(default=8, ge=1, description="windows of seq_len + 1 tokens per forward")
+
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
@@ -89,6 +94,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"global_batch_tokens {self.global_batch_tokens} is not a multiple of seq_len {self.seq_len}")
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError("min_workers cannot exceed workers")
+        if self.eval_every_steps is not None and not self.eval_files:
+            raise ValueError("eval_every_steps needs eval_files")
         return self
 
     @property

@@ -13,7 +13,10 @@ One optimiser step on every rank:
      aux-loss-free router-bias update runs as the optimiser's step pre-hook, once), schedule;
   4. one all-reduce for the logged losses and the data digest; rank 0 appends a JSON line to
      metrics.jsonl; rank 0 decides whether to checkpoint and broadcasts it (wall clock differs
-     per rank), spares included.
+     per rank), spares included;
+  5. with cfg.eval_files, every eval_every_steps and after the final step (before that step's
+     save): every rank evaluates the held-out sets (`training.evaluate`), rank 0 appends a line
+     to eval.jsonl.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from torch import nn
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
+from training.data.fetch import local_path
+from training.evaluate import EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
 from training.model import causal_lm_loss
 from training.moe import register_router_bias_hook
 from training.optim import GCController, RecipeScheduler, build_optimizer
@@ -42,6 +47,7 @@ from training.train_config import TrainConfig
 
 METRICS_NAME = "metrics.jsonl"
 ROLLED_BACK_NAME = "metrics.rolled_back.jsonl"
+EVAL_NAME = "eval.jsonl"  # one line per evaluation (training.evaluate), when cfg.eval_files
 DIGEST_MOD = 2**40
 
 
@@ -49,6 +55,22 @@ class MicroBatch(NamedTuple):
     inputs_BS: torch.Tensor  # int64
     targets_BS: torch.Tensor  # int64
     doc_ids_BS: torch.Tensor | None  # int32 segment ids, or None for plain causal attention
+
+
+def manifest_location(location: str) -> str:
+    """A manifest location valid from any working directory (a local path made absolute)."""
+    path = local_path(location)
+    return str(path.resolve()) if path is not None else location
+
+
+def micro_batch_of(batch: Batch, device: torch.device, document_mask: bool) -> MicroBatch:
+    """Inputs, next-token targets and (document_mask) segment ids of a packed batch, on device.
+    Evaluation feeds its windows through this too, so it sees exactly what training sees."""
+    tokens = torch.from_numpy(batch.tokens).to(device, non_blocking=True)
+    doc_ids = None
+    if document_mask:
+        doc_ids = torch.from_numpy(batch.segment_ids()[:, :-1]).to(device, non_blocking=True)
+    return MicroBatch(tokens[:, :-1], tokens[:, 1:], doc_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,14 +145,16 @@ def measure_peak_tflops(device: torch.device, size: int = 1024, trials: int = 5,
 
 
 class MetricsLog:
-    """metrics.jsonl, one JSON object per optimiser step, written by rank 0 only.
+    """A JSONL log with a "step" per line, written by rank 0 only: metrics.jsonl (one object
+    per optimiser step) or eval.jsonl (one per evaluation).
 
     On resume from step s, lines for steps after s (work a crash threw away) move to
-    metrics.rolled_back.jsonl, so metrics.jsonl keeps exactly one line per step.
+    <name>.rolled_back.jsonl, so the log keeps at most one line per step.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.path = out_dir / METRICS_NAME
+    def __init__(self, out_dir: Path, enabled: bool, name: str = METRICS_NAME):
+        self.path = out_dir / name
+        self.rolled_back = out_dir / f"{Path(name).stem}.rolled_back.jsonl"  # metrics: ROLLED_BACK_NAME
         self.enabled = enabled
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +167,7 @@ class MetricsLog:
             if line.strip():
                 (keep if json.loads(line)["step"] <= step else drop).append(line)
         if drop:
-            with (self.path.parent / ROLLED_BACK_NAME).open("a") as f:
+            with self.rolled_back.open("a") as f:
                 f.write("\n".join(drop) + "\n")
         self.path.write_text("".join(line + "\n" for line in keep))
 
@@ -157,8 +181,9 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(out_dir) / METRICS_NAME
+def read_metrics(out_dir: str | Path, name: str = METRICS_NAME) -> list[dict[str, Any]]:
+    """The records of OUT/metrics.jsonl (or another log, e.g. EVAL_NAME)."""
+    path = Path(out_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -211,6 +236,8 @@ class Trainer:
         self.flops_per_token = model_flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak_tflops = cfg.peak_tflops_per_worker or measure_peak_tflops(device)
         self.metrics = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0)
+        self.eval_log = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0 and bool(cfg.eval_files), name=EVAL_NAME)
+        self.eval_sets = self._load_eval_sets() if cfg.eval_files else []
         self.checkpoints = CheckpointManager(
             Path(cfg.out_dir) / "checkpoints", cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
             keep=cfg.keep_checkpoints, group=self.group,
@@ -250,28 +277,29 @@ class Trainer:
             "world": self.world,
             "ep": self.ep,
             "preset": self.cfg.preset,
-            # The exact architecture, so `flywheel export-hf` needs nothing but the checkpoint.
+            # The exact architecture, so `flywheel export-hf` needs nothing but the checkpoint,
+            # and the data and windows, so `flywheel evaluate` finds the tokenizer and seq_len.
             "model_config": self.model_cfg.model_dump(mode="json"),
+            "manifest": manifest_location(self.dataset.location),
+            "seq_len": self.cfg.seq_len,
+            "document_mask": self.cfg.document_mask,
         }
 
     def resume(self, path: str | Path) -> int:
-        """Load a checkpoint (saved at any layout); returns its step. metrics.jsonl is cut back
-        to that step (the lines after it move to metrics.rolled_back.jsonl)."""
+        """Load a checkpoint (saved at any layout); returns its step. metrics.jsonl and eval.jsonl
+        are cut back to that step (the lines after it move to <name>.rolled_back.jsonl)."""
         self.checkpoints.load(path, self.state)
         if self.dataset.consumed != self.step * self.cfg.global_batch_seqs:
             raise ValueError(f"checkpoint cursor {self.dataset.consumed} does not match step {self.step}")
         self.resumed_from = self.step
         self.metrics.rollback_after(self.step)
+        self.eval_log.rollback_after(self.step)
         return self.step
 
     # -- one step -----------------------------------------------------------------------------
 
     def to_micro_batch(self, batch: Batch) -> MicroBatch:
-        tokens = torch.from_numpy(batch.tokens).to(self.device, non_blocking=True)
-        doc_ids = None
-        if self.cfg.document_mask:
-            doc_ids = torch.from_numpy(batch.segment_ids()[:, :-1]).to(self.device, non_blocking=True)
-        return MicroBatch(tokens[:, :-1], tokens[:, 1:], doc_ids)
+        return micro_batch_of(batch, self.device, self.cfg.document_mask)
 
     def next_micro_batches(self) -> tuple[list[MicroBatch], int]:
         """This rank's `accum` micro-batches of the next step and their data digest."""
@@ -303,6 +331,29 @@ class Trainer:
         self.scheduler.step()
         lm, balance, z = (sums / n).tolist()  # one device sync per step
         return {"loss": lm, "balance_loss": balance, "z_loss": z, "grad_norm": float(norm), "lr": lr}
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _load_eval_sets(self) -> list[EvalSet]:
+        """cfg.eval_files, tokenised once with the manifest's tokenizer (EOS as its shards have)."""
+        tokenizer, eos_id = manifest_tokenizer(self.dataset.location, self.dataset.manifest)
+        eval_sets = load_eval_sets(self.cfg.eval_files, tokenizer, eos_id)
+        check_vocab(eval_sets, self.model_cfg.vocab_size)
+        return eval_sets
+
+    def eval_due(self, final: bool) -> bool:
+        every = self.cfg.eval_every_steps
+        return bool(self.eval_sets) and (final or (every is not None and self.step % every == 0))
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate on every rank (the sharded forwards are collectives); rank 0 logs the line."""
+        start = time.perf_counter()
+        report = evaluate_model(self.model, self.eval_sets, self.cfg.seq_len, self.cfg.eval_batch_size,
+                                self.device, self.cfg.document_mask)  # fmt: skip
+        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, **report.to_dict(),
+                  "eval_s": round(time.perf_counter() - start, 4), "time": round(time.time(), 3)}  # fmt: skip
+        self.eval_log.write(record)
+        return record
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -340,6 +391,7 @@ class Trainer:
         losses: list[float] = []
         if self.step == 0:
             self.metrics.truncate()
+            self.eval_log.truncate()
         if self.step >= cfg.steps and control is not None:
             control(False, True)  # resumed at the end: release the spares all the same
         with GCController(every_n_steps=cfg.gc_every_steps) as gc_ctl:
@@ -376,6 +428,8 @@ class Trainer:
                 if on_step is not None:
                     on_step(self.step, self.rank)
                 final = self.step >= cfg.steps
+                if self.eval_due(final):  # before the save: a checkpoint's step always has its line
+                    self.evaluate()
                 save = self.checkpoints.due(self.step, final)
                 if control is not None:
                     save, _ = control(save, final)

@@ -297,8 +297,10 @@ def print_eval_table(report) -> None:
     for col in table.columns[1:]:
         col.justify = "right"
 
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)  # None: no tokens, no loss
+
     def cells(t) -> list[str]:
-        number = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731  (no tokens: no loss)
         return [f"{t.documents:,}", f"{t.tokens:,}", number(t.loss, ".4f"), number(t.perplexity, ".2f"),
                 number(t.bits_per_byte, ".4f")]
 

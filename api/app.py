@@ -38,6 +38,8 @@ TAGS = [
     {"name": "documents", "description": "Why a document was dropped."},
     {"name": "manifests", "description": "Token-shard manifests and their files."},
     {"name": "training", "description": "Training runs on a manifest, in a Ray actor: state, loss curve, checkpoints."},
+    {"name": "ablations", "description": "Data ablations on a corpus, in a Ray actor: one model recipe trained on "
+                                         "several curation recipes; loss curves, held-out results, leakage check."},
     {"name": "service", "description": "Health and metrics."},
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-KINDS = ("cor", "job", "man", "tok", "trn")
+KINDS = ("abl", "cor", "job", "man", "tok", "trn")
 
 
 def new_id(kind: str) -> str:
@@ -24,4 +24,5 @@ CORPUS_ID = id_pattern("cor")
 JOB_ID = id_pattern("job")
 MANIFEST_ID = id_pattern("man")
 TRAINING_JOB_ID = id_pattern("trn")
+ABLATION_ID = id_pattern("abl")
 SHA256 = r"^[0-9a-f]{64}$"

@@ -13,6 +13,9 @@ write and the reaper below never overwrite each other's verdict.
 The reaper (at start-up, then every `reap_interval_s`) looks for queued/running jobs without a
 live actor: a `running` one is marked failed ("lost on restart" at start-up); a `queued` one whose
 actor never started is started again (nothing of it ran, the output is overwritten).
+
+Other kinds of job (training jobs, ablations) share all of this: their table has the
+`JobLifecycle` columns, their runner subclasses `JobRunner`, and their actor body is `run_job`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.db import Database
-from api.models import ACTIVE_STATES, Job, JobStage, TrainingJob, utcnow
+from api.models import ACTIVE_STATES, Job, JobLifecycle, JobStage, utcnow
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAMESPACE = "flywheel"
+# Any table with the JobLifecycle columns: jobs, training_jobs, ablations.
+JobTable = type[JobLifecycle]
 LOST_ON_RESTART = "lost on restart: the job's Ray actor no longer exists"
 ACTOR_DIED = "the job's Ray actor exited without reporting a result (worker crashed or was killed)"
 
@@ -41,7 +46,7 @@ def actor_name(job_id: str) -> str:
 
 
 def transition(session: Session, job_id: str, from_states: tuple[str, ...], to_state: str, *,
-               table: type[Job] | type[TrainingJob] = Job, **values: Any) -> bool:
+               table: JobTable = Job, **values: Any) -> bool:
     """Move a job (of `table`) to `to_state` only if it is in `from_states`; True when this call did it."""
     result = session.execute(
         update(table)
@@ -54,6 +59,54 @@ def transition(session: Session, job_id: str, from_states: tuple[str, ...], to_s
 def describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:2000]
+
+
+def current_state(session: Session, job_id: str, table: JobTable = Job) -> str:
+    return session.scalar(select(table.state).where(table.id == job_id)) or "missing"
+
+
+def record_phase(session: Session, job_id: str, phase: str, table: JobTable = Job) -> None:
+    """Set a running job's phase (a cancelled or reaped job keeps its verdict and no phase)."""
+    session.execute(update(table).where(table.id == job_id, table.state == "running")
+                    .values(phase=phase[:128], updated_at=utcnow()))  # phase is a VARCHAR(128)
+
+
+class PhaseRecorder:
+    """`progress(phase)` callback for work that reports phases as short strings."""
+
+    def __init__(self, db: Database, job_id: str, table: JobTable) -> None:
+        self.db, self.job_id, self.table = db, job_id, table
+
+    def __call__(self, phase: str) -> None:
+        with self.db.session() as s:
+            record_phase(s, self.job_id, str(phase), self.table)
+
+
+def run_job(database_url: str, job_id: str, table: JobTable, work: Callable[[Database, Any], None], *,
+            phase: str) -> str:
+    """The lifecycle of one queued job of `table`, inside its actor: `running` (with `phase`),
+    then `work(db, row)`, then `succeeded`, or `failed` with the error described if `work` raised.
+    Returns the final state; a cancel or the reaper's verdict in between is kept."""
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            if not transition(s, job_id, ("queued",), "running", table=table, started_at=utcnow(), phase=phase):
+                return current_state(s, job_id, table)
+            row = s.get(table, job_id)  # detached below: its loaded columns stay readable
+        try:
+            work(db, row)
+        except Exception as e:  # the job's verdict, not the actor's crash
+            log.error("%s %s failed:\n%s", table.__tablename__, job_id, traceback.format_exc())
+            with db.session() as s:
+                transition(s, job_id, ("running",), "failed", table=table, error=describe(e), finished_at=utcnow(),
+                           phase=None)
+            return "failed"
+        with db.session() as s:
+            if not transition(s, job_id, ("running",), "succeeded", table=table, finished_at=utcnow(), phase="done"):
+                return current_state(s, job_id, table)
+        return "succeeded"
+    finally:
+        db.dispose()
 
 
 class ProgressRecorder:
@@ -82,8 +135,7 @@ class ProgressRecorder:
         s.execute(update(JobStage).where(JobStage.job_id == self.job_id, JobStage.position == position).values(**values))
 
     def _phase(self, s: Session, phase: str) -> None:
-        s.execute(update(Job).where(Job.id == self.job_id, Job.state == "running")
-                  .values(phase=phase, updated_at=utcnow()))
+        record_phase(s, self.job_id, phase)
 
 
 def execute_job(database_url: str, job_id: str) -> str:
@@ -100,7 +152,7 @@ def execute_job(database_url: str, job_id: str) -> str:
     try:
         with db.session() as s:
             if not transition(s, job_id, ("queued",), "running", started_at=utcnow(), phase="starting"):
-                return s.scalar(select(Job.state).where(Job.id == job_id)) or "missing"
+                return current_state(s, job_id)
             job = s.get(Job, job_id)
             config, output_uri = job.config, job.output_uri
         try:
@@ -117,7 +169,7 @@ def execute_job(database_url: str, job_id: str) -> str:
                 if not transition(s, job_id, ("running",), "succeeded", finished_at=utcnow(), phase="done",
                                   docs_out=docs_out):
                     s.rollback()
-                    return s.scalar(select(Job.state).where(Job.id == job_id)) or "missing"
+                    return current_state(s, job_id)
                 register_job_manifest(s, job_id, output_uri)
         except ManifestInvalid as e:
             with db.session() as s:
@@ -130,7 +182,7 @@ def execute_job(database_url: str, job_id: str) -> str:
 
 
 class _JobActor:
-    """One job (curation or training), running `execute(database_url, job_id)`.
+    """One job (curation, training or ablation), running `execute(database_url, job_id)`.
 
     `num_cpus=0`: a curation job only drives Ray Data, whose tasks take the CPUs, and a CPU
     reservation for a training job would starve those tasks on a small machine.
@@ -155,11 +207,11 @@ def _actor_class():
 class JobRunner:
     """The web process's side: start, cancel and check job actors (Ray is started on first use).
 
-    Generic over the kind of job: a subclass names its table (same state columns as `jobs`),
-    its actor class (`run(database_url, job_id)`) and its actor-name prefix.
+    Generic over the kind of job: a subclass names its table (with the JobLifecycle columns),
+    what the actor runs (`execute(database_url, job_id)`) and its actor-name prefix.
     """
 
-    table: type[Job] | type[TrainingJob] = Job
+    table: JobTable = Job
     actor_prefix = "flywheel-job-"
     execute = staticmethod(execute_job)  # what the actor runs
 

@@ -6,6 +6,7 @@
     job_stages   per-stage progress of a job, written by the job's Ray actor
     manifests    token-shard manifests produced by finished jobs
     training_jobs  training runs on a manifest: same state machine as jobs, metrics in out_uri
+    ablations    data ablations on a corpus: same state machine, curves and results in out_uri
 
 Migrations (`api/migrations/versions/`) create these tables; keep the two in step.
 """
@@ -84,24 +85,34 @@ class Corpus(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     scanned_at: Mapped[datetime | None]
 
+    def pipeline_input(self) -> dict[str, str]:
+        """This corpus as one entry of a pipeline's `inputs` (its domain only when it has one)."""
+        return {"path": self.uri, **({"domain": self.domain} if self.domain else {})}
 
-class Job(Base):
-    __tablename__ = "jobs"
+
+class JobLifecycle:
+    """The columns every kind of job shares: api/jobs.py moves any table with them through
+    JOB_STATES (conditional transitions, cancel, reaper)."""
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
-    corpus_ids: Mapped[list[str]]
-    config: Mapped[dict[str, Any]]  # the validated PipelineConfig, inputs and output filled in
-    output_uri: Mapped[str] = mapped_column(Text)
     phase: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
-    docs_in: Mapped[int | None] = mapped_column(BigInteger)
-    docs_out: Mapped[int | None] = mapped_column(BigInteger)
-    manifest_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(JobLifecycle, Base):
+    __tablename__ = "jobs"
+
+    corpus_ids: Mapped[list[str]]
+    config: Mapped[dict[str, Any]]  # the validated PipelineConfig, inputs and output filled in
+    output_uri: Mapped[str] = mapped_column(Text)
+    docs_in: Mapped[int | None] = mapped_column(BigInteger)
+    docs_out: Mapped[int | None] = mapped_column(BigInteger)
+    manifest_id: Mapped[str | None] = mapped_column(String(32))
 
     stages: Mapped[list["JobStage"]] = relationship(
         order_by="JobStage.position", cascade="all, delete-orphan", lazy="selectin"
@@ -140,20 +151,25 @@ class Manifest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class TrainingJob(Base):
+class TrainingJob(JobLifecycle, Base):
     """A training run on a registered manifest. Its step, loss and checkpoints live in files under
     `out_uri` (metrics.jsonl, checkpoints/), written by the trainer; the row holds the state."""
 
     __tablename__ = "training_jobs"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
     manifest_id: Mapped[str] = mapped_column(ForeignKey("manifests.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
     config: Mapped[dict[str, Any]]  # the validated TrainConfig, manifest and out_dir filled in
     out_uri: Mapped[str] = mapped_column(Text)  # local folder: metrics.jsonl, checkpoints/, train_config.json
-    phase: Mapped[str | None] = mapped_column(String(128))
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Ablation(JobLifecycle, Base):
+    """A data ablation on one corpus (training.ablation): its curves and results live in files
+    under `out_uri` (variants/*/train/, ablation.json), written by the runner; the row holds the state."""
+
+    __tablename__ = "ablations"
+
+    corpus_id: Mapped[str] = mapped_column(ForeignKey("corpora.id"), index=True)
+    # The validated AblationConfig less `corpus` and `output`: the runner gets those from
+    # `corpus_id` and `out_uri` when it starts.
+    config: Mapped[dict[str, Any]]
+    out_uri: Mapped[str] = mapped_column(Text)  # local folder: the runner's OUT

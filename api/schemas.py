@@ -197,12 +197,21 @@ class TrainingJobCreate(BaseModel):
     manifest_id: str = Field(pattern=MANIFEST_ID)
     config: dict[str, Any] = Field(default_factory=dict, description=(
         "training.train_config.TrainConfig fields without `manifest`, `out_dir`, `cache_dir`, `workers`, "
-        "`min_workers` (the service sets them: one process in a Ray actor)"))
+        "`min_workers` (the service sets them: one process in a Ray actor). `eval_files` are absolute paths "
+        "of JSONL files under the service's allowed roots or its storage"))
 
 
 class LossPoint(BaseModel):
     step: int
     loss: float
+
+
+class EvalPoint(BaseModel):
+    step: int
+    tokens: int = Field(description="training tokens seen at this step")
+    loss: float | None = Field(description="mean nats per token over every eval file (None: no tokens)")
+    perplexity: float | None
+    domains: dict[str, float | None] = Field(description="domain -> loss, summed over the eval files")
 
 
 class TrainingJobSummary(BaseModel):
@@ -230,10 +239,116 @@ class TrainingJobSummary(BaseModel):
 class TrainingJobOut(TrainingJobSummary):
     loss_curve: list[LossPoint] = Field(description="one point per step, evenly thinned to at most `max_points`")
     checkpoints: list[str] = Field(description="complete checkpoint folders under checkpoints/, oldest first")
+    eval_curve: list[EvalPoint] = Field(default_factory=list, description=(
+        "one point per evaluation (config `eval_files`, every `eval_every_steps` and at the end), thinned "
+        "like loss_curve; empty without evaluation"))
 
 
 class TrainingJobList(BaseModel):
     items: list[TrainingJobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- ablations -------------------------------------------------------------------------------
+
+class AblationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "corpus_id": "cor_3f2a9c0d1e4b5a69",
+        "config": {"seed": 1234, "token_budget": 200_000, "eval_every_steps": 10,
+                   "train": {"preset": "tiny", "seq_len": 128, "global_batch_tokens": 4096, "micro_batch": 8},
+                   "holdout": {"docs_per_domain": 40}, "tokenizer": {"vocab_size": 4096},
+                   "variants": [{"name": "raw"},
+                                {"name": "dedup", "stages": ["url_dedup", "exact_dedup",
+                                                             {"name": "minhash_dedup", "threshold": 0.8}]}]}}]})
+
+    corpus_id: str = Field(pattern=CORPUS_ID)
+    config: dict[str, Any] = Field(description=(
+        "training.ablation.config.AblationConfig fields without `corpus`/`output` (the service sets them); "
+        "variants give inline `stages` (the service reads no `config:` file from its own disk)"))
+
+
+class AblationTrainPoint(BaseModel):
+    step: int
+    tokens: int | None = Field(description="tokens trained on so far")
+    loss: float | None = Field(description="training loss of the step (None if not finite)")
+
+
+class AblationEvalPoint(BaseModel):
+    step: int
+    tokens: int | None = Field(description="tokens trained on so far")
+    loss: float | None = Field(description="held-out loss over every domain's evaluation set")
+    domains: dict[str, float | None] = Field(description="held-out loss per domain")
+
+
+class AblationCurves(BaseModel):
+    train: list[AblationTrainPoint]
+    eval: list[AblationEvalPoint]
+
+
+class AblationTableRow(BaseModel):
+    variant: str
+    tokens: int | None = Field(default=None, description="tokens in the variant's curated shards")
+    docs_kept: int | None = None
+    loss: dict[str, float | None] = Field(description="final held-out loss per domain")
+    overall: float | None = Field(description="final held-out loss over every domain")
+
+
+class AblationLeakage(BaseModel):
+    near_duplicate_jaccard: float
+    held_out_docs: int
+    removed_from_training_pool: int
+    pairs_found: int = Field(description="near-duplicate (held-out, training) pairs left: 0 = no leakage")
+
+
+class AblationSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "abl_9a8b7c6d5e4f3a2b", "corpus_id": "cor_3f2a9c0d1e4b5a69", "state": "running",
+        "phase": "train (1/2 done)", "error": None, "variants": ["raw", "dedup"],
+        "config": {"token_budget": 200_000, "variants": [{"name": "raw"}, {"name": "dedup", "stages": ["url_dedup"]}]},
+        "created_at": "2026-11-29T10:00:00Z", "started_at": "2026-11-29T10:00:02Z", "finished_at": None}]})
+
+    id: str
+    corpus_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    phase: str | None
+    error: str | None
+    config: dict[str, Any] = Field(description="the config as submitted (validated), without `corpus`/`output`")
+    variants: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AblationOut(AblationSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **AblationSummary.model_config["json_schema_extra"]["examples"][0],
+        "state": "succeeded", "phase": "done", "finished_at": "2026-11-29T10:20:00Z", "domains": ["code", "web"],
+        "table": [{"variant": "raw", "tokens": 180_311, "docs_kept": 1200, "loss": {"code": 5.91, "web": 6.02},
+                   "overall": 5.97},
+                  {"variant": "dedup", "tokens": 150_022, "docs_kept": 1011, "loss": {"code": 5.84, "web": 5.95},
+                   "overall": 5.90}],
+        "leakage": {"near_duplicate_jaccard": 0.5, "held_out_docs": 80, "removed_from_training_pool": 3,
+                    "pairs_found": 0},
+        "result_error": None,
+        "curves": {"raw": {"train": [{"step": 1, "tokens": 4096, "loss": 8.3}],
+                           "eval": [{"step": 49, "tokens": 200_704, "loss": 5.97, "domains": {"code": 5.91, "web": 6.02}}]},
+                   "dedup": {"train": [{"step": 1, "tokens": 4096, "loss": 8.3}],
+                             "eval": [{"step": 49, "tokens": 200_704, "loss": 5.90,
+                                       "domains": {"code": 5.84, "web": 5.95}}]}}}]})
+
+    domains: list[str] | None = Field(description="held-out domains (from ablation.json; None before it exists)")
+    table: list[AblationTableRow] | None = Field(description="one row per variant, once ablation.json exists")
+    leakage: AblationLeakage | None = Field(description="the held-out sets' leakage check, once ablation.json exists")
+    result_error: str | None = Field(description="why ablation.json could not be read, if it exists but does not fit")
+    curves: dict[str, AblationCurves] = Field(description=(
+        "per variant: training loss per step and held-out loss per evaluation, each evenly thinned to at most "
+        "`max_points`; partial while the variant trains"))
+
+
+class AblationList(BaseModel):
+    items: list[AblationSummary]
     total: int
     limit: int
     offset: int

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select, update
 
+from api.ablations import AblationRunner
 from api.db import Database
 from api.jobs import ACTOR_DIED, LOST_ON_RESTART, JobRunner
 from api.metrics import ServiceMetrics
@@ -33,6 +34,7 @@ class Services:
         self.storage = Storage(settings.storage)
         self.runner = JobRunner(self.db, start_grace_s=settings.job_start_grace_s)
         self.training_runner = TrainingJobRunner(self.db, start_grace_s=settings.job_start_grace_s)
+        self.ablation_runner = AblationRunner(self.db, start_grace_s=settings.job_start_grace_s)
         self.metrics = ServiceMetrics(self.db)
         self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-scan")
         self._stop = threading.Event()
@@ -40,7 +42,7 @@ class Services:
 
     @property
     def runners(self) -> tuple[JobRunner, ...]:
-        return (self.runner, self.training_runner)
+        return (self.runner, self.training_runner, self.ablation_runner)
 
     def start(self) -> None:
         self.db.migrate()

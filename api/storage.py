@@ -6,6 +6,8 @@ the service makes itself, checked by `check_key`):
     tmp/<uuid>                      uploads in flight (moved into place when complete)
     corpora/<corpus_id>/<name>      uploaded corpus files
     jobs/<job_id>/                  a job's OUTPUT: data/, rejects/, stats.json, manifest.json, shards/
+    training/<training_job_id>/     a training job's out_dir: metrics.jsonl, checkpoints/
+    ablations/<ablation_id>/        an ablation's OUT: variants/, holdout/, ablation.json
 
 Jobs get `uri(key)`, a location `curation.io.files.filesystem_for` understands, so the Ray
 workers write to the same place the service reads from.

@@ -5,7 +5,8 @@
     actor  --> writes `running`, runs `train_command(OUT/train_config.json, local=True)`: one
                process inside the actor, writing OUT/metrics.jsonl and OUT/checkpoints/ --> then
                `succeeded` | `failed` itself
-    GET    --> state from the row; step, loss, tokens/s, loss curve and checkpoints from OUT's files
+    GET    --> state from the row; step, loss, tokens/s, loss curve, eval curve (OUT/eval.jsonl, when
+               the config has eval_files) and checkpoints from OUT's files
 
 Same lifecycle as curation jobs (api/jobs.py): conditional transitions, cancel kills the actor,
 the reaper fails a `running` job whose actor is gone and restarts a `queued` one never started.
@@ -17,24 +18,20 @@ process: a run sized for this service (tiny/small presets, CPU). Multi-worker ru
 from __future__ import annotations
 
 import json
-import logging
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from api.db import Database
-from api.jobs import JobRunner, describe, transition
-from api.models import TrainingJob, utcnow
-
-log = logging.getLogger(__name__)
+from api.jobs import JobRunner, run_job
+from api.models import TrainingJob
+from api.run_files import finite, parse_jsonl_lines, read_jsonl, thin  # noqa: F401 (thin: the routes import it from here)
 
 CONFIG_NAME = "train_config.json"
-# The trainer's file layout (training.trainer.METRICS_NAME, training.checkpoint.META_NAME),
+# The trainer's file layout (training.trainer.METRICS_NAME, EVAL_NAME, training.checkpoint.META_NAME),
 # spelled out here so that reading progress in the web process does not import torch.
 METRICS_NAME = "metrics.jsonl"
+EVAL_NAME = "eval.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_META = "meta.json"
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
@@ -45,34 +42,17 @@ def execute_training_job(database_url: str, job_id: str) -> str:
 
     Runs inside the job's Ray actor (tests may call it directly).
     """
-    from training.cli import train_command
 
-    db = Database(database_url)
-    try:
-        with db.session() as s:
-            if not transition(s, job_id, ("queued",), "running", table=TrainingJob, started_at=utcnow(),
-                              phase="training"):
-                return s.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id)) or "missing"
-            job = s.get(TrainingJob, job_id)
-            config, out_dir = job.config, Path(job.out_uri)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            config_path = out_dir / CONFIG_NAME
-            config_path.write_text(json.dumps(config, indent=2) + "\n")
-            train_command(config_path, local=True)
-        except Exception as e:  # the job's verdict, not the actor's crash
-            log.error("training job %s failed:\n%s", job_id, traceback.format_exc())
-            with db.session() as s:
-                transition(s, job_id, ("running",), "failed", table=TrainingJob, error=describe(e),
-                           finished_at=utcnow(), phase=None)
-            return "failed"
-        with db.session() as s:
-            if not transition(s, job_id, ("running",), "succeeded", table=TrainingJob, finished_at=utcnow(),
-                              phase="done"):
-                return s.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id)) or "missing"
-        return "succeeded"
-    finally:
-        db.dispose()
+    def train(db: Database, job: TrainingJob) -> None:
+        from training.cli import train_command
+
+        out_dir = Path(job.out_uri)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_path = out_dir / CONFIG_NAME
+        config_path.write_text(json.dumps(job.config, indent=2) + "\n")
+        train_command(config_path, local=True)
+
+    return run_job(database_url, job_id, TrainingJob, train, phase="training")
 
 
 class TrainingJobRunner(JobRunner):
@@ -89,27 +69,17 @@ class TrainingJobRunner(JobRunner):
 class TrainingProgress:
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one per step
     checkpoints: list[str] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # eval.jsonl, one per evaluation
 
     @property
     def last(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
 
 
-def _parse_lines(lines: list[str]) -> list[dict[str, Any]]:
-    """JSON objects of `lines`, less a final one the trainer is still writing (no newline yet)."""
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
-
-
 def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingProgress:
     """What the trainer has written so far under `out_dir` (nothing yet: empty progress).
 
-    with_curve=False reads only the last metrics line and no checkpoints (for listings).
+    with_curve=False reads only the last metrics line, no checkpoints and no evaluations (for listings).
     """
     out = Path(out_dir)
     metrics = out / METRICS_NAME
@@ -121,19 +91,14 @@ def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingPr
             f.seek(start)
             lines = f.read().decode(errors="replace").split("\n")
         lines = lines[1:] if start else lines  # the first line read is cut when we started mid-file
-        return TrainingProgress(records=_parse_lines([ln for ln in lines if ln.strip()])[-1:])
-    text = metrics.read_text()
-    lines = [ln for ln in text.split("\n") if ln.strip()]
+        return TrainingProgress(records=parse_jsonl_lines([ln for ln in lines if ln.strip()])[-1:])
     checkpoints = sorted(p.name for p in (out / CHECKPOINTS_DIR).glob("step_*") if (p / CHECKPOINT_META).is_file())
-    return TrainingProgress(records=_parse_lines(lines), checkpoints=checkpoints)
+    return TrainingProgress(records=read_jsonl(metrics), checkpoints=checkpoints, evals=read_jsonl(out / EVAL_NAME))
 
 
-def thin(points: list[dict[str, Any]], max_points: int) -> list[dict[str, Any]]:
-    """At most `max_points` evenly spaced points, the last one always kept."""
-    if len(points) <= max_points:
-        return points
-    stride = -(-len(points) // max_points)
-    kept = points[::stride]
-    if kept[-1] is not points[-1]:
-        kept = kept[:-1] + [points[-1]] if len(kept) == max_points else kept + [points[-1]]
-    return kept
+def eval_curve(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """eval.jsonl's records as curve points: overall loss and perplexity, loss per domain (None
+    where not finite: a diverged run still answers in JSON)."""
+    return [{"step": r["step"], "tokens": r["tokens"], "loss": finite(r["overall"]["loss"]),
+             "perplexity": finite(r["overall"]["perplexity"]),
+             "domains": {name: finite(d["loss"]) for name, d in r["domains"].items()}} for r in evals]

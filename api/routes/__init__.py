@@ -5,11 +5,11 @@ plugs in by adding its module's `router` here: `routes/training_jobs.py` belongs
 `routes/dashboard.py` (HTML pages) in ROOT_ROUTERS.
 """
 
-from api.routes import (corpora, dashboard, documents, health, jobs, manifests, metrics, tokenizers,
+from api.routes import (ablations, corpora, dashboard, documents, health, jobs, manifests, metrics, tokenizers,
                         training_jobs)
 
 V1_ROUTERS = [corpora.router, jobs.router, documents.router, manifests.router, tokenizers.router,
-              training_jobs.router]
+              training_jobs.router, ablations.router]
 ROOT_ROUTERS = [health.router, metrics.router, dashboard.router]
 
 __all__ = ["V1_ROUTERS", "ROOT_ROUTERS"]

@@ -2,6 +2,7 @@
 
     GET /                corpora and jobs, with live state and per-stage progress
     GET /jobs/{id}       one job: the seed-style funnel table and charts from its stats.json
+    GET /ablations/{id}  one ablation: the variants' loss curves, the result table, the leakage check
 
 Sign-in: open any page once with `?token=<token>` (a `read` token is enough). The token is
 checked, put into an HttpOnly SameSite=Strict cookie and the browser is sent to the clean URL,
@@ -27,14 +28,17 @@ from sqlalchemy import select
 
 from api.auth import TOKEN_COOKIE, authenticate, require_read
 from api.deps import SessionDep
-from api.models import ACTIVE_STATES, Corpus, Job
+from api.models import ACTIVE_STATES, Ablation, Corpus, Job
 from api.results import read_stats
+from api.routes.ablations import AblationIdPath, ablation_out, ablation_summary
 from api.routes.jobs import JobIdPath, job_out
 from curation.stats import SEED_TABLE_HEADER, RunStats, seed_table_rows
 
 router = APIRouter(include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 TEMPLATES.env.filters["num"] = lambda v: "–" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.2f}"
+# Losses of ablation variants differ in the second or third decimal.
+TEMPLATES.env.filters["loss"] = lambda v: "–" if v is None else f"{v:.4f}"
 LIST_LIMIT = 100
 PERCENTILES = ("10", "25", "50", "75", "90")
 
@@ -70,8 +74,9 @@ def _sign_in(request: Request, token: str | None) -> Response | None:
 
 # --- chart specs from stats.json -------------------------------------------------------------
 # A spec is what dashboard.js turns into a Chart.js config: {id, kind, title, note, type,
-# labels, datasets: [{label, data, line?}], y_title, x_title}. `line` datasets are drawn as
-# dashed lines over the bars (thresholds).
+# labels, datasets: [{label, data, line?, dashed?}], y_title, x_title}. `line` datasets are drawn
+# as dashed lines over the bars (thresholds). Loss curves add `x_scale: "linear"` (the labels are
+# numbers: tokens trained), `y_zero: false` and `series` (what dashboard.js recomputes it from).
 
 def _spec(kind: str, title: str, labels: list, datasets: list[dict], *, suffix: str = "", note: str = "",
           x_title: str = "", y_title: str = "", chart_type: str = "bar") -> dict[str, Any]:
@@ -179,6 +184,42 @@ def loss_chart(curve: Any) -> dict[str, Any] | None:
                  x_title="step", y_title="loss", chart_type="line")
 
 
+def curve_chart(curves: dict[str, dict], series: str, kind: str, title: str, *, suffix: str = "",
+                dashed: bool = False) -> dict[str, Any]:
+    """One line per variant of an ablation's loss against tokens trained. `series`: "train"
+    (training loss), "eval" (held-out loss over all domains) or "eval:<domain>". dashboard.js
+    computes the same from `GET /v1/ablations/{id}` while the ablation runs (curveSeries)."""
+    source, _, domain = series.partition(":")
+    lines = {variant: {p["tokens"]: p["domains"].get(domain) if domain else p["loss"]
+                       for p in c[source] if p["tokens"] is not None}
+             for variant, c in curves.items()}
+    labels = sorted({t for points in lines.values() for t in points})
+    datasets = [{"label": v, "data": [points.get(t) for t in labels], "dashed": dashed} for v, points in lines.items()]
+    spec = _spec(kind, title, labels, datasets, suffix=suffix, x_title="tokens trained", y_title="loss",
+                 chart_type="line")
+    return {**spec, "x_scale": "linear", "y_zero": False, "series": series}
+
+
+def eval_domains(curves: dict[str, dict]) -> list[str]:
+    """The domains evaluated so far (before ablation.json names them)."""
+    return sorted({d for c in curves.values() for p in c["eval"] for d in p["domains"]})
+
+
+def ablation_charts(curves: dict[str, dict], domains: list[str]) -> list[dict[str, Any]]:
+    return [curve_chart(curves, "eval", "eval-loss", "Held-out loss (all domains) vs tokens trained"),
+            curve_chart(curves, "train", "train-loss", "Training loss vs tokens trained", dashed=True),
+            *(curve_chart(curves, f"eval:{d}", "domain-loss", f"Held-out loss: {d}", suffix=f"-{i}")
+              for i, d in enumerate(domains))]
+
+
+def best_losses(table: list[dict[str, Any]], domains: list[str]) -> dict[str, float]:
+    """The lowest loss of each table column (domains and "overall"), to mark the winning variant."""
+    columns = {d: [r["loss"].get(d) for r in table] for d in domains}
+    columns["overall"] = [r["overall"] for r in table]
+    return {k: min(v for v in values if v is not None) for k, values in columns.items()
+            if any(v is not None for v in values)}
+
+
 def stats_charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
     stages = stats.get("stages") or []
     if not stages:
@@ -197,7 +238,9 @@ def index(request: Request, session: SessionDep, token: str | None = None) -> Re
     jobs = [job_out(j).model_dump(mode="json")
             for j in session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(LIST_LIMIT))]
     corpora = session.scalars(select(Corpus).order_by(Corpus.created_at.desc(), Corpus.id).limit(LIST_LIMIT)).all()
-    return _page(request, "index.html", jobs=jobs, corpora=corpora, active=list(ACTIVE_STATES))
+    ablations = [ablation_summary(a).model_dump(mode="json") for a in
+                 session.scalars(select(Ablation).order_by(Ablation.created_at.desc(), Ablation.id).limit(LIST_LIMIT))]
+    return _page(request, "index.html", jobs=jobs, corpora=corpora, ablations=ablations, active=list(ACTIVE_STATES))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -223,3 +266,18 @@ def job_page(job_id: JobIdPath, request: Request, session: SessionDep, token: st
         charts.append(curve)
     return _page(request, "job.html", job=job, stats=stats, funnel=funnel, funnel_header=SEED_TABLE_HEADER,
                  charts=charts, problem=problem, active=list(ACTIVE_STATES))
+
+
+@router.get("/ablations/{ablation_id}", response_class=HTMLResponse)
+def ablation_page(ablation_id: AblationIdPath, request: Request, session: SessionDep,
+                  token: str | None = None) -> Response:
+    if (stop := _sign_in(request, token)) is not None:
+        return stop
+    row = session.get(Ablation, ablation_id)
+    if row is None:
+        return _page(request, "denied.html", 404, message=f"No ablation {ablation_id}.")
+    ablation = ablation_out(row).model_dump(mode="json")
+    domains = ablation["domains"] or eval_domains(ablation["curves"])
+    return _page(request, "ablation.html", ablation=ablation, domains=domains,
+                 charts=ablation_charts(ablation["curves"], domains),
+                 best=best_losses(ablation["table"] or [], domains), active=list(ACTIVE_STATES))

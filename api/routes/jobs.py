@@ -73,8 +73,7 @@ def create_job(body: JobCreate, services: ServicesDep, session: SessionDep) -> J
         raise HTTPException(422, detail=f"corpus_ids: corpus {invalid[0]} is invalid ({corpora[invalid[0]].error})")
     job_id = new_id("job")
     output_uri = services.storage.uri(f"jobs/{job_id}")
-    inputs = [{"path": corpora[c].uri, **({"domain": corpora[c].domain} if corpora[c].domain else {})}
-              for c in corpus_ids]
+    inputs = [corpora[c].pipeline_input() for c in corpus_ids]
     try:
         config = parse_config(body.config, inputs=inputs, output=output_uri)
     except ConfigError as e:

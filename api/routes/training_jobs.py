@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -12,10 +13,11 @@ from api.auth import require_admin, require_read
 from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.errors import one_line
 from api.ids import TRAINING_JOB_ID, new_id
+from api.locations import LocationError, LocationForbidden, allowed_location
 from api.manifests import ManifestInvalid, load_manifest
 from api.models import Manifest, TrainingJob
 from api.schemas import Problem, TrainingJobCreate, TrainingJobList, TrainingJobOut, TrainingJobSummary
-from api.training_jobs import read_progress, thin
+from api.training_jobs import eval_curve, read_progress, thin
 from training.data.fetch import local_path
 
 router = APIRouter(tags=["training"])
@@ -45,7 +47,8 @@ def training_job_out(job: TrainingJob, max_points: int = 1000) -> TrainingJobOut
     progress = read_progress(job.out_uri)
     curve = [{"step": r["step"], "loss": r["loss"]} for r in progress.records]
     return TrainingJobOut.model_validate({**_summary_fields(job, progress.last), "loss_curve": thin(curve, max_points),
-                                          "checkpoints": progress.checkpoints})
+                                          "checkpoints": progress.checkpoints,
+                                          "eval_curve": thin(eval_curve(progress.evals), max_points)})
 
 
 def get_training_job(session: Session, job_id: str) -> TrainingJob:
@@ -55,9 +58,28 @@ def get_training_job(session: Session, job_id: str) -> TrainingJob:
     return job
 
 
-def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str) -> dict[str, Any]:
+def validated_eval_files(files: list[str], roots: tuple[str, ...]) -> list[str]:
+    """The eval files as real local paths, each inside an allowed root or the service's storage
+    (the rule corpora registered by URI follow): 403 outside them, 422 if not a local file."""
+    real_paths = []
+    for uri in files:
+        try:
+            real = allowed_location(uri, roots)
+        except LocationForbidden as e:
+            raise HTTPException(403, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
+        except LocationError as e:
+            raise HTTPException(422, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
+        if local_path(real) is None or not os.path.isfile(real):
+            raise HTTPException(422, detail=f"config.eval_files: {uri} is not a local file (the trainer reads it)")
+        real_paths.append(real)
+    return real_paths
+
+
+def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str,
+                     roots: tuple[str, ...] = ()) -> dict[str, Any]:
     """The TrainConfig of the run as JSON, checked as far as possible before anything starts:
-    its fields, and the model it builds for the manifest's vocabulary. 422 with one line if not."""
+    its fields, the model it builds for the manifest's vocabulary, and its eval files (which
+    must lie under `roots`). 422 (403 for a file outside the roots) with one line if not."""
     from training.train_config import TrainConfig
 
     given = [k for k in SERVICE_KEYS if k in body.config]
@@ -71,6 +93,8 @@ def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str) 
         raise HTTPException(422, detail=f"config: {e}") from None
     if cfg.preset == "seed-67b":
         raise HTTPException(422, detail="config: preset seed-67b is for planning only (flywheel train --dry-run)")
+    if cfg.eval_files:
+        cfg = cfg.model_copy(update={"eval_files": validated_eval_files(cfg.eval_files, roots)})
     try:
         vocab_size = load_manifest(manifest.uri, manifest.sha256).tokenizer.vocab_size
     except (FileNotFoundError, ManifestInvalid) as e:
@@ -86,8 +110,8 @@ def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str) 
 
 @router.post("/training-jobs", status_code=201, response_model=TrainingJobOut, dependencies=[Depends(require_admin)],
              max_body_size=JSON_BODY_LIMIT,
-             responses={404: {"model": Problem}, 409: {"model": Problem}, 410: {"model": Problem},
-                        413: {"model": Problem}, 422: {"model": Problem}})
+             responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
+                        410: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}})
 def create_training_job(body: TrainingJobCreate, services: ServicesDep, session: SessionDep) -> TrainingJobOut:
     """Validate the training config against the manifest (422 with one line), then train on Ray.
 
@@ -100,7 +124,7 @@ def create_training_job(body: TrainingJobCreate, services: ServicesDep, session:
     if local_path(out_uri) is None:
         raise HTTPException(409, detail="training jobs write checkpoints to a local folder: the service's storage "
                                         "is remote (run `flywheel train` against the manifest URL instead)")
-    config = validated_config(body, manifest, out_uri)
+    config = validated_config(body, manifest, out_uri, services.settings.allowed_roots + (services.storage.root,))
     job = TrainingJob(id=job_id, manifest_id=manifest.id, state="queued", config=config, out_uri=out_uri,
                       phase="queued")
     session.add(job)

@@ -1,6 +1,6 @@
 // Flywheel dashboard: draws the charts whose specs the server put into the page as JSON, and
-// follows running jobs by polling the JSON API (the session cookie authenticates) every 2 s,
-// stopping once nothing is queued or running.
+// follows running jobs and ablations by polling the JSON API (the session cookie authenticates)
+// every 2 s, stopping once nothing is queued or running.
 "use strict";
 
 (function () {
@@ -9,6 +9,7 @@
   const LINE_COLORS = ["#2f9e6e", "#d08a00", "#c23b3b", "#7b2d8e"];
 
   const fmt = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US", {maximumFractionDigits: 2}));
+  const compact = (v) => Number(v).toLocaleString("en-US", {notation: "compact", maximumFractionDigits: 1});
   const readJson = (id) => {
     const el = document.getElementById(id);
     return el ? JSON.parse(el.textContent) : null;
@@ -24,9 +25,13 @@
                 borderDash: [6, 4], borderWidth: 2, pointRadius: 0, pointStyle: "line", fill: false, order: 0};
       }
       const color = PALETTE[bars++ % PALETTE.length];
+      // An ablation's curve with few points (its evaluations) shows them; a per-step one does not.
+      const sparse = spec.x_scale === "linear" && d.data.filter((v) => v !== null).length <= 50;
       return {label: d.label, data: d.data, backgroundColor: spec.type === "line" ? color : color + "cc",
-              borderColor: color, borderWidth: spec.type === "line" ? 2 : 1, pointRadius: spec.type === "line" ? 0 : 3,
-              pointStyle: spec.type === "line" ? "line" : "rect", order: 1};
+              borderColor: color, borderWidth: spec.type === "line" ? 2 : 1,
+              pointRadius: spec.type === "line" && !sparse ? 0 : 3,
+              pointStyle: spec.type === "line" ? (sparse ? "circle" : "line") : "rect", order: 1,
+              borderDash: d.dashed ? [6, 4] : undefined, spanGaps: true};
     });
     // Counts (documents, clusters, entities) get whole-number ticks.
     const counts = spec.datasets.every((d) => d.data.every((v) => v === null || Number.isInteger(v)));
@@ -40,9 +45,14 @@
                            labels: {usePointStyle: true, boxWidth: 10, boxHeight: 10}},
                   tooltip: {callbacks: {label: (c) => `${c.dataset.label}: ${fmt(c.parsed.y)}`}}},
         scales: {
-          // Every category of a bar chart is named; a loss curve's steps may be skipped.
-          x: {title: title(spec.x_title), grid: {display: false}, ticks: {autoSkip: spec.type === "line"}},
-          y: {title: title(spec.y_title), grid: {color: "#eef0f4"}, beginAtZero: true,
+          // Ablation loss curves: numeric labels (tokens trained) on a linear axis that ends at the
+          // data, so that variants whose points fall at different token counts still line up.
+          // Otherwise every category of a bar chart is named; a loss curve's steps may be skipped.
+          x: spec.x_scale === "linear"
+            ? {type: "linear", bounds: "data", min: 0, title: title(spec.x_title), grid: {display: false},
+               ticks: {callback: (v) => compact(v)}}
+            : {title: title(spec.x_title), grid: {display: false}, ticks: {autoSkip: spec.type === "line"}},
+          y: {title: title(spec.y_title), grid: {color: "#eef0f4"}, beginAtZero: spec.y_zero !== false,
               ticks: {precision: counts ? 0 : undefined, callback: (v) => fmt(v)}},
         },
       },
@@ -157,10 +167,49 @@
     }, anyActive);
   }
 
+  // One loss series of every variant against tokens trained, from `GET /v1/ablations/{id}`'s
+  // curves: what api/routes/dashboard.py's curve_chart computes for the first render.
+  function curveSeries(curves, series) {
+    const [source, domain] = series.split(":");
+    const lines = Object.entries(curves).map(([variant, c]) => {
+      const points = new Map();
+      c[source].forEach((p) => {
+        if (p.tokens !== null) points.set(p.tokens, domain ? (p.domains[domain] ?? null) : p.loss);
+      });
+      return [variant, points];
+    });
+    const labels = [...new Set(lines.flatMap(([, points]) => [...points.keys()]))].sort((a, b) => a - b);
+    return {labels, data: lines.map(([, points]) => labels.map((t) => (points.has(t) ? points.get(t) : null)))};
+  }
+
+  function followAblation(page) {
+    const head = document.getElementById("ablation-head");
+    const active = (a) => page.active.includes(a.state);
+    if (!active(page)) return;
+    poll(`/v1/ablations/${page.ablation_id}`, (a) => {
+      setState(head, a.state, "state");
+      setField(head, "phase", a.phase || "");
+      const err = setField(head, "error", a.error || "");
+      if (err) err.hidden = !a.error;
+      // The result table and new domains' charts are rendered by the server: reload for them.
+      const domains = Object.values(a.curves).flatMap((c) => c.eval.flatMap((p) => Object.keys(p.domains)));
+      if (!active(a) || domains.some((d) => !page.domains.includes(d))) { window.location.reload(); return; }
+      document.querySelectorAll("canvas[data-series]").forEach((canvas) => {
+        const chart = Chart.getChart(canvas);
+        if (!chart) return;
+        const {labels, data} = curveSeries(a.curves, canvas.dataset.series);
+        chart.data.labels = labels;
+        chart.data.datasets.forEach((d, i) => { d.data = data[i] || []; });
+        chart.update("none");
+      });
+    }, active);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     drawCharts();
     const page = readJson("page-data");
     if (page && page.page === "job") followJob(page);
     if (page && page.page === "index") followJobs(page);
+    if (page && page.page === "ablation") followAblation(page);
   });
 })();

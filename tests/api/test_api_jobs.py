@@ -64,7 +64,8 @@ def test_job_runs_to_success_with_progress(done_job):
         "seed": 7, "default_domain": "web",
         "stages": [{"name": "url_dedup", "strip_www": False, "partitions": 2},
                    {"name": "exact_dedup", "lowercase": True, "collapse_whitespace": True,
-                    "strip_punctuation": False, "partitions": 2}]}
+                    "strip_punctuation": False, "partitions": 2}],
+        "duplicate_ids": "reject"}
 
 
 def test_stats_rejects_and_why(reader, done_job, corpus):

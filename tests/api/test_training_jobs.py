@@ -1,18 +1,19 @@
 """Training jobs end to end on a real embedded Ray: a tiny model trained on a synthetic manifest
 registered the way a finished curation job leaves one; its states, loss curve and checkpoints;
 config validation (422), unknown manifest (404), scopes (403); an actor killed mid-run is reaped
-and a finished job cannot be cancelled."""
+and a finished job cannot be cancelled; eval files only from the allowed roots, the eval curve."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from api.ids import new_id
 from api.models import Job
-from api.training_jobs import read_progress, thin
+from api.training_jobs import eval_curve, read_progress, thin
 from tests.api.conftest import wait_for
 from training.data.synthetic import write_synthetic_dataset
 
@@ -81,6 +82,7 @@ def test_a_training_job_runs_to_success_with_a_loss_curve(trained, manifest_id):
     assert job["step"] == STEPS and job["loss"] == losses[-1] and job["tokens_per_s"] > 0
     # checkpoint_every_steps 5 and the final save, keep_checkpoints 2
     assert job["checkpoints"] == ["step_00000010", "step_00000012"]
+    assert job["eval_curve"] == []  # no eval_files
 
 
 def test_the_curve_is_thinned_and_the_list_summarises(trained, reader):
@@ -157,3 +159,46 @@ def test_progress_ignores_a_line_still_being_written(tmp_path):
     assert read_progress(tmp_path / "not-yet").records == []
     points = thin(progress.records, 7)
     assert len(points) <= 7 and points[0]["step"] == 1 and points[-1]["step"] == 2000
+
+
+def test_eval_files_must_be_files_under_the_allowed_roots(server, admin, reader, manifest_id, tmp_path):
+    from fastapi import HTTPException
+
+    from api.routes.training_jobs import validated_eval_files
+
+    allowed = server.services.settings.allowed_roots[0]
+    inside = Path(allowed) / "eval" / "val.jsonl"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text('{"text": "held out"}\n')
+    (tmp_path / "outside.jsonl").write_text('{"text": "x"}\n')
+    (Path(allowed) / "escape.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    assert validated_eval_files([f"file://{inside}"], (allowed,)) == [str(inside.resolve())]
+
+    before = reader.get("/v1/training-jobs").json()["total"]
+    for files, status, message in [
+        ([str(tmp_path / "outside.jsonl")], 403, "outside the allowed roots"),
+        ([str(Path(allowed) / "escape.jsonl")], 403, "outside the allowed roots"),  # a symlink out
+        (["eval/val.jsonl"], 422, "absolute"),
+        ([f"{allowed}/../x.jsonl"], 422, ".."),
+        ([str(Path(allowed) / "eval")], 422, "not a local file"),
+    ]:
+        r = admin.post("/v1/training-jobs", json={"manifest_id": manifest_id, "config": {**CONFIG, "eval_files": files}})
+        assert r.status_code == status and message in r.json()["detail"], r.text
+        assert r.json()["detail"].startswith("config.eval_files: ")
+    r = admin.post("/v1/training-jobs", json={"manifest_id": manifest_id, "config": {**CONFIG, "eval_every_steps": 2}})
+    assert r.status_code == 422 and "eval_every_steps needs eval_files" in r.json()["detail"]
+    assert reader.get("/v1/training-jobs").json()["total"] == before
+    with pytest.raises(HTTPException):
+        validated_eval_files(["s3://bucket/val.jsonl"], ("s3://bucket",))  # the trainer reads local files
+
+
+def test_progress_reads_the_eval_curve(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 5.0}) + "\n" for i in (1, 2, 3, 4)))
+    assert read_progress(tmp_path).evals == []  # no evaluation configured
+    evals = [{"step": s, "tokens": 256 * s, "overall": {"loss": 5.0 - s / 10, "perplexity": 100.0},
+              "domains": {"web": {"loss": 4.0}, "code": {"loss": None}}, "files": {}, "time": 0.0} for s in (2, 4)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals) + '{"step": 6, "ov')
+    curve = eval_curve(read_progress(tmp_path).evals)
+    assert curve == [{"step": s, "tokens": 256 * s, "loss": 5.0 - s / 10, "perplexity": 100.0,
+                      "domains": {"web": 4.0, "code": None}} for s in (2, 4)]
+    assert read_progress(tmp_path, with_curve=False).evals == []

@@ -1,0 +1,152 @@
+"""/v1/ablations: run a data ablation on a corpus, follow the variants' loss curves, read the result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+
+from api.ablations import MAX_CURVE_POINTS, read_curves, read_result, variant_names
+from api.auth import require_admin, require_read
+from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
+from api.errors import one_line
+from api.ids import ABLATION_ID, new_id
+from api.models import Ablation, Corpus
+from api.schemas import (AblationCreate, AblationLeakage, AblationList, AblationOut, AblationSummary, AblationTableRow,
+                         Problem)
+from curation.config import ConfigError
+from training.ablation.config import parse_ablation_config
+from training.data.fetch import local_path
+
+router = APIRouter(tags=["ablations"])
+# AblationConfig fields the service sets: the corpus's files and where the run writes.
+SERVICE_KEYS = ("corpus", "output")
+
+AblationIdPath = Annotated[str, Path(pattern=ABLATION_ID)]
+AblationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+_TABLE = TypeAdapter(list[AblationTableRow])
+_DOMAINS = TypeAdapter(list[str] | None)
+
+
+def _summary_fields(ablation: Ablation) -> dict[str, Any]:
+    return {**{k: getattr(ablation, k) for k in ("id", "corpus_id", "state", "phase", "error", "config", "created_at",
+                                                 "started_at", "finished_at")},
+            "variants": variant_names(ablation.config)}
+
+
+def ablation_summary(ablation: Ablation) -> AblationSummary:
+    return AblationSummary.model_validate(_summary_fields(ablation))
+
+
+def result_fields(result: dict[str, Any] | None) -> dict[str, Any]:
+    """`domains`, `table` and `leakage` of ablation.json; all None (and `result_error` saying why)
+    when it does not fit the documented layout, so that a runner bug shows instead of a 500."""
+    empty = {"domains": None, "table": None, "leakage": None, "result_error": None}
+    if result is None:
+        return empty
+    try:
+        return {"domains": _DOMAINS.validate_python(result.get("domains")),
+                "table": _TABLE.validate_python(result.get("table")),
+                "leakage": AblationLeakage.model_validate(result.get("leakage")), "result_error": None}
+    except ValidationError as e:
+        return {**empty, "result_error": f"ablation.json: {one_line(e.errors())}"}
+
+
+def ablation_out(ablation: Ablation, max_points: int = MAX_CURVE_POINTS) -> AblationOut:
+    return AblationOut.model_validate({
+        **_summary_fields(ablation), **result_fields(read_result(ablation.out_uri)),
+        "curves": read_curves(ablation.out_uri, variant_names(ablation.config), max_points),
+    })
+
+
+def get_ablation(session: Session, ablation_id: str) -> Ablation:
+    ablation = session.get(Ablation, ablation_id)
+    if ablation is None:
+        raise HTTPException(404, detail=f"no ablation {ablation_id}")
+    return ablation
+
+
+def validated_config(config: dict[str, Any], corpus: Corpus, out_uri: str) -> dict[str, Any]:
+    """`config` once it validates as an AblationConfig on this corpus (422 with one line if not).
+
+    Stored as submitted, not re-dumped: a stage's parameters do not survive
+    `AblationConfig.model_dump` (StageSpec holds them as the base params type), and the runner
+    validates the stored config again when it starts.
+    """
+    given = [k for k in SERVICE_KEYS if k in config]
+    if given:
+        raise HTTPException(422, detail=f"config: {' and '.join(given)} are set by the service; name the corpus "
+                                        "in corpus_id")
+    try:
+        cfg = parse_ablation_config(config, corpus=[corpus.pipeline_input()], output=out_uri)
+    except ConfigError as e:
+        raise HTTPException(422, detail=str(e).replace("ablation config:", "config:", 1)) from None
+    except TypeError as e:  # a stage validator meets e.g. `{"name": []}` (not a ValidationError)
+        raise HTTPException(422, detail=f"config: not a valid ablation config ({e})") from None
+    # A path in the request would make the service read a file of its own disk.
+    from_files = [v.name for v in cfg.variants if v.config is not None]
+    if from_files:
+        raise HTTPException(422, detail=f"config: variant {', '.join(from_files)}: the service does not read config "
+                                        "files from its own disk; give the variant's `stages` inline")
+    if cfg.tokenizer.path is not None:
+        raise HTTPException(422, detail="config: tokenizer.path: the service does not read files from its own disk; "
+                                        "leave it out and a tokenizer is trained")
+    return config
+
+
+@router.post("/ablations", status_code=201, response_model=AblationOut, dependencies=[Depends(require_admin)],
+             max_body_size=JSON_BODY_LIMIT,
+             responses={409: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}})
+def create_ablation(body: AblationCreate, services: ServicesDep, session: SessionDep) -> AblationOut:
+    """Validate the ablation config (422 with one line), then run it on Ray over the corpus.
+
+    The answer comes at once with state `queued`; poll `GET /v1/ablations/{id}`."""
+    corpus = session.get(Corpus, body.corpus_id)
+    if corpus is None:
+        raise HTTPException(422, detail=f"corpus_id: no corpus {body.corpus_id}")
+    if corpus.state == "invalid":
+        raise HTTPException(422, detail=f"corpus_id: corpus {corpus.id} is invalid ({corpus.error})")
+    ablation_id = new_id("abl")
+    out_uri = services.storage.uri(f"ablations/{ablation_id}")
+    if local_path(out_uri) is None:
+        raise HTTPException(409, detail="ablations train models in a local folder: the service's storage is remote "
+                                        "(run `flywheel ablate CONFIG` instead)")
+    config = validated_config(body.config, corpus, out_uri)
+    ablation = Ablation(id=ablation_id, corpus_id=corpus.id, state="queued", config=config, out_uri=out_uri,
+                        phase="queued")
+    session.add(ablation)
+    session.commit()
+    services.ablation_runner.start_or_fail(ablation_id)
+    session.refresh(ablation)
+    return ablation_out(ablation)
+
+
+@router.get("/ablations", response_model=AblationList, dependencies=[Depends(require_read)])
+def list_ablations(session: SessionDep, state: Annotated[AblationState | None, Query()] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
+    where = [Ablation.state == state] if state else []
+    return newest_first_page(session, Ablation, limit, offset, *where, out=ablation_summary)
+
+
+@router.get("/ablations/{ablation_id}", response_model=AblationOut, dependencies=[Depends(require_read)],
+            responses={404: {"model": Problem}})
+def read_ablation(ablation_id: AblationIdPath, session: SessionDep,
+                  max_points: Annotated[int, Query(ge=2, le=MAX_CURVE_POINTS)] = MAX_CURVE_POINTS) -> AblationOut:
+    """State and phase; each variant's loss curves so far; the result table and leakage check
+    once the ablation has written ablation.json."""
+    return ablation_out(get_ablation(session, ablation_id), max_points)
+
+
+@router.post("/ablations/{ablation_id}/cancel", response_model=AblationOut, dependencies=[Depends(require_admin)],
+             max_body_size=JSON_BODY_LIMIT, responses={404: {"model": Problem}, 409: {"model": Problem}})
+def cancel_ablation(ablation_id: AblationIdPath, services: ServicesDep, session: SessionDep) -> AblationOut:
+    """Mark the ablation cancelled and kill its Ray actor (what it wrote so far stays on disk)."""
+    ablation = get_ablation(session, ablation_id)
+    if not services.ablation_runner.cancel(ablation_id):
+        session.refresh(ablation)
+        raise HTTPException(409, detail=f"ablation {ablation_id} already {ablation.state}")
+    session.refresh(ablation)
+    return ablation_out(ablation)

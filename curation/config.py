@@ -55,7 +55,7 @@ class StageSpec(BaseModel):
     def _split(cls, raw: Any) -> Any:
         if isinstance(raw, str):
             raw = {"name": raw}
-        if not isinstance(raw, dict) or "name" not in raw:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise ValueError("a stage is a mapping with a 'name' key, e.g. {name: url_dedup}")
         if "params" in raw and isinstance(raw["params"], StageParams):
             return raw

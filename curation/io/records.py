@@ -70,6 +70,13 @@ def parse_record(rec: Any, *, default_id: str, default_domain: str, source: str,
     metadata = rec.get("metadata")
     if metadata is None:
         metadata = {}
+    elif isinstance(metadata, str):  # a JSON object string: how this pipeline's own Parquet stores it
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            raise RecordError("wrong_type: metadata is a string that is not a JSON object") from None
+        if not isinstance(metadata, dict):
+            raise RecordError(f"wrong_type: metadata must be an object, got {type(metadata).__name__}")
     elif not isinstance(metadata, dict):
         raise RecordError(f"wrong_type: metadata must be an object, got {type(metadata).__name__}")
     extra = {k: v for k, v in rec.items() if k not in ("id", "text", "url", "domain", "metadata")}

@@ -116,6 +116,28 @@ class _TrainSample:
         return batch.filter(pa.array(keep, pa.bool_()))
 
 
+def train_tokenizer_on(ds: "ray.data.Dataset", n_docs: int, p: TokenizeParams, seed: int, path: Path) -> dict[str, Any]:
+    """Train the BPE on a seeded sample of `ds` (id, text), save it at `path`; returns how it was
+    trained. The sample streams to the driver with `iter_batches`: the driver holds the BPE
+    trainer's pre-token counts, never the corpus."""
+    rate = min(1.0, p.train_sample_docs / max(n_docs, 1))
+    sample = ds.select_columns(["id", "text"]).map_batches(_TrainSample(seed, rate), batch_format="pyarrow")
+    counted = {"docs": 0, "bytes": 0}
+
+    def texts():
+        for chunk in batched_texts(sample.iter_batches(batch_format="pyarrow", batch_size=256),
+                                   p.train_sample_docs, p.train_sample_bytes):
+            counted["docs"] += len(chunk)
+            counted["bytes"] += sum(len(t.encode()) for t in chunk)
+            yield chunk
+
+    tok = train_bpe(texts(), p.vocab_size, p.special_tokens, p.min_frequency)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return {"trained": True, "requested_vocab_size": p.vocab_size, "sample_docs": counted["docs"],
+            "sample_bytes": counted["bytes"]}
+
+
 _TOKENIZERS: dict[str, Any] = {}  # per worker process: sha256 of tokenizer.json -> tokenizer
 
 
@@ -353,22 +375,8 @@ class Tokenize(Stage):
                 raw = f.read()
             path.write_bytes(raw)
             return raw.decode(), {"trained": False, "source": p.tokenizer}
-        rate = min(1.0, p.train_sample_docs / n_docs)
-        sample = ds.select_columns(["id", "text"]).map_batches(_TrainSample(self.ctx.seed, rate),
-                                                               batch_format="pyarrow")
-        counted = {"docs": 0, "bytes": 0}
-
-        def texts():
-            for chunk in batched_texts(sample.iter_batches(batch_format="pyarrow", batch_size=256),
-                                       p.train_sample_docs, p.train_sample_bytes):
-                counted["docs"] += len(chunk)
-                counted["bytes"] += sum(len(t.encode()) for t in chunk)
-                yield chunk
-
-        tok = train_bpe(texts(), p.vocab_size, p.special_tokens, p.min_frequency)
-        tok.save(str(path))
-        return path.read_text(), {"trained": True, "requested_vocab_size": p.vocab_size,
-                                  "sample_docs": counted["docs"], "sample_bytes": counted["bytes"]}
+        info = train_tokenizer_on(ds, n_docs, p, self.ctx.seed, path)
+        return path.read_text(), info
 
     def finalize(self, run_stats: dict[str, Any]) -> Path:
         """Write OUTPUT/manifest.json: shards, tokenizer, mixture, provenance (the run's

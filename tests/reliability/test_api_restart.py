@@ -123,7 +123,9 @@ def test_api_killed_mid_job_finds_and_finishes_it(service_env, tmp_path):
         with open(path, "rb") as f:
             corpus = api.post("/v1/corpora", files={"file": ("corpus.jsonl", f)}).json()
         job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
-        wait_for(lambda: job_state(api, job["id"])["state"] == "running", timeout=120, interval=0.1)
+        started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
+                           interval=0.1)
+        assert started["state"] == "running", started
         sigkill(proc)  # mid-job: the detached actor in the cluster keeps running
     with service(env, token) as (api, _):
         assert job_state(api, job["id"])["state"] in ("running", "succeeded")  # found, not failed
@@ -150,7 +152,9 @@ def test_api_and_job_actor_killed_fails_the_job_cleanly(service_env, tmp_path):
         with open(path, "rb") as f:
             corpus = api.post("/v1/corpora", files={"file": ("corpus.jsonl", f)}).json()
         job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
-        wait_for(lambda: job_state(api, job["id"])["state"] == "running", timeout=120, interval=0.1)
+        started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
+                           interval=0.1)
+        assert started["state"] == "running", started
         pid = wait_for(lambda: job_actor_pid(job["id"]), timeout=30, interval=0.1)
         sigkill(proc)
         os.kill(pid, signal.SIGKILL)  # the job dies with it: nothing can finish it now

@@ -18,6 +18,7 @@ from curation.io.unique_ids import DUPLICATE_ID
 from curation.pipeline import run_pipeline
 from tests.helpers import read_parquet_dir
 from tests.reliability.hostile import make_hostile_corpus
+from tests.reliability.report import record_fault
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +80,11 @@ def test_read_accounts_for_every_record(ray_local, corpus):
     assert {r["id"]: r["text"] for r in small} == corpus.nul_text
     big = pq.read_table(result.data_dir, columns=["id", "text"], filters=[("id", "=", "big-kept")])
     assert len(big["text"][0].as_py()) == 50 * 2**20
+    hostile = sum(corpus.malformed.values()) + corpus.duplicate_ids
+    record_fault("hostile corpus: invalid UTF-8, 50/70 MB lines, NULs, deep nesting, gzip bomb, wrong types, "
+                 "empty files, duplicate ids", injected=hostile, survived=True, records=corpus.records,
+                 lost=corpus.records - read.docs_out - sum(read.dropped.values()),
+                 check="every record kept or rejected with its reason; driver RSS bounded")
 
 
 def test_exact_dedup_keeps_the_accounting(ray_local, corpus):

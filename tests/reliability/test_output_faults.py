@@ -19,6 +19,7 @@ from curation.cli import app
 from curation.config import parse_config
 from curation.pipeline import OutputError, run_pipeline
 from tests.helpers import write_jsonl
+from tests.reliability.report import record_fault
 from training.data.shards import write_atomic
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,8 @@ def test_output_on_a_read_only_disk_is_refused_before_any_work(small_disk, tmp_p
     result = CliRunner().invoke(app, ["curate", str(config), "--quiet"])
     assert result.exit_code == 2, result.output
     assert f"output {disk / 'out'}: cannot write there (Read-only file system)" in " ".join(result.output.split())
+    record_fault("output on a read-only disk", injected=1, survived=True, records=1, lost=0,
+                 check="refused before any work with a one-line error (exit 2)")
 
 
 def test_output_under_a_file_is_refused(tmp_path):
@@ -88,6 +91,8 @@ def test_disk_full_mid_run_stops_with_a_clear_error_and_publishes_nothing(ray_lo
     out = disk / "out"
     assert not (out / "stats.json").exists()
     assert stray_files(out) == []
+    record_fault("disk full mid-run (1 MiB tmpfs)", injected=1, survived=True, records=300, lost=0,
+                 check="one-line error naming the step; no stats.json, manifest or temporary published")
 
 
 def test_atomic_write_on_a_full_disk_leaves_neither_file_nor_temporary(small_disk):

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.flywheel-installed
 DEMO_CORPUS := build/demo-corpus
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo ablation-demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ DEMO_LMS := $(DEMO_CORPUS)/lm/web.arpa $(DEMO_CORPUS)/lm/books.arpa $(DEMO_CORPU
 DEMO_PORT ?= 8000
 demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(VENV)/bin/flywheel demo --port $(DEMO_PORT)
+
+# A data ablation on the demo corpus (curation/configs/ablation-demo.yaml): 4 variants, the same
+# tiny MoE trained on each, held-out loss per domain; writes benchmarks/ablation.md (~20-30 min on 2 CPUs).
+ablation-demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
+	$(PY) benchmarks/ablation.py
 
 # FLYWHEEL_TEST_POSTGRES=1: the service tests run against a throwaway PostgreSQL as well as SQLite.
 test: $(STAMP)

@@ -1,19 +1,17 @@
-"""/v1/ablations without running an ablation: the runner (training/ablation/runner.py) is faked
-or bypassed. Create (config validation, `config:` paths and unknown corpora refused with 422),
+"""/v1/ablations. Create (config validation, `config:` paths and unknown corpora refused with 422),
 list, read (curves and result table from an output folder laid out as the runner writes it, a
 torn last line, thinning, a malformed ablation.json), cancel, scopes, the reaper failing a running
-ablation without an actor, and `execute_ablation_job` driving a fake runner (phases, verdicts)."""
+ablation without an actor; and real runs through the job actor on Ray: a miniature ablation end
+to end, and one that fails for a reason the user can act on."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from api.ablations import execute_ablation_job
 from api.ids import new_id
@@ -298,7 +296,7 @@ def test_the_reaper_fails_a_running_ablation_without_an_actor(server, reader, co
     assert ablation_id not in started  # failed, not restarted
 
 
-# --- the actor's work, with a fake runner --------------------------------------------------------
+# --- the actor's work: real ablations on Ray ------------------------------------------------------
 
 @pytest.fixture
 def queued_ablation(server, corpus):
@@ -309,51 +307,51 @@ def queued_ablation(server, corpus):
     return ablation_id
 
 
-def fake_runner(monkeypatch, run_ablation) -> None:
-    monkeypatch.setitem(sys.modules, "training.ablation.runner", types.SimpleNamespace(run_ablation=run_ablation))
+MINI = {"seed": 3, "token_budget": 8192, "eval_every_steps": 2,
+        "train": {"preset": "tiny", "seq_len": 64, "global_batch_tokens": 2048, "micro_batch": 8},
+        "holdout": {"docs_per_domain": 6}, "tokenizer": {"vocab_size": 600},
+        "variants": [{"name": "raw"}, {"name": "dedup", "stages": ["exact_dedup", {"name": "minhash_dedup"}]}]}
 
 
-def test_execute_runs_the_runner_on_the_corpus_and_records_phases(server, corpus, queued_ablation, monkeypatch):
-    db = server.services.db
-    seen: dict[str, Any] = {"phases": []}
+def test_an_ablation_runs_end_to_end_through_the_service(server, admin, reader, started, tmp_path, database_url):
+    """Upload, POST, the job actor runs the real runner on Ray, GET shows table and curves."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("one real run is enough: the database path is the same code on PostgreSQL")
+    from tests.ablation_data import mini_corpus
 
-    def run_ablation(cfg, *, progress=None, base_dir=None):
-        seen["cfg"] = cfg
-        for phase in ("holdout", "tokenizer", "curate raw (1/3)", "train (2/3 done)", "x" * 300):
-            progress(phase)
-            with db.session() as s:
-                seen["phases"].append(s.scalar(select(Ablation.phase).where(Ablation.id == queued_ablation)))
-        write_ablation_output(Path(cfg.output))
-        return {}
+    with open(mini_corpus(tmp_path / "mini.jsonl"), "rb") as f:
+        uploaded = admin.post("/v1/corpora", files={"file": ("mini.jsonl", f)}).json()
+    runner = server.services.ablation_runner
+    recorder = runner.start
+    del runner.start  # `started` records instead of starting: this one starts for real
+    try:
+        r = admin.post("/v1/ablations", json={"corpus_id": uploaded["id"], "config": MINI})
+        assert r.status_code == 201, r.text
+        done = wait_for(lambda: (a := reader.get(f"/v1/ablations/{r.json()['id']}").json())["state"]
+                        in ("succeeded", "failed", "cancelled") and a, timeout=600, interval=1.0)
+    finally:
+        runner.start = recorder
+    assert done["state"] == "succeeded", done["error"]
+    assert [row["variant"] for row in done["table"]] == ["raw", "dedup"]
+    assert done["domains"] == ["books", "web"] and done["leakage"]["pairs_found"] == 0
+    out = out_dir(server, done["id"])
+    for name in ("raw", "dedup"):
+        assert done["curves"][name] == expected_curves(out, name)
+        assert [p["step"] for p in done["curves"][name]["eval"]] == [2, 4]
+    result = json.loads((out / "ablation.json").read_text())
+    assert done["table"] == result["table"]
 
-    fake_runner(monkeypatch, run_ablation)
-    assert execute_ablation_job(db.url, queued_ablation) == "succeeded"
-    cfg = seen["cfg"]
-    assert [(i.path, i.domain) for i in cfg.corpus] == [(corpus["uri"], None)]
-    assert cfg.output == server.services.storage.uri(f"ablations/{queued_ablation}")
-    assert [v.name for v in cfg.variants] == VARIANTS and cfg.token_budget == CONFIG["token_budget"]
-    assert cfg.variants[2].stages[2].name == "heuristics"
-    assert seen["phases"] == ["holdout", "tokenizer", "curate raw (1/3)", "train (2/3 done)", "x" * 128]
-    with db.session() as s:
-        row = s.get(Ablation, queued_ablation)
-        assert (row.state, row.phase, row.error) == ("succeeded", "done", None)
-        assert row.started_at <= row.finished_at
 
-
-def test_execute_records_the_runners_error(server, queued_ablation, monkeypatch):
-    def run_ablation(cfg, *, progress=None, base_dir=None):
-        progress("holdout")
-        raise RuntimeError("no documents left in domain web after holdout\nsecond line")
-
-    fake_runner(monkeypatch, run_ablation)
+def test_an_ablation_whose_held_out_sets_come_out_empty_fails_with_the_reason(server, queued_ablation, ray_local):
+    """The corpus fixture's 40 one-line documents all fail the clean stages (heuristics)."""
     assert execute_ablation_job(server.services.db.url, queued_ablation) == "failed"
     with server.services.db.session() as s:
         row = s.get(Ablation, queued_ablation)
         assert row.state == "failed" and row.phase is None and row.finished_at
-        assert row.error == "RuntimeError: no documents left in domain web after holdout"
+        assert "no held-out documents survived the clean stages" in row.error
 
 
-def test_execute_leaves_a_cancelled_ablation_alone(server, queued_ablation, monkeypatch):
+def test_execute_leaves_a_cancelled_ablation_alone(server, queued_ablation):
     set_state(server, queued_ablation, "cancelled")
-    fake_runner(monkeypatch, lambda *a, **k: pytest.fail("a cancelled ablation must not run"))
     assert execute_ablation_job(server.services.db.url, queued_ablation) == "cancelled"
+    assert not out_dir(server, queued_ablation).exists()  # nothing ran

@@ -9,13 +9,11 @@ loopback, `flywheel serve` as its own process (RAY_ADDRESS pointing at the head)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 

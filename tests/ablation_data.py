@@ -25,10 +25,11 @@ def document(rng: random.Random, domain: str) -> str:
                      for _ in range(rng.randint(3, 6)))
 
 
-def mini_corpus(path: Path, seed: int = 0) -> Path:
-    """~700 docs in two domains: clean text, exact and near copies, and junk the filters drop."""
+def mini_corpus(path: Path, seed: int = 0, per_domain: int = 280) -> Path:
+    """~2.5 x per_domain docs in two domains: clean text, exact and near copies, and junk the
+    filters drop."""
     rng = random.Random(seed)
-    docs = [{"id": f"{d}-{i:04}", "domain": d, "text": document(rng, d)} for d in VOCAB for i in range(280)]
+    docs = [{"id": f"{d}-{i:04}", "domain": d, "text": document(rng, d)} for d in VOCAB for i in range(per_domain)]
     copies = []
     for i, doc in enumerate(docs[::4]):  # near copies: a few words changed, under new ids
         words = doc["text"].split(" ")
@@ -37,5 +38,5 @@ def mini_corpus(path: Path, seed: int = 0) -> Path:
         copies.append({"id": f"near-{i:04}", "domain": doc["domain"], "text": " ".join(words)})
     copies += [{"id": f"exact-{i:04}", "domain": d["domain"], "text": d["text"]} for i, d in enumerate(docs[1::9])]
     junk = [{"id": f"junk-{i:04}", "domain": "web", "text": "\n".join(["BUY NOW $$$ >>> click!!!"] * 30)}
-            for i in range(60)]
+            for i in range(per_domain * 3 // 14)]
     return write_jsonl(path, docs + copies + junk)

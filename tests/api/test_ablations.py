@@ -319,7 +319,7 @@ def test_an_ablation_runs_end_to_end_through_the_service(server, admin, reader, 
         pytest.skip("one real run is enough: the database path is the same code on PostgreSQL")
     from tests.ablation_data import mini_corpus
 
-    with open(mini_corpus(tmp_path / "mini.jsonl"), "rb") as f:
+    with open(mini_corpus(tmp_path / "mini.jsonl", per_domain=70), "rb") as f:  # < the 256 KiB upload limit
         uploaded = admin.post("/v1/corpora", files={"file": ("mini.jsonl", f)}).json()
     runner = server.services.ablation_runner
     recorder = runner.start

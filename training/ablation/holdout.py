@@ -160,7 +160,10 @@ def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *
     candidates_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(candidates, candidates_path)
 
-    clean = pq.read_table(run_clean(str(candidates_path), clean_dir), columns=["id", "text", "domain"])
+    kept_dir = Path(run_clean(str(candidates_path), clean_dir))
+    if not any(kept_dir.glob("*.parquet")):  # the clean stages kept nothing: no files to read
+        raise ValueError("no held-out documents survived the clean stages: lower holdout.clean_stages' bar")
+    clean = pq.read_table(kept_dir, columns=["id", "text", "domain"])
     clean_ids = set(clean["id"].to_pylist())
     eval_files, chosen = {}, []
     for domain, ids in drawn.items():

@@ -152,7 +152,7 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     )  # fmt: skip
     eval_files = [split.eval_files[d] for d in sorted(split.eval_files)]
     if not eval_files:
-        raise ValueError("no held-out documents survived the clean stages: lower holdout.clean_stages' bar")
+        raise ValueError("no held-out set: every domain is in holdout.skip_domains")
 
     progress("tokenizer")
     tokenizer = out / "tokenizer.json"

@@ -30,7 +30,8 @@ SECURITY_TESTS = ["tests/api/test_api_auth.py"]
 
 
 def run_pytest(paths: list[str], report: Path, junit: Path) -> float:
-    env = {**os.environ, "FLYWHEEL_RELIABILITY_REPORT": str(report)}
+    # FLYWHEEL_TEST_POSTGRES: the API tests run on PostgreSQL as well as SQLite (as make test does)
+    env = {**os.environ, "FLYWHEEL_RELIABILITY_REPORT": str(report), "FLYWHEEL_TEST_POSTGRES": "1"}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=900",
                     f"--junitxml={junit}", *paths], cwd=ROOT, env=env, check=False)

@@ -8,6 +8,7 @@ loopback, `flywheel serve` as its own process (RAY_ADDRESS pointing at the head)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,27 +38,47 @@ WORDS = ("the of and to in is was for on that with as by at from this be are it 
          "river stone light morning paper garden window music letter forest silver bridge animal planet").split()
 
 
+@dataclass
+class RayHead:
+    address: str
+    temp: Path  # the cluster's --temp-dir: every one of its processes names it on its command line
+
+    def processes(self) -> list[psutil.Process]:
+        """This cluster's processes and their children (the workers), no other cluster's."""
+        own = [p for p in psutil.process_iter(["cmdline"]) if any(str(self.temp) in a for a in p.info["cmdline"] or [])]
+        return list({p.pid: p for q in own for p in [q, *q.children(recursive=True)]}.values())
+
+    def stop(self) -> None:
+        # Not `ray stop`: it stops every Ray on the machine, the tests' embedded one too (and
+        # Ray ends a driver whose raylet dies: the pytest process itself).
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(procs, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray cluster of its own (not the tests' embedded one), stopped at the end."""
     port = free_port()
-    temp = tmp_path_factory.mktemp("ray-head")
+    head = RayHead(f"127.0.0.1:{port}", tmp_path_factory.mktemp("ray-head"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                    "--num-cpus=2", f"--object-store-memory={200 * 2**20}", "--include-dashboard=false",
-                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    env.pop("RAY_ADDRESS", None)
     try:
-        yield f"127.0.0.1:{port}"
+        subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=2", f"--object-store-memory={200 * 2**20}", "--include-dashboard=false",
+                        f"--temp-dir={head.temp}", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+        yield head
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-                       capture_output=True)
+        head.stop()
 
 
 @pytest.fixture(scope="module")
 def service_env(ray_head, tmp_path_factory):
     home = tmp_path_factory.mktemp("api-restart")
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_DATABASE_URL": f"sqlite:///{home / 'flywheel.db'}",
-           "RAY_ADDRESS": ray_head, "FLYWHEEL_REAP_INTERVAL_S": "1", "FLYWHEEL_NUM_CPUS": "2"}
+           "RAY_ADDRESS": ray_head.address, "FLYWHEEL_REAP_INTERVAL_S": "1", "FLYWHEEL_NUM_CPUS": "2"}
     token = subprocess.run([str(BIN / "flywheel"), "token", "create", "restart-test", "--scope", "admin"],
                            env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
     return env, token
@@ -104,12 +126,12 @@ def sigkill(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def job_actor_pid(job_id: str) -> int | None:
-    """The worker process of the job's actor (Ray titles it `ray::_JobActor...`)."""
-    for p in psutil.process_iter(["cmdline", "environ"]):
-        title = (p.info["cmdline"] or [""])[0]
-        if title.startswith("ray::_JobActor"):
-            return p.pid
+def job_actor_pid(head: RayHead) -> int | None:
+    """The worker process of a job actor in `head`'s cluster (Ray titles it `ray::_JobActor...`)."""
+    for p in head.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::_JobActor"):
+                return p.pid
     return None
 
 
@@ -143,7 +165,7 @@ def test_api_killed_mid_job_finds_and_finishes_it(service_env, tmp_path):
                  records=records, lost=read["docs_in"] - records, check="job found and finished, corpus intact")
 
 
-def test_api_and_job_actor_killed_fails_the_job_cleanly(service_env, tmp_path):
+def test_api_and_job_actor_killed_fails_the_job_cleanly(ray_head, service_env, tmp_path):
     env, token = service_env
     path = corpus_file(tmp_path / "corpus.jsonl", seed=10)
     with service(env, token) as (api, proc):
@@ -153,7 +175,7 @@ def test_api_and_job_actor_killed_fails_the_job_cleanly(service_env, tmp_path):
         started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
                            interval=0.1)
         assert started["state"] == "running", started
-        pid = wait_for(lambda: job_actor_pid(job["id"]), timeout=30, interval=0.1)
+        pid = wait_for(lambda: job_actor_pid(ray_head), timeout=30, interval=0.1)
         sigkill(proc)
         os.kill(pid, signal.SIGKILL)  # the job dies with it: nothing can finish it now
     with service(env, token) as (api, _):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import random
 import re
 import tempfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,15 @@ from curation.config import DOMAIN_PATTERN
 from curation.langid import LABEL_PREFIX, one_line, predict
 
 _DOMAIN = re.compile(DOMAIN_PATTERN)
+
+
+def _train_and_save(train_file: str, out_model: str, options: dict[str, Any], quantize: bool) -> None:
+    import fasttext
+
+    model = fasttext.train_supervised(input=train_file, **options)
+    if quantize:  # .ftz: ~10x smaller, slightly less accurate
+        model.quantize(input=train_file, retrain=True, qnorm=True, thread=1, verbose=0)
+    model.save_model(out_model)
 
 
 def _read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[tuple[str, str]], int]:
@@ -85,13 +96,16 @@ def train_classifier(
     with tempfile.TemporaryDirectory(prefix="flywheel-clf-") as tmp:
         train_file = Path(tmp) / "train.txt"
         _write_fasttext(train, train_file)
-        model = fasttext.train_supervised(
-            input=str(train_file), epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
-            minCount=min_count, bucket=bucket, seed=seed, thread=1, verbose=0,
-        )
-        if quantize:  # .ftz: ~10x smaller, slightly less accurate
-            model.quantize(input=str(train_file), retrain=True, qnorm=True, thread=1, verbose=0)
-        model.save_model(str(out_model))
+        options = dict(epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count, bucket=bucket,
+                       seed=seed, thread=1, verbose=0)
+        # NOTE: in a process that had just trained a large BPE tokenizer (a curation run with a
+        # tokenize stage), this same seeded, single-thread training diverged to "Encountered NaN"
+        # every time; in a fresh process, never. Training in one keeps the result a function of
+        # the data and seed alone (it costs ~1 s of start-up).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            pool.submit(_train_and_save, str(train_file), str(out_model), options, quantize).result()
+    model = fasttext.load_model(str(out_model))
 
     report: dict[str, Any] = {
         "model": str(out_model),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
+_INIT_LOCK = threading.Lock()
 
 
 def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
@@ -19,6 +21,16 @@ def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None)
     import ray
     import ray.data
 
+    with _INIT_LOCK:  # the service calls this from request threads and its reaper at once
+        _init_once(ray, num_cpus, object_store_mb)
+    ctx = ray.data.DataContext.get_current()
+    # Same config + same input = same output: keep block order through every operator.
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _init_once(ray, num_cpus: int | None, object_store_mb: int | None) -> None:
     if not ray.is_initialized():
         # Local use: Ray's token auth only adds a warning here (ENVIRONMENT.md).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -40,11 +52,6 @@ def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None)
                 # took the MinHash stage from 52 s to 2.5 s on 2 cores.
                 _system_config={"num_workers_soft_limit": 2 * cpus},
             )
-    ctx = ray.data.DataContext.get_current()
-    # Same config + same input = same output: keep block order through every operator.
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
 
 
 def cluster_cpus() -> int:

@@ -145,7 +145,7 @@ def test_api_killed_mid_job_finds_and_finishes_it(service_env, tmp_path):
         job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
         started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
                            interval=0.1)
-        assert started["state"] == "running", started
+        assert started["state"] == "running", started["error"]
         sigkill(proc)  # mid-job: the detached actor in the cluster keeps running
     with service(env, token) as (api, _):
         assert job_state(api, job["id"])["state"] in ("running", "succeeded")  # found, not failed
@@ -174,7 +174,7 @@ def test_api_and_job_actor_killed_fails_the_job_cleanly(ray_head, service_env, t
         job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
         started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
                            interval=0.1)
-        assert started["state"] == "running", started
+        assert started["state"] == "running", started["error"]
         pid = wait_for(lambda: job_actor_pid(ray_head), timeout=30, interval=0.1)
         sigkill(proc)
         os.kill(pid, signal.SIGKILL)  # the job dies with it: nothing can finish it now

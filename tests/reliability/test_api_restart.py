@@ -121,6 +121,16 @@ def job_state(client: httpx.Client, job_id: str) -> dict:
     return client.get(f"/v1/jobs/{job_id}").json()
 
 
+def upload_and_start(api: httpx.Client, path: Path) -> tuple[dict, dict]:
+    """Upload `path`, submit the slow job on it, return (corpus, job) once the job is running."""
+    with open(path, "rb") as f:
+        corpus = api.post("/v1/corpora", files={"file": ("corpus.jsonl", f)}).json()
+    job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
+    started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120, interval=0.1)
+    assert started["state"] == "running", started["error"]
+    return corpus, job
+
+
 def sigkill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -140,12 +150,7 @@ def test_api_killed_mid_job_finds_and_finishes_it(service_env, tmp_path):
     path = corpus_file(tmp_path / "corpus.jsonl")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     with service(env, token) as (api, proc):
-        with open(path, "rb") as f:
-            corpus = api.post("/v1/corpora", files={"file": ("corpus.jsonl", f)}).json()
-        job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
-        started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
-                           interval=0.1)
-        assert started["state"] == "running", started["error"]
+        corpus, job = upload_and_start(api, path)
         sigkill(proc)  # mid-job: the detached actor in the cluster keeps running
     with service(env, token) as (api, _):
         assert job_state(api, job["id"])["state"] in ("running", "succeeded")  # found, not failed
@@ -169,12 +174,7 @@ def test_api_and_job_actor_killed_fails_the_job_cleanly(ray_head, service_env, t
     env, token = service_env
     path = corpus_file(tmp_path / "corpus.jsonl", seed=10)
     with service(env, token) as (api, proc):
-        with open(path, "rb") as f:
-            corpus = api.post("/v1/corpora", files={"file": ("corpus.jsonl", f)}).json()
-        job = api.post("/v1/jobs", json={"corpus_ids": [corpus["id"]], "config": CONFIG}).json()
-        started = wait_for(lambda: (j := job_state(api, job["id"]))["state"] != "queued" and j, timeout=120,
-                           interval=0.1)
-        assert started["state"] == "running", started["error"]
+        corpus, job = upload_and_start(api, path)
         pid = wait_for(lambda: job_actor_pid(ray_head), timeout=30, interval=0.1)
         sigkill(proc)
         os.kill(pid, signal.SIGKILL)  # the job dies with it: nothing can finish it now

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from curation.config import PipelineConfig, StageSpec
-from training.ablation.config import AblationConfig, VariantSpec
+from training.ablation.config import AblationConfig
 from training.ablation.holdout import count_leaks, split_holdout
 
 RESULT_NAME = "ablation.json"
@@ -110,9 +109,9 @@ def _train_all(jobs: dict[str, dict], cfg: AblationConfig, progress: Progress) -
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    from training.data.shards import write_atomic
+
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def results_table(variants: list[dict], domains: list[str]) -> list[dict]:
@@ -207,4 +206,4 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     return result
 
 
-__all__ = ["run_ablation", "RESULT_NAME", "CONFIG_NAME", "VariantSpec"]
+__all__ = ["run_ablation", "RESULT_NAME", "CONFIG_NAME"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,9 @@ from curation.stages import StageUnavailable, UnknownStage, stage_class
 from curation.stages.base import StageParams
 
 DOMAIN_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
+
+
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -124,23 +127,32 @@ def format_validation_error(e: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def parse_config(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
-    """Validate a config mapping; `overrides` (inputs=, output=) replace keys when not None."""
+def validate_config(model: type[ConfigModel], data: Any, what: str, **overrides: Any) -> ConfigModel:
+    """`model` from a mapping; `overrides` replace keys when not None; errors are one ConfigError line."""
     if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping at the top level")
+        raise ConfigError(f"{what}: expected a mapping at the top level")
     data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"config: {format_validation_error(e)}") from None
+        raise ConfigError(f"{what}: {format_validation_error(e)}") from None
+
+
+def read_yaml_config(path: str | Path, what: str) -> Any:
+    """The parsed YAML of a config file (empty file: {}), or a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+
+
+def parse_config(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
+    """Validate a config mapping; `overrides` (inputs=, output=) replace keys when not None."""
+    return validate_config(PipelineConfig, data, "config", **overrides)
 
 
 def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {p}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-    return parse_config(data, **overrides)
+    return parse_config(read_yaml_config(path, "config"), **overrides)

@@ -27,10 +27,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.config import DOMAIN_PATTERN, ConfigError, InputSpec, StageSpec, format_validation_error
+from curation.config import (
+    DOMAIN_PATTERN,
+    ConfigError,
+    InputSpec,
+    StageSpec,
+    format_validation_error,
+    read_yaml_config,
+    validate_config,
+)
 
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
 # TrainConfig fields the ablation owns: one value for every variant, set by the runner.
@@ -141,9 +148,9 @@ class AblationConfig(BaseModel):
         path = Path(variant.config)
         if not path.is_file() and base_dir is not None and (base_dir / path).is_file():
             path = base_dir / path
-        if not path.is_file():
-            raise ConfigError(f"variant {variant.name}: config file not found: {variant.config}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_config(path, f"variant {variant.name}: config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"variant {variant.name}: {path}: expected a mapping at the top level")
         try:
             return [StageSpec.model_validate(s) for s in data.get("stages") or []]
         except ValidationError as e:
@@ -152,21 +159,8 @@ class AblationConfig(BaseModel):
 
 def parse_ablation_config(data: Any, **overrides: Any) -> AblationConfig:
     """Validate a mapping; `overrides` (output=, token_budget=, ...) replace keys when not None."""
-    if not isinstance(data, dict):
-        raise ConfigError("ablation config: expected a mapping at the top level")
-    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return AblationConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"ablation config: {format_validation_error(e)}") from None
+    return validate_config(AblationConfig, data, "ablation config", **overrides)
 
 
 def load_ablation_config(path: str | Path, **overrides: Any) -> AblationConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ablation config not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"ablation config {p}: not valid YAML ({e.__class__.__name__})") from None
-    return parse_ablation_config(data, **overrides)
+    return parse_ablation_config(read_yaml_config(path, "ablation config"), **overrides)

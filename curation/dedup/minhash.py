@@ -1,13 +1,22 @@
 """MinHash signatures, the LSH band/row choice, and band keys.
 
-Signatures are datasketch's: the permutation parameters come from `datasketch.MinHash(num_perm,
-seed)` (scheme "affine32": h -> fmix32(h) * a + b mod 2^32, `a` odd), and a row of
-`MinHasher.signatures` equals `MinHash(hashfunc=int).update_batch(<the doc's 32-bit shingle
-hashes>).hashvalues` (tested), so `LeanMinHash(seed=seed, hashvalues=row, scheme="affine32")`
-works on stored signatures. What changes is the cost: datasketch's `update_batch` calls the
-hash function once per shingle in Python (ENVIRONMENT.md: `MinHash.bulk` ~2.2k docs/s); here
-shingle hashes come vectorised from `shingles.py` and the permutations run as one numpy
-(shingles x num_perm) product per chunk.
+Two signature schemes over the same shingles (`shingles.py`: normalised word n-grams, one
+64-bit hash each):
+
+- `rensa` (default): rensa's R-MinHash (Rust; "Fast Similarity Sketching", Dahlgaard, Knudsen
+  and Thorup 2017, arXiv 1704.04370): each shingle hash picks a slot and a rank in a few seeded
+  bucket rounds, and only slots still empty fall back to a hash per slot, so the cost is
+  O(shingles) rather than O(shingles x num_perm). Two sets agree in a slot with probability
+  their Jaccard similarity, as with classic MinHash, so banding and verification are unchanged.
+  The algorithm is rensa's `RMinHash.ALGORITHM_VERSION`, recorded in the index.
+- `datasketch`: datasketch's "affine32" scheme (h -> fmix32(h) * a + b mod 2^32, `a` odd, the
+  permutations of `datasketch.MinHash(num_perm, seed)`), one numpy (num_perm x shingles)
+  product per chunk. A row equals `MinHash(hashfunc=int).update_batch(<the doc's 32-bit
+  shingle hashes>).hashvalues` (tested), so `LeanMinHash(seed=seed, hashvalues=row,
+  scheme="affine32")` works on stored signatures. Kept for indexes written before rensa.
+
+Signatures of the two schemes are not comparable: the index records its scheme and
+`dedup_against` refuses another one.
 
 Banding: b bands of r rows; two documents are candidates when all r values of some band agree,
 P(candidate | Jaccard s) = 1 - (1 - s^r)^b.
@@ -15,15 +24,18 @@ P(candidate | Jaccard s) = 1 - (1 - s^r)^b.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
 from curation.dedup import shingles
 
-SCHEME = "affine32"
-EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's "no value yet": a signature of all EMPTY is an empty set
+Scheme = Literal["rensa", "datasketch"]
+DATASKETCH_SCHEME = "affine32"
+EMPTY = np.uint32(0xFFFFFFFF)  # "no value yet" in both schemes: a signature of all EMPTY is an empty set
 # Shingles per (num_perm x shingles) product: 8k x 128 x 4 B = 4 MB, cache-sized (measured best).
 _CHUNK_SHINGLES = 8_192
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
@@ -43,28 +55,61 @@ def signature_type(num_perm: int) -> pa.DataType:
     return pa.list_(pa.uint32(), num_perm)
 
 
+def scheme_id(scheme: Scheme) -> str:
+    """The name an index records: the algorithm and its version, so a rensa release that
+    changes R-MinHash is caught as an incompatible index, not silently compared."""
+    if scheme == "datasketch":
+        return f"datasketch-{DATASKETCH_SCHEME}"
+    import rensa
+
+    return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}"
+
+
 @dataclass(frozen=True)
 class MinHasher:
     num_perm: int = 128
     ngram: int = 5
     seed: int = 1
+    scheme: Scheme = "rensa"
 
     def permutations(self) -> tuple[np.ndarray, np.ndarray]:
         from datasketch import MinHash
 
-        a, b = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=SCHEME).permutations
+        a, b = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=DATASKETCH_SCHEME).permutations
         return a.astype(np.uint32), b.astype(np.uint32)
 
     def shingle_hashes(self, texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-        """(32-bit hash of every word n-gram, index of its text): datasketch's hash input."""
-        w = shingles.words(texts, self.seed)
-        h64, owner = shingles.ngrams(w, self.ngram, self.seed)
-        return (h64 ^ (h64 >> np.uint64(32))).astype(np.uint32), owner
+        """(hash of every word n-gram as the scheme takes it, index of its text; sorted):
+        uint64 for rensa, folded to uint32 for datasketch (its `hashfunc` input)."""
+        h, counts = self._hashes(texts)
+        return h, np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+    def _hashes(self, texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        h64, counts = shingles.ngram_hashes(shingles.words(texts, self.seed), self.ngram, self.seed)
+        if self.scheme == "datasketch":
+            return (h64 ^ (h64 >> np.uint64(32))).astype(np.uint32), counts
+        return h64, counts
 
     def signatures(self, texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """(uint32 [n_texts, num_perm] signatures, number of shingles per text)."""
-        n = len(texts)
-        h, owner = self.shingle_hashes(texts)
+        h, counts = self._hashes(texts)
+        if self.scheme == "rensa":
+            return self._rensa(h, counts), counts
+        owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        return self._datasketch(h, owner, len(counts)), counts
+
+    def _rensa(self, h64: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        import rensa
+
+        offsets = np.zeros(len(counts) + 1, np.uint64)
+        np.cumsum(counts, out=offsets[1:])
+        m = rensa.RMinHash.digest_matrix_from_flat_token_hashes(h64, offsets, self.num_perm, self.seed)
+        # NOTE: the matrix leaves Rust only as lists of ints; fromiter over the chain is ~3x
+        # faster than np.array(rows) and still costs more than the sketching itself.
+        flat = np.fromiter(itertools.chain.from_iterable(m.to_rows()), np.uint32, len(counts) * self.num_perm)
+        return flat.reshape(len(counts), self.num_perm)
+
+    def _datasketch(self, h: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
         sig_t = np.full((self.num_perm, n), EMPTY, np.uint32)  # transposed: see the NOTE
         a, b = self.permutations()
         a, b = a[:, None], b[:, None]
@@ -78,7 +123,7 @@ class MinHasher:
             run_start = np.flatnonzero(np.r_[True, part_owner[1:] != part_owner[:-1]])
             docs = part_owner[run_start]
             sig_t[:, docs] = np.minimum(sig_t[:, docs], np.minimum.reduceat(phv, run_start, axis=1))
-        return np.ascontiguousarray(sig_t.T), np.bincount(owner, minlength=n)
+        return np.ascontiguousarray(sig_t.T)
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:

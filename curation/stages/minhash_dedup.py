@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 
 from curation.dedup import report
 from curation.dedup.components import LABEL_SCHEMA, connected_components
-from curation.dedup.minhash import MinHasher, band_keys, lsh_errors, optimal_bands_rows, signature_type
+from curation.dedup.minhash import MinHasher, Scheme, band_keys, lsh_errors, optimal_bands_rows, scheme_id, signature_type
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
 
@@ -54,7 +54,8 @@ PREVIOUS_CORPUS = "duplicate_of_previous_corpus"
 REASONS = [NEAR_DUPLICATE, PREVIOUS_CORPUS]
 INDEX_DIR = "index/minhash"
 INDEX_META = "index/minhash.json"
-INDEX_VERSION = 1
+# 2: the signature scheme is a parameter (rensa R-MinHash by default; 1 was datasketch only).
+INDEX_VERSION = 2
 NEW = -1  # `origin` of this run's documents; earlier corpora are 0, 1, ... (dedup_against order)
 _PREV_PREFIX = "\x00"  # node names of earlier documents: "\x00<corpus>\x00<id>", never a new id
 _PAIR_CAP = 32  # buckets up to this size are verified pair by pair
@@ -68,6 +69,9 @@ class MinHashDedupParams(StageParams):
     bands: int | None = Field(None, ge=1)  # with rows; default: minimise FP+FN mass (logged)
     rows: int | None = Field(None, ge=1)
     seed: int = 1  # hash seed (datasketch's default); indexes compare only under the same seed
+    # rensa: R-MinHash in Rust, O(shingles) per document; datasketch: its affine32 permutations
+    # (numpy), for comparing with indexes written before rensa. See curation/dedup/minhash.py.
+    scheme: Scheme = "rensa"
     verify: bool = True
     max_cluster_size: int = Field(10_000, ge=2)
     quality_column: str = "quality_score"  # keeper = highest value, when the column exists
@@ -274,14 +278,26 @@ def _apply_cogroup(rows: pa.Table, verdicts: pa.Table) -> pa.Table:
 # -- the index of a run's signatures ------------------------------------------------------
 
 def index_meta(p: MinHashDedupParams, docs: int) -> dict[str, Any]:
-    return {"version": INDEX_VERSION, "scheme": "datasketch-affine32", "num_perm": p.num_perm,
+    return {"version": INDEX_VERSION, "scheme": scheme_id(p.scheme), "num_perm": p.num_perm,
             "ngram": p.ngram, "seed": p.seed, "shingles": "words-v1", "docs": docs}
 
 
 def _meta_compatible(meta: dict[str, Any], p: MinHashDedupParams) -> list[str]:
     want = index_meta(p, 0)
+    if meta.get("version") == 1:  # version 1 did not name a parameter for its only scheme
+        meta = {**meta, "version": INDEX_VERSION}
     return [f"{k}={meta.get(k)!r} (this run: {want[k]!r})" for k in ("version", "scheme", "num_perm", "ngram", "seed", "shingles")
             if meta.get(k) != want[k]]
+
+
+def _incompatible_index(corpus: str, meta: dict[str, Any], bad: list[str]) -> str:
+    hint = ""
+    if str(meta.get("scheme", "")).startswith("datasketch"):
+        hint = "; set `scheme: datasketch` on this stage to compare with it, or re-curate that corpus"
+    elif meta.get("scheme") != scheme_id("rensa") and str(meta.get("scheme", "")).startswith("rensa"):
+        hint = "; it was written by another rensa algorithm version: re-curate that corpus"
+    return (f"dedup_against {corpus!r}: its MinHash index (version {meta.get('version')!r}) was made with other "
+            f"hashing parameters: {', '.join(bad)}{hint}")
 
 
 def _join_uri(base: str, rel: str) -> str:
@@ -301,7 +317,7 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
         raise ValueError(f"dedup_against {corpus!r}: no MinHash index ({INDEX_META}): {e}") from None
     bad = _meta_compatible(meta, p)
     if bad:
-        raise ValueError(f"dedup_against {corpus!r}: index made with other hashing parameters: {', '.join(bad)}")
+        raise ValueError(_incompatible_index(corpus, meta, bad))
     if meta["docs"] == 0:
         return None, 0
     ds = ray.data.read_parquet(_join_uri(corpus, INDEX_DIR), columns=["id", "sig", "n_shingles"])
@@ -354,7 +370,7 @@ class MinHashDedup(Stage):
         self.report = {"bands": bands, "rows": rows, "lsh_threshold": round((1 / bands) ** (1 / rows), 4),
                        "false_positive_mass": round(fp, 5), "false_negative_mass": round(fn, 5),
                        "seconds": phases}
-        hasher = MinHasher(p.num_perm, p.ngram, p.seed)
+        hasher = MinHasher(p.num_perm, p.ngram, p.seed, p.scheme)
         sig_schema = signature_schema(p.num_perm)
 
         t = time.perf_counter()

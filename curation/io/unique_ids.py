@@ -8,9 +8,12 @@ Every later step names documents by id (rejects, `flywheel inspect`, the dedup k
              copy, so nothing is lost and the user can see what collided (the default)
     error    the run stops before any stage, naming how many ids repeat and a few of them
 
-Only the small columns (id, source, position) are shuffled by id to find the repeats, which
-are rare: the set of later copies comes back to the driver and one map marks them, so texts
-never travel for this check.
+Repeats are rare, so the check is built around "no repeat": each block sends the driver one
+64-bit hash per id (8 bytes a document), the driver finds the hashes that occur twice, and only
+the rows under those hashes come back, as (id, source, position), to be compared exactly. Two
+light passes over the read blocks, no shuffle: a Ray shuffle costs seconds to start (~4.5 s
+on 30k documents), this ~0.2 s. Past `DRIVER_CHECK_MAX_ROWS` the hashes would not fit the
+driver comfortably, and the small columns are shuffled by id instead. Texts never travel.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 DuplicateIdPolicy = Literal["reject", "error"]
 DUPLICATE_ID = "duplicate_id"
 EXAMPLES_IN_ERROR = 5
+# 8 bytes a document on the driver: 50M ids are 400 MB of hashes.
+DRIVER_CHECK_MAX_ROWS = 50_000_000
 
 
 class DuplicateIdError(InputError):
@@ -42,6 +47,44 @@ def _keys(batch: pa.Table) -> pa.Table:
     # Records the reader already rejected (malformed) carry made-up ids: they take no part.
     valid = pc.equal(batch[REASON], "")
     return batch.select(["id", "source", POSITION]).filter(valid)
+
+
+def _id_hashes(batch: pa.Table) -> pa.Table:
+    import xxhash
+
+    ids = _keys(batch)["id"].to_pylist()
+    return pa.table({"h": np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), np.uint64, len(ids))})
+
+
+class _RowsUnder:
+    """Map step: the (id, source, position) of rows whose id hash is in `hashes`."""
+
+    def __init__(self, hashes: np.ndarray):
+        self.hashes = hashes
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = _keys(batch)
+        h = _id_hashes(batch)["h"].to_numpy()
+        return keys.filter(pa.array(np.isin(h, self.hashes)))
+
+
+def _repeated_rows(ds: "ray.data.Dataset", partitions: int) -> list[dict]:
+    """`later_copies` over the whole dataset, as rows on the driver."""
+    if ds.count() > DRIVER_CHECK_MAX_ROWS:
+        return (ds.map_batches(_keys, batch_format="pyarrow", batch_size=None)
+                  .repartition(partitions, keys=["id"])
+                  .map_batches(later_copies, batch_format="pyarrow", batch_size=None)
+                  .take_all())  # fmt: skip
+    import ray
+
+    tables = ray.get(ds.map_batches(_id_hashes, batch_format="pyarrow", batch_size=None).to_arrow_refs())
+    hashes = np.concatenate([t["h"].to_numpy() for t in tables]) if tables else np.zeros(0, np.uint64)
+    values, counts = np.unique(hashes, return_counts=True)
+    repeated = values[counts > 1]
+    if len(repeated) == 0:
+        return []
+    candidates = ray.get(ds.map_batches(_RowsUnder(repeated), batch_format="pyarrow", batch_size=None).to_arrow_refs())
+    return later_copies(pa.concat_tables(candidates)).to_pylist()  # equal hashes, different ids: no row
 
 
 def later_copies(block: pa.Table) -> pa.Table:
@@ -90,10 +133,7 @@ class _MarkLaterCopies:
 def enforce_unique_ids(ds: ray.data.Dataset, policy: DuplicateIdPolicy, partitions: int) -> ray.data.Dataset:
     """`ds` (the reader's output, materialised: it is read twice) with repeated ids handled by
     `policy` and the position column dropped."""
-    found = (ds.map_batches(_keys, batch_format="pyarrow", batch_size=None)
-               .repartition(partitions, keys=["id"])
-               .map_batches(later_copies, batch_format="pyarrow", batch_size=None)
-               .take_all())  # fmt: skip
+    found = _repeated_rows(ds, partitions)
     copies = {(r["source"], r[POSITION]): (r["kept_source"], r["kept_position"]) for r in found}
     if copies and policy == "error":
         examples = sorted((r["id"], r["source"], r[POSITION]) for r in found)[:EXAMPLES_IN_ERROR]

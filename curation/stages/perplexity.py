@@ -1,7 +1,10 @@
 """Perplexity by domain (cc_net): score with KenLM, calibrate per domain, mark.
 
 1. Score: `map_batches` on an actor pool (each actor loads the models once) adds
-   `perplexity` (null for a domain without a model) and the run materialises it.
+   `perplexity` (null for a domain without a model) and the run materialises it. `score`
+   picks the formula (`curation.lm.perplexity`): cc_net's per-line perplexity with the
+   information of the digits the tokenizer writes as 0 added back (default: tables of numbers
+   otherwise score like fluent prose), or cc_net's alone.
 2. Calibrate: per domain, exact percentiles of the perplexity column alone (a group-by over
    two columns; the texts never reach the driver): the head/middle/tail cut-offs (cc_net cuts
    at the 30th and 60th percentile) and the `drop_above_percentile` threshold.
@@ -19,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from curation.lm.perplexity import Score
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 
 if TYPE_CHECKING:
@@ -34,6 +38,7 @@ class PerplexityParams(StageParams):
     max_perplexity: dict[str, float] | None = None  # domain -> absolute threshold
     buckets: tuple[float, float] = (30.0, 60.0)  # percentiles ending head and middle
     drop_buckets: list[Bucket] = Field(default_factory=list)
+    score: Score = "cc_net_digits"  # the formula: see curation.lm.perplexity
 
     @field_validator("buckets")
     @classmethod
@@ -75,7 +80,7 @@ class PerplexityFilter(Stage):
                 raise FileNotFoundError(f"perplexity: model for domain {domain!r} not found: {path}")
         scored = ds.map_batches(
             _Scorer,
-            fn_constructor_args=(dict(p.models),),
+            fn_constructor_args=(dict(p.models), p.score),
             concurrency=max(1, self.ctx.num_cpus),
             batch_format="pyarrow",
             batch_size=self.batch_size,
@@ -83,7 +88,7 @@ class PerplexityFilter(Stage):
         ).materialize()
         self.calibration = calibrate(scored, p, num_partitions=max(1, self.ctx.num_cpus))
         return scored.map_batches(
-            _Marker(self.calibration, p),
+            Marker(self.calibration, p),
             batch_format="pyarrow",
             batch_size=None,
             zero_copy_batch=True,
@@ -101,10 +106,10 @@ class PerplexityFilter(Stage):
 class _Scorer:
     """Actor: loads every domain's model once, then adds `perplexity` to each batch."""
 
-    def __init__(self, models: dict[str, str]):
+    def __init__(self, models: dict[str, str], score: Score):
         from curation.lm.perplexity import DomainModel
 
-        self.models = {domain: DomainModel(path, domain) for domain, path in models.items()}
+        self.models = {domain: DomainModel(path, domain, score) for domain, path in models.items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         values: list[float | None] = []
@@ -124,13 +129,13 @@ def calibrate(scored: "ray.data.Dataset", p: PerplexityParams, num_partitions: i
     rows = (
         scored.select_columns(["domain", "perplexity"])
         .groupby("domain", num_partitions=num_partitions)
-        .map_groups(_calibrate_domain, fn_kwargs={"p": p}, batch_format="pyarrow")
+        .map_groups(calibrate_domain, fn_kwargs={"p": p}, batch_format="pyarrow")
         .take_all()
     )
     return {r["domain"]: json.loads(r["calibration"]) for r in rows}
 
 
-def _calibrate_domain(group: pa.Table, p: PerplexityParams) -> pa.Table:
+def calibrate_domain(group: pa.Table, p: PerplexityParams) -> pa.Table:
     """One domain's group -> one row: its percentiles, bucket counts and thresholds."""
     domain = group["domain"][0].as_py()
     values = group["perplexity"].drop_null().to_numpy()
@@ -154,7 +159,7 @@ def _calibrate_domain(group: pa.Table, p: PerplexityParams) -> pa.Table:
     return pa.table({"domain": [domain], "calibration": [json.dumps(entry)]})
 
 
-class _Marker:
+class Marker:
     """Task: `pp_bucket` and the verdict of each document, given the calibration table."""
 
     def __init__(self, calibration: dict[str, dict[str, Any]], p: PerplexityParams):

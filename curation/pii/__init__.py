@@ -26,3 +26,12 @@ OUR_TYPE: dict[str, str] = {v: k for k, v in PRESIDIO_TYPE.items()}
 ENTITIES: tuple[str, ...] = tuple(PRESIDIO_TYPE)
 # Entities that need the NER model; the rest are patterns + checksums.
 NER_ENTITIES: frozenset[str] = frozenset({"PERSON", "LOCATION"})
+
+# Regions whose national phone formats are parsed (any number written with +country code is
+# found whatever the list). The English-speaking countries and the countries of the largest
+# Common Crawl languages after English (de, ru, ja, zh, es, fr, it, pt, pl, nl): where web text
+# comes from. Presidio's default is 8 regions (with "UK", which `phonenumbers` does not know).
+# Each region is one more `PhoneNumberMatcher` pass, affordable here because it runs on
+# trigger regions only.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "CA", "GB", "IE", "AU", "NZ", "IN", "DE", "RU", "JP", "CN",
+                                          "ES", "MX", "FR", "IT", "BR", "PT", "PL", "NL")

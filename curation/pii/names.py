@@ -1,0 +1,174 @@
+"""Where to run NER: name candidates, and the windows of text around them.
+
+spaCy's NER costs ~20 microseconds a token here (~50 KB/s a core), 20x the rest of the PII
+stage, and nearly all text holds no name. So NER runs only on short windows around *name
+candidates*, and only entities that contain a candidate are kept:
+
+- A candidate is a word written with a capital (`Werner`, `Okafor`, `JOHN`) whose capitalised
+  form is how the word is usually written: P(Title) / (P(Title) + P(lower)) >= `threshold`,
+  from spaCy's English word-frequency table (`spacy-lookups-data`, case-sensitive log
+  probabilities of 1M word forms), or a word the table does not know. "John" is 0.95, "Smith"
+  0.88, "Boston" 0.93; "The" 0.09, "License" 0.03, "However" < 0.01: sentence-initial and
+  title-cased common words are not candidates, which is what a capitalisation test alone
+  cannot tell. At the start of a sentence or line every word is capitalised, and words that
+  usually open sentences ("However" 0.58, "Please" 0.51) score high: there the bar is
+  `start_threshold` (0.8; "Marcus" 0.96, "Werner" 0.96).
+- In a document written without case (all lower or all upper case), every word whose
+  capitalised form passes the same test is a candidate, and the window is *truecased* for NER:
+  the text spaCy sees has the candidates capitalised and the rest lower-cased, same length,
+  so offsets map back one to one. spaCy finds few names in lower-cased text; truecased, it
+  finds them as in normal text.
+- A window is the candidate plus `margin` characters on each side, snapped to whitespace; the
+  ner component's receptive field is ~4 tokens each side (tok2vec depth 4, window 1), so on
+  real text windowed NER reproduces whole-document NER on ~99% of the entities that contain a
+  candidate (benchmarks/pii.py measures it).
+- One document, one answer per word (document-level label consistency, a standard NER
+  device): NER reads the first `probes` occurrences of each candidate word; if it tagged them
+  all, the word's later occurrences are that entity without another look, and if it tagged
+  none, they are skipped; only words with mixed answers are read again. A name NER missed in
+  one sentence is caught where it found it elsewhere, and "Python" in a manual costs two
+  windows, not two hundred.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex
+
+from curation.pii.spans import snap_to_words
+
+# A word that starts with a capital letter: letters, marks and inner apostrophes or hyphens.
+_CAPITALISED = regex.compile(r"(?<![\p{L}\p{M}\p{N}_])\p{Lu}[\p{L}\p{M}]*(?:['’\-][\p{L}\p{M}]+)*")
+_PARTS = regex.compile(r"['’\-]")
+_WORD = regex.compile(r"(?<![\p{L}\p{M}\p{N}_])\p{L}[\p{L}\p{M}]*(?:['’\-][\p{L}\p{M}]+)*")
+# A document is caseless when under 1% or over 90% of its cased letters are capitals.
+_CASELESS_LOW, _CASELESS_HIGH = 0.01, 0.90
+_MIN_CASED_LETTERS = 40
+_CASE_SAMPLE_CHARS = 20_000  # the head of a long document tells how it is written
+_UPPER, _LOWER = regex.compile(r"\p{Lu}"), regex.compile(r"\p{Ll}")
+
+
+@functools.cache
+def capitalisation_table() -> tuple[dict[str, float], frozenset[str]]:
+    """({"John": 0.95, ...} for every Title-case form, {lower-case forms}) from spaCy's table.
+
+    Loaded once per process (~1 s, ~100 MB): the table is 1M forms with log probabilities.
+    """
+    import spacy_lookups_data
+
+    path = Path(spacy_lookups_data.__file__).parent / "data" / "en_lexeme_prob.json.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        logp: dict[str, float] = json.load(f)
+    lower = frozenset(w for w in logp if w.islower())
+    ratio: dict[str, float] = {}
+    for w, p in logp.items():
+        if len(w) > 1 and w[0].isupper() and w[1:].islower():
+            q = logp.get(w.lower())
+            ratio[w] = 1.0 if q is None else 1.0 / (1.0 + math.exp(q - p))
+    return ratio, lower
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # in the document
+    end: int
+    text: str  # what NER reads: the document's text, truecased when the document is caseless
+    candidates: tuple[tuple[int, int], ...]  # candidate spans, relative to `start`
+
+
+class NameCandidates:
+    """Finds candidates and builds NER windows (see the module docstring)."""
+
+    def __init__(self, threshold: float = 0.5, start_threshold: float = 0.8, margin: int = 16, probes: int = 2):
+        self.threshold = threshold
+        self.start_threshold = max(threshold, start_threshold)
+        self.margin = margin
+        self.probes = probes
+        self.ratio, self.lower = capitalisation_table()
+
+    def usually_capitalised(self, word: str, sentence_start: bool = False) -> bool:
+        title = word[:1].upper() + word[1:].lower()
+        r = self.ratio.get(title)
+        if r is None:
+            # Unknown as a capitalised form: a candidate unless it is a known lower-case word.
+            return title.lower() not in self.lower
+        return r >= (self.start_threshold if sentence_start else self.threshold)
+
+    def is_candidate(self, word: str, sentence_start: bool, caseless: bool) -> bool:
+        parts = [p for p in _PARTS.split(word) if len(p) > 1]
+        if not caseless and word.isupper():
+            # Capitals in a cased document: a form's heading, or shouting ("NONINFRINGEMENT",
+            # "HOWEVER" in a licence). Only known names pass, at the sentence-start bar.
+            return any(p.capitalize() in self.ratio and self.usually_capitalised(p, True) for p in parts)
+        return any(self.usually_capitalised(p, sentence_start) for p in parts)
+
+    def candidates(self, text: str) -> tuple[list[tuple[int, int]], bool]:
+        """(candidate spans, whether the document is caseless)."""
+        caseless = is_caseless(text)
+        pattern = _WORD if caseless else _CAPITALISED
+        spans = []
+        for m in pattern.finditer(text):
+            word = m.group()
+            if len(word) > 1 and self.is_candidate(word, not caseless and _opens_sentence(text, m.start()), caseless):
+                spans.append(m.span())
+        return spans, caseless
+
+    def windows(self, text: str, around: list[tuple[int, int]] | None = None,
+                candidates: list[tuple[int, int]] | None = None, caseless: bool | None = None) -> list[Window]:
+        """NER windows around the spans `around` (default: every candidate), each listing the
+        candidates (default: all of the text's) that fall inside it."""
+        if candidates is None or caseless is None:
+            candidates, caseless = self.candidates(text)
+        around = candidates if around is None else around
+        merged: list[list[int]] = []  # [start, end]
+        for s, e in around:
+            a, b = snap_to_words(text, s - self.margin, e + self.margin)
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(b, merged[-1][1])
+            else:
+                merged.append([a, b])
+        out, k = [], 0
+        for a, b in merged:
+            while k < len(candidates) and candidates[k][0] < a:
+                k += 1
+            inside = []
+            while k < len(candidates) and candidates[k][1] <= b:
+                inside.append((candidates[k][0] - a, candidates[k][1] - a))
+                k += 1
+            view = truecase(text[a:b], inside) if caseless else text[a:b]
+            out.append(Window(a, b, view, tuple(inside)))
+        return out
+
+
+def _opens_sentence(text: str, i: int) -> bool:
+    """Whether the word at i starts the text, a line or a sentence (after . ! ? : and quotes)."""
+    j = i - 1
+    while j >= 0 and text[j] in " \t\"'“‘([":
+        j -= 1
+    return j < 0 or text[j] in "\n.!?:;•*-–—#>|"
+
+
+def is_caseless(text: str) -> bool:
+    head = text[:_CASE_SAMPLE_CHARS]
+    upper = len(_UPPER.findall(head))
+    cased = upper + len(_LOWER.findall(head))
+    if cased < _MIN_CASED_LETTERS:
+        return False
+    share = upper / cased
+    return share < _CASELESS_LOW or share > _CASELESS_HIGH
+
+
+def truecase(text: str, candidates: list[tuple[int, int]]) -> str:
+    """`text` lower-cased with each candidate capitalised, or unchanged if that would change
+    its length (a few characters change length with case: offsets must map one to one)."""
+    out = text.lower()
+    for s, e in candidates:
+        word = out[s:e]
+        out = out[:s] + word[:1].upper() + word[1:] + out[e:]
+    return out if len(out) == len(text) else text

@@ -99,41 +99,55 @@ def _tally_batch(batch: pa.Table) -> pa.Table:
                      "tokens": grouped["n_tokens_sum"].cast(pa.int64())})
 
 
-def tally(ds) -> dict[str, tuple[int, int]]:
-    """{reason: (docs, tokens)} over a dataset with verdicts ("" = kept)."""
+def _sum_tallies(tables: list[pa.Table]) -> dict[str, tuple[int, int]]:
     totals: dict[str, tuple[int, int]] = {}
-    for row in ds.map_batches(_tally_batch, batch_format="pyarrow", batch_size=None).take_all():
-        d, t = totals.get(row["reason"], (0, 0))
-        totals[row["reason"]] = (d + int(row["docs"]), t + int(row["tokens"]))
+    for t in tables:
+        for row in t.to_pylist():
+            d, n = totals.get(row["reason"], (0, 0))
+            totals[row["reason"]] = (d + int(row["docs"]), n + int(row["tokens"]))
     return totals
+
+
+def tally(ds) -> dict[str, tuple[int, int]]:
+    """{reason: (docs, tokens)} over a materialized dataset with verdicts ("" = kept)."""
+    return _sum_tallies(runtime.per_block(ds, lambda block, _: _tally_batch(block)))
 
 
 def _kept(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(batch[REASON], KEPT)).drop_columns([REASON, DETAIL])
 
 
-class _Rejected:
-    def __init__(self, stage: str):
-        self.stage = stage
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        dropped = batch.filter(pc.not_equal(batch[REASON], KEPT))
-        return pa.table({
-            "id": dropped["id"], "stage": pa.array([self.stage] * dropped.num_rows, pa.string()),
-            "reason": dropped[REASON], "detail": dropped[DETAIL], "domain": dropped["domain"],
-            "source": dropped["source"], "n_tokens": dropped["n_tokens"], "text": dropped["text"],
-        })
+def _rejected(batch: pa.Table, stage: str) -> pa.Table:
+    dropped = batch.filter(pc.not_equal(batch[REASON], KEPT))
+    return pa.table({
+        "id": dropped["id"], "stage": pa.array([stage] * dropped.num_rows, pa.string()),
+        "reason": dropped[REASON], "detail": dropped[DETAIL], "domain": dropped["domain"],
+        "source": dropped["source"], "n_tokens": dropped["n_tokens"], "text": dropped["text"],
+    })
 
 
-def _filenames(prefix: str):
-    from ray.data.datasource import FilenameProvider
+def _settle_block(block: pa.Table, index: int, stage: str, rejects_dir: str, data_dir: str | None,
+                  tag: str) -> pa.Table:
+    """One pass over a stage's output block: its tally, its rejects file and, after the last
+    stage, its data file. File names are the block's position and the run: a retried task
+    rewrites the same file, and a run's files sort in the order of its documents."""
+    counts = _tally_batch(block)
+    if block.num_rows == 0:
+        return counts
+    if pc.any(pc.not_equal(block[REASON], KEPT)).as_py():
+        _write_parquet(_rejected(block, stage), f"{rejects_dir}/{stage}-{index:05}-{tag}.parquet")
+    if data_dir is not None:
+        kept = _kept(block)
+        if kept.num_rows:
+            _write_parquet(kept, f"{data_dir}/part-{index:05}-{tag}.parquet")
+    return counts
 
-    class Named(FilenameProvider):
-        # The stage name first, so `rejects/` lists by stage; Ray insists on its write uuid.
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"{prefix}-{task_index:05}-{write_uuid}.parquet"
 
-    return Named(file_format="parquet")
+def _write_parquet(table: pa.Table, uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_for(uri)
+    pq.write_table(table, path, filesystem=fs)
 
 
 class Pipeline:
@@ -174,10 +188,12 @@ class Pipeline:
             raise OutputError(f"output {self.config.output}: cannot write there ({disk_failure(e) or e})") from None
 
     def _settle(self, name: str, method: str, out, docs_in: int | None, tokens_in: int | None,
-                started: float, stage: Stage | None) -> tuple[Any, StageStats]:
-        """Materialise a stage's output, check the accounting, write rejects, keep the rest."""
+                started: float, stage: Stage | None, last: bool) -> tuple[Any, StageStats]:
+        """Materialise a stage's output, then in one pass over its blocks: check the accounting,
+        write rejects (and, after the last stage, the kept documents); keep the rest lazily."""
         out = out.materialize()
-        counts = tally(out)
+        data_dir = self.data_dir if last else None
+        counts = _sum_tallies(runtime.per_block(out, _settle_block, name, self.rejects_dir, data_dir, self.tag))
         docs_out, tokens_out = counts.pop(KEPT, (0, 0))
         dropped = {r: c[0] for r, c in sorted(counts.items())}
         dropped_tokens = {r: c[1] for r, c in sorted(counts.items())}
@@ -187,9 +203,6 @@ class Pipeline:
         if total != docs_in:
             raise AccountingError(f"stage {name!r}: {docs_in} documents in, {docs_out} kept + "
                                   f"{total - docs_out} dropped = {total}")
-        if dropped:
-            (out.map_batches(_Rejected(name), batch_format="pyarrow", batch_size=None)
-                .write_parquet(self.rejects_dir, filename_provider=_filenames(name)))
         extra = stage.summarize(out) if stage is not None else {}
         kept = out.map_batches(_kept, batch_format="pyarrow", batch_size=None)
         stats = StageStats(name=name, method=method, docs_in=docs_in, docs_out=docs_out,
@@ -227,9 +240,12 @@ class Pipeline:
         n_steps = len(stages) + 1
         self.progress("stage_start", {"name": "read", "index": 0, "total": n_steps})
         t0 = time.perf_counter()
+        self.tag = run_stats.run_id
+        for folder in ("data", "rejects"):
+            self.fs.create_dir(_path_in(self.root, folder), recursive=True)
         records = read_documents(self.read_tasks).materialize()
         unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
-        ds, st = self._settle("read", READ_METHOD, unique, None, None, t0, None)
+        ds, st = self._settle("read", READ_METHOD, unique, None, None, t0, None, last=not stages)
         run_stats.stages.append(st)
         self.progress("stage_done", {"stats": st, "index": 0, "total": n_steps})
         for i, stage in enumerate(stages, start=1):
@@ -237,16 +253,13 @@ class Pipeline:
             self.progress("stage_start", {"name": stage.name, "index": i, "total": n_steps})
             t0 = time.perf_counter()
             prev = run_stats.stages[-1]
-            ds, st = self._settle(stage.name, stage.method, stage.run(ds), prev.docs_out, prev.tokens_out, t0, stage)
+            ds, st = self._settle(stage.name, stage.method, stage.run(ds), prev.docs_out, prev.tokens_out, t0, stage,
+                                  last=i == len(stages))
             run_stats.stages.append(st)
             self.progress("stage_done", {"stats": st, "index": i, "total": n_steps})
 
         self._step = "write"
-        self.progress("write_start", {})
-        if run_stats.stages[-1].docs_out:
-            ds.write_parquet(self.data_dir, filename_provider=_filenames("part"))
-        else:
-            self.fs.create_dir(_path_in(self.root, "data"), recursive=True)
+        self.progress("write_start", {})  # the last stage's pass wrote data/ already
         run_stats.seconds = round(time.perf_counter() - started, 3)
         stats_path = _join(self.config.output, STATS_FILE)
         stats_json = run_stats.to_json()

@@ -8,9 +8,11 @@ Environment knobs (all optional):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+from typing import Any
 
 log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
@@ -63,3 +65,31 @@ def cluster_cpus() -> int:
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name)
     return int(v) if v else None
+
+
+def block_refs(ds) -> list:
+    """The object refs of a materialized dataset's blocks, in order."""
+    return [entry.ref for bundle in ds.iter_internal_ref_bundles() for entry in bundle.blocks]
+
+
+def per_block(ds, fn, *args: Any) -> list:
+    """[fn(block, index, *args) for each block of a materialized dataset], as plain Ray tasks.
+
+    NOTE: a Ray Data execution costs ~0.4 s to start here whatever its size; a task ~10 ms.
+    The pipeline's per-stage bookkeeping (tallies, rejects, summaries) runs this way.
+    """
+    import ray
+
+    task = _per_block_task()
+    return ray.get([task.remote(fn, ref, i, *args) for i, ref in enumerate(block_refs(ds))])
+
+
+@functools.cache
+def _per_block_task():
+    import ray
+
+    @ray.remote(max_retries=3)
+    def apply(fn, block, index, *args):
+        return fn(block, index, *args)
+
+    return apply

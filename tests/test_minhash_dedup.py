@@ -98,7 +98,7 @@ def test_params_are_checked():
 def test_connected_components_match_networkx(ray_local):
     import networkx as nx
 
-    from curation.dedup.components import connected_components
+    from curation.dedup.components import connected_components, connected_components_local
 
     rng = random.Random(3)
     edges = [(f"n{rng.randrange(600):04d}", f"n{rng.randrange(600):04d}") for _ in range(300)]
@@ -109,6 +109,8 @@ def test_connected_components_match_networkx(ray_local):
     graph = nx.Graph(edges)
     want = {n: min(c) for c in nx.connected_components(graph) for n in c}
     assert got == want and rounds > 1
+    local = connected_components_local(table)
+    assert dict(zip(local["node"].to_pylist(), local["root"].to_pylist())) == want
 
 
 def chain_documents(n: int, length: int = 100, step: int = 3, seed: int = 5,
@@ -199,6 +201,17 @@ def test_deterministic_across_runs_and_blockings(labelled, first_run, tmp_path):
     assert stage.report["verdict_join"] == "cogroup"
     key = lambda t: sorted(zip(t["id"].to_pylist(), t[REASON].to_pylist(), t[DETAIL].to_pylist()))  # noqa: E731
     assert key(out1) == key(out2)
+
+
+def test_the_global_step_on_the_driver_and_as_ray_shuffles_agree(labelled, first_run, tmp_path):
+    _, table = labelled
+    local, out1, _ = first_run
+    shuffled, _, out2 = run_stage(as_blocks(table, 4), tmp_path, max_cluster_size=5, local_mb=0)
+    assert (local.report["global_step"], shuffled.report["global_step"]) == ("local", "distributed")
+    key = lambda t: sorted(zip(t["id"].to_pylist(), t[REASON].to_pylist(), t[DETAIL].to_pylist()))  # noqa: E731
+    assert key(out1) == key(out2)
+    for k in ("edges", "guard_releases", "duplicates"):
+        assert local.report[k] == shuffled.report[k], k
 
 
 def test_incremental_dedup_against_earlier_run(labelled, first_run, tmp_path):

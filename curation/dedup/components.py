@@ -117,3 +117,25 @@ def _count_bad(batch: pa.Table) -> pa.Table:
 def _labels(batch: pa.Table) -> pa.Table:
     rows = batch.filter(batch["label"])
     return pa.Table.from_arrays([rows["u"], rows["v"]], schema=LABEL_SCHEMA)
+
+
+def connected_components_local(edges: pa.Table) -> pa.Table:
+    """The same labels as `connected_components` (rows (node, root), the root the component's
+    smallest node, nodes without edges absent) for edges that fit in memory: scipy's
+    union-find over integer node ids, ordered so that the smallest id is the smallest string."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as components
+
+    if edges.num_rows == 0:
+        return LABEL_SCHEMA.empty_table()
+    both = pa.concat_arrays([pc.cast(edges["u"], pa.string()).combine_chunks(),
+                             pc.cast(edges["v"], pa.string()).combine_chunks()])
+    nodes = pc.unique(both)
+    nodes = nodes.take(pc.sort_indices(nodes))  # byte order, as Arrow compares strings
+    ids = pc.index_in(both, value_set=nodes).to_numpy()
+    n, m = len(nodes), edges.num_rows
+    graph = coo_matrix((np.ones(m, np.int8), (ids[:m], ids[m:])), shape=(n, n))
+    _, label = components(graph, directed=False)
+    root = np.full(label.max() + 1, n, np.int64)
+    np.minimum.at(root, label, np.arange(n))
+    return pa.Table.from_arrays([nodes, nodes.take(pa.array(root[label]))], schema=LABEL_SCHEMA)

@@ -6,7 +6,7 @@ import json
 import os
 import resource
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -95,17 +95,25 @@ def _rate_partials(batch: pa.Table, column: str, reasons: list[str]) -> pa.Table
 
 
 def duplicate_rates(out, column: str, reasons: list[str]) -> dict[str, dict[str, Any]]:
-    """{value of `column`: {docs, duplicates, rate}} over a stage's output (partial counts per
-    block, summed here: one small row per (block, value) reaches the driver)."""
+    """{value of `column`: {docs, duplicates, rate}} over a stage's (materialized) output:
+    partial counts per block, summed here; one small row per (block, value) reaches the driver."""
+    from curation.runtime import per_block
+
     totals: dict[str, list[int]] = {}
-    parts = out.map_batches(_rate_partials, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"column": column, "reasons": reasons})
-    for row in parts.take_all():
-        acc = totals.setdefault(row["key"], [0, 0])
-        acc[0] += row["docs"]
-        acc[1] += row["dups"]
+    for part in per_block(out, _block_rates, column, reasons):
+        for row in part.to_pylist():
+            acc = totals.setdefault(row["key"], [0, 0])
+            acc[0] += row["docs"]
+            acc[1] += row["dups"]
     return {k: {"docs": d, "duplicates": x, "rate": round(x / d, 6) if d else 0.0}
             for k, (d, x) in sorted(totals.items())}
+
+
+def _block_rates(batch: pa.Table, _index: int, column: str, reasons: list[str]) -> pa.Table:
+    if batch.num_rows == 0:
+        return pa.table({"key": pa.array([], pa.string()), "docs": pa.array([], pa.int64()),
+                         "dups": pa.array([], pa.int64())})
+    return _rate_partials(batch, column, reasons)
 
 
 def dropped_rows(batch: pa.Table, reasons: list[str]) -> pa.Table:
@@ -126,13 +134,26 @@ def _cluster_partials(part: pa.Table, top: int) -> pa.Table:
     return pa.table({"summary": [json.dumps(summary)]})
 
 
-def cluster_summary(rows, n_parts: int, top: int = 20) -> dict[str, Any]:
+def cluster_summary(out, cluster_rows: Callable[[pa.Table], pa.Table], n_parts: int, rows: int,
+                    top: int = 20, local_rows: int = 2_000_000) -> dict[str, Any]:
     """Duplicate clusters count, size histogram and the `top` largest clusters (two sample ids
-    each: the kept one and a dropped one), from rows (cluster, kept, id), one per dropped item."""
-    rows = map_partitions(rows, ["cluster"], n_parts,
-                          _cluster_partials, top=top).take_all()
-    parts = [json.loads(r["summary"]) for r in rows]
+    each: the kept one and a dropped one), from `cluster_rows(block)`: rows (cluster, kept, id),
+    one per dropped item. Up to `local_rows` rows they are summarised on the driver (a Ray
+    shuffle costs ~1 s to start), beyond it per hash partition of the cluster."""
+    if rows <= local_rows:
+        from curation.runtime import per_block
+
+        tables = [t for t in per_block(out, _apply_rows, cluster_rows) if t.num_rows]
+        parts = [json.loads(_cluster_partials(pa.concat_tables(tables), top)["summary"][0].as_py())] if tables else []
+    else:
+        found = map_partitions(out.map_batches(cluster_rows, batch_format="pyarrow"), ["cluster"], n_parts,
+                               _cluster_partials, top=top).take_all()
+        parts = [json.loads(r["summary"]) for r in found]
     largest = sorted((c for s in parts for c in s["largest"]), key=lambda c: (-c["size"], c["cluster"]))[:top]
     return {"duplicate_clusters": sum(s["clusters"] for s in parts),
             "cluster_size_histogram": merge_histograms(s["histogram"] for s in parts),
             "largest_clusters": largest}
+
+
+def _apply_rows(batch: pa.Table, _index: int, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    return fn(batch) if batch.num_rows else pa.table({})

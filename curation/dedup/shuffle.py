@@ -110,6 +110,15 @@ class Broadcast:
         self.schema = schema  # an empty dataset has none to ask for
         self.token = uuid.uuid4().hex
 
+    @classmethod
+    def of_table(cls, table: pa.Table) -> "Broadcast":
+        """A table the driver holds, put in the object store once."""
+        import ray
+
+        self = cls.__new__(cls)
+        self.refs, self.schema, self.token = [ray.put(table)], table.schema, uuid.uuid4().hex
+        return self
+
     def table(self) -> pa.Table:
         import ray
 

@@ -49,23 +49,21 @@ def _keys(batch: pa.Table) -> pa.Table:
     return batch.select(["id", "source", POSITION]).filter(valid)
 
 
-def _id_hashes(batch: pa.Table) -> pa.Table:
+def _id_hashes(batch: pa.Table, _index: int = 0) -> np.ndarray:
     import xxhash
 
+    if batch.num_rows == 0:
+        return np.zeros(0, np.uint64)
     ids = _keys(batch)["id"].to_pylist()
-    return pa.table({"h": np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), np.uint64, len(ids))})
+    return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), np.uint64, len(ids))
 
 
-class _RowsUnder:
-    """Map step: the (id, source, position) of rows whose id hash is in `hashes`."""
-
-    def __init__(self, hashes: np.ndarray):
-        self.hashes = hashes
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        keys = _keys(batch)
-        h = _id_hashes(batch)["h"].to_numpy()
-        return keys.filter(pa.array(np.isin(h, self.hashes)))
+def _rows_under(batch: pa.Table, _index: int, hashes: np.ndarray) -> pa.Table:
+    """The (id, source, position) of rows whose id hash is in `hashes`."""
+    if batch.num_rows == 0:
+        return pa.table({"id": pa.array([], pa.string()), "source": pa.array([], pa.string()),
+                         POSITION: pa.array([], pa.int64())})
+    return _keys(batch).filter(pa.array(np.isin(_id_hashes(batch), hashes)))
 
 
 def _repeated_rows(ds: "ray.data.Dataset", partitions: int) -> list[dict]:
@@ -75,16 +73,16 @@ def _repeated_rows(ds: "ray.data.Dataset", partitions: int) -> list[dict]:
                   .repartition(partitions, keys=["id"])
                   .map_batches(later_copies, batch_format="pyarrow", batch_size=None)
                   .take_all())  # fmt: skip
-    import ray
+    from curation.runtime import per_block
 
-    tables = ray.get(ds.map_batches(_id_hashes, batch_format="pyarrow", batch_size=None).to_arrow_refs())
-    hashes = np.concatenate([t["h"].to_numpy() for t in tables]) if tables else np.zeros(0, np.uint64)
+    hashes = np.concatenate([np.zeros(0, np.uint64), *per_block(ds, _id_hashes)])
     values, counts = np.unique(hashes, return_counts=True)
     repeated = values[counts > 1]
     if len(repeated) == 0:
         return []
-    candidates = ray.get(ds.map_batches(_RowsUnder(repeated), batch_format="pyarrow", batch_size=None).to_arrow_refs())
-    return later_copies(pa.concat_tables(candidates)).to_pylist()  # equal hashes, different ids: no row
+    candidates = per_block(ds, _rows_under, repeated)
+    # equal hashes, different ids: no row
+    return later_copies(pa.concat_tables(candidates, promote_options="permissive")).to_pylist()
 
 
 def later_copies(block: pa.Table) -> pa.Table:

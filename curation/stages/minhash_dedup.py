@@ -41,8 +41,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from curation import runtime
 from curation.dedup import report
-from curation.dedup.components import LABEL_SCHEMA, connected_components
+from curation.dedup.components import LABEL_SCHEMA, connected_components, connected_components_local
 from curation.dedup.minhash import MinHasher, Scheme, band_keys, lsh_errors, optimal_bands_rows, scheme_id, signature_type
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
@@ -79,6 +80,10 @@ class MinHashDedupParams(StageParams):
     write_index: bool = True
     partitions: int | None = Field(None, ge=1)
     broadcast_mb: float = Field(64.0, ge=0)  # verdicts up to this size join by broadcast
+    # Banding, verification, components and keepers run on the driver, in one process, when
+    # every signature fits in this much memory (~2M documents at 128 perms per GB); beyond it,
+    # as Ray shuffles. Same verdicts either way (tested); 0 = always distributed.
+    local_mb: float = Field(1024.0, ge=0)
 
     @model_validator(mode="after")
     def _bands_rows(self) -> "MinHashDedupParams":
@@ -371,7 +376,6 @@ class MinHashDedup(Stage):
                        "false_positive_mass": round(fp, 5), "false_negative_mass": round(fn, 5),
                        "seconds": phases}
         hasher = MinHasher(p.num_perm, p.ngram, p.seed, p.scheme)
-        sig_schema = signature_schema(p.num_perm)
 
         t = time.perf_counter()
         # The quality column is looked up per batch: asking a lazy dataset for its schema runs it.
@@ -392,7 +396,44 @@ class MinHashDedup(Stage):
             all_sigs = all_sigs.materialize()
         self.report["earlier_corpus_docs"] = earlier_docs
         n_parts = p.partitions or partition_count(ctx.num_cpus, (n_docs + earlier_docs) * bands)
+        signature_mb = (n_docs + earlier_docs) * (4 * p.num_perm + 64) / 2**20
+        self.report["global_step"] = "local" if signature_mb <= p.local_mb else "distributed"
+        if self.report["global_step"] == "local":
+            verdicts = self._global_step_local(all_sigs, bands, rows, phases)
+        else:
+            verdicts = self._global_step_distributed(all_sigs, bands, rows, n_parts, phases)
+        self.report["guard_releases"] = _guard_report(verdicts)
+        self.report["duplicates"] = int(pc.sum(pc.not_equal(verdicts[REASON], KEPT)).as_py() or 0)
+        return self._join_verdicts(ds, verdicts, n_parts)
 
+    def _global_step_local(self, all_sigs, bands: int, rows: int, phases: dict[str, float]) -> pa.Table:
+        """NOTE: the distributed global step is ~7 hash shuffles, each ~1 s to start on a small
+        cluster whatever the input size. In one process the same per-partition functions run
+        once over everything, with an in-memory union-find for the components."""
+        p = self.params
+        t = time.perf_counter()
+        sigs = _table_of(all_sigs, signature_schema(p.num_perm))
+        members = _candidate_members(_band_rows(sigs, p.num_perm, bands, rows, p.seed))
+        if p.verify:
+            edges = _verified_edges(_attach_signatures(members, sigs), p.num_perm, p.threshold)
+        else:
+            edges = _star_edges(members)
+        self.report["edges"] = edges.num_rows
+        phases["banding"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        labels = connected_components_local(edges)
+        self.report["components_rounds"] = 0
+        phases["components"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        verdicts = _decide(_attach_members(labels, sigs), p.num_perm, p.threshold, p.max_cluster_size,
+                           list(p.dedup_against))
+        phases["clusters"] = round(time.perf_counter() - t, 3)
+        return verdicts
+
+    def _global_step_distributed(self, all_sigs, bands: int, rows: int, n_parts: int,
+                                 phases: dict[str, float]) -> pa.Table:
+        p = self.params
+        sig_schema = signature_schema(p.num_perm)
         t = time.perf_counter()
         band_rows = all_sigs.map_batches(_band_rows, batch_format="pyarrow",
                                          fn_kwargs={"num_perm": p.num_perm, "bands": bands, "rows": rows, "seed": p.seed})
@@ -420,29 +461,20 @@ class MinHashDedup(Stage):
                                   threshold=p.threshold, max_cluster_size=p.max_cluster_size,
                                   corpora=list(p.dedup_against)).materialize()
         phases["clusters"] = round(time.perf_counter() - t, 3)
-        self.report["guard_releases"] = self._guard_report(verdicts)
-        return self._join_verdicts(ds, verdicts, n_parts)
+        return _table_of(verdicts, VERDICT_SCHEMA)
 
-    def _join_verdicts(self, ds, verdicts, n_parts: int):
-        size_mb = verdicts.size_bytes() / 2**20
-        if size_mb <= self.params.broadcast_mb:
+    def _join_verdicts(self, ds, verdicts: pa.Table, n_parts: int):
+        if verdicts.nbytes / 2**20 <= self.params.broadcast_mb:
             self.report["verdict_join"] = "broadcast"
             return ds.map_batches(_apply_broadcast, batch_format="pyarrow", zero_copy_batch=True,
-                                  fn_kwargs={"verdicts": Broadcast(verdicts, VERDICT_SCHEMA)})
+                                  fn_kwargs={"verdicts": Broadcast.of_table(verdicts)})
         # Many verdicts: one shuffle of the full rows (the texts move once) against them.
+        import ray.data
+
         self.report["verdict_join"] = "cogroup"
         rows = ds.drop_columns([c for c in (REASON, DETAIL) if c in arrow_schema(ds).names])
-        return cogroup(rows, verdicts, "id", n_parts, _apply_cogroup,
+        return cogroup(rows, ray.data.from_arrow(verdicts), "id", n_parts, _apply_cogroup,
                        left_schema=arrow_schema(rows), right_schema=VERDICT_SCHEMA)
-
-    def _guard_report(self, verdicts) -> list[dict[str, Any]]:
-        rows = verdicts.map_batches(_released_rows, batch_format="pyarrow", batch_size=None).take_all()
-        per_cluster: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            d = json.loads(r[DETAIL])
-            c = per_cluster.setdefault(d["released_from"], {"cluster": d["released_from"], "size": d["cluster_size"], "released": 0})
-            c["released"] += 1
-        return sorted(per_cluster.values(), key=lambda c: (-c["size"], c["cluster"]))
 
     def _write_index(self, sigs, n_docs: int) -> None:
         from curation.io.files import filesystem_for
@@ -454,20 +486,36 @@ class MinHashDedup(Stage):
         self.report["index"] = _join_uri(self.ctx.output, INDEX_DIR)
 
     def summarize(self, out) -> dict[str, Any]:
-        dropped = out.map_batches(report.dropped_rows, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"reasons": REASONS}).select_columns(["id", REASON, DETAIL])
-        clusters = report.cluster_summary(dropped.map_batches(_cluster_rows, batch_format="pyarrow"), self.params.partitions or partition_count(self.ctx.num_cpus))
+        clusters = report.cluster_summary(out, _cluster_rows, self.params.partitions or partition_count(self.ctx.num_cpus),
+                                          rows=self.report.get("duplicates", 0))
         return {**self.report, **clusters,
                 "duplicate_rate_by_domain": report.duplicate_rates(out, "domain", REASONS),
                 "duplicate_rate_by_source": report.duplicate_rates(out, "source", REASONS),
                 "memory": report.peak_memory_mb()}
 
 
-def _released_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.equal(batch[REASON], KEPT))
+def _guard_report(verdicts: pa.Table) -> list[dict[str, Any]]:
+    per_cluster: dict[str, dict[str, Any]] = {}
+    for detail in verdicts.filter(pc.equal(verdicts[REASON], KEPT))[DETAIL].to_pylist():
+        d = json.loads(detail)
+        c = per_cluster.setdefault(d["released_from"], {"cluster": d["released_from"], "size": d["cluster_size"],
+                                                        "released": 0})
+        c["released"] += 1
+    return sorted(per_cluster.values(), key=lambda c: (-c["size"], c["cluster"]))
+
+
+def _table_of(ds, schema: pa.Schema) -> pa.Table:
+    """A materialized dataset as one table on the driver (small ones only)."""
+    import ray
+
+    tables = [t for t in ray.get(runtime.block_refs(ds)) if t.num_rows]
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive").cast(schema).combine_chunks()
 
 
 def _cluster_rows(batch: pa.Table) -> pa.Table:
+    batch = report.dropped_rows(batch, REASONS)
     details = [json.loads(d) for d in batch[DETAIL].to_pylist()]
     return pa.table({"cluster": [d["cluster"] for d in details], "kept": [d["kept"] for d in details],
                      "id": batch["id"]})

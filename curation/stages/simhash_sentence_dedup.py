@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from curation import runtime
 from curation.dedup import report
 from curation.dedup.sentences import split_sentences
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
@@ -261,7 +262,8 @@ class SimHashSentenceDedup(Stage):
         totals: dict[str, int] = {}
         by_domain: dict[str, list[int]] = {}
         by_source: dict[str, list[int]] = {}
-        for r in out.map_batches(_removal_partials, batch_format="pyarrow", batch_size=None).take_all():
+        partials = runtime.per_block(out, lambda block, _: _removal_partials(block) if block.num_rows else pa.table({}))
+        for r in (row for t in partials for row in t.to_pylist()):
             for name in ("docs", "docs_changed", "docs_emptied", "sentences", "words", "bytes"):
                 totals[name] = totals.get(name, 0) + r[name]
             for table, key in ((by_domain, r["domain"]), (by_source, r["source"])):
@@ -270,7 +272,7 @@ class SimHashSentenceDedup(Stage):
                 acc[1] += r["words"]
                 acc[2] += r["kept_words"]
         n_parts = self.params.partitions or partition_count(self.ctx.num_cpus, self.report.get("indexed_sentences", 0))
-        clusters = report.cluster_summary(out.map_batches(_sentence_cluster_rows, batch_format="pyarrow"), n_parts)
+        clusters = report.cluster_summary(out, _sentence_cluster_rows, n_parts, rows=totals.get("sentences", 0))
 
         def rates(table: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
             # Duplicate rate here: the share of words removed as repeated sentences.

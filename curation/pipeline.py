@@ -89,27 +89,29 @@ ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
 def _tally_batch(batch: pa.Table) -> pa.Table:
-    """Per-block partial counts: (reason, docs, tokens). The driver only sums these."""
+    """Per-block partial counts: (reason, docs, tokens, bytes of text). The driver sums these."""
     if batch.num_rows == 0:
         return pa.table({"reason": pa.array([], pa.string()), "docs": pa.array([], pa.int64()),
-                         "tokens": pa.array([], pa.int64())})
-    grouped = batch.select([REASON, "n_tokens"]).group_by(REASON).aggregate([
-        ("n_tokens", "count"), ("n_tokens", "sum")])
+                         "tokens": pa.array([], pa.int64()), "bytes": pa.array([], pa.int64())})
+    t = pa.table({REASON: batch[REASON], "n_tokens": batch["n_tokens"],
+                  "n_bytes": pc.binary_length(pc.fill_null(batch["text"], "")).cast(pa.int64())})
+    grouped = t.group_by(REASON).aggregate([("n_tokens", "count"), ("n_tokens", "sum"), ("n_bytes", "sum")])
     return pa.table({"reason": grouped[REASON], "docs": grouped["n_tokens_count"].cast(pa.int64()),
-                     "tokens": grouped["n_tokens_sum"].cast(pa.int64())})
+                     "tokens": grouped["n_tokens_sum"].cast(pa.int64()),
+                     "bytes": grouped["n_bytes_sum"].cast(pa.int64())})
 
 
-def _sum_tallies(tables: list[pa.Table]) -> dict[str, tuple[int, int]]:
-    totals: dict[str, tuple[int, int]] = {}
+def _sum_tallies(tables: list[pa.Table]) -> dict[str, tuple[int, int, int]]:
+    totals: dict[str, tuple[int, int, int]] = {}
     for t in tables:
         for row in t.to_pylist():
-            d, n = totals.get(row["reason"], (0, 0))
-            totals[row["reason"]] = (d + int(row["docs"]), n + int(row["tokens"]))
+            d, n, b = totals.get(row["reason"], (0, 0, 0))
+            totals[row["reason"]] = (d + int(row["docs"]), n + int(row["tokens"]), b + int(row["bytes"]))
     return totals
 
 
-def tally(ds) -> dict[str, tuple[int, int]]:
-    """{reason: (docs, tokens)} over a materialized dataset with verdicts ("" = kept)."""
+def tally(ds) -> dict[str, tuple[int, int, int]]:
+    """{reason: (docs, tokens, bytes)} over a materialized dataset with verdicts ("" = kept)."""
     return _sum_tallies(runtime.per_block(ds, lambda block, _: _tally_batch(block)))
 
 
@@ -187,26 +189,30 @@ class Pipeline:
         except OSError as e:
             raise OutputError(f"output {self.config.output}: cannot write there ({disk_failure(e) or e})") from None
 
-    def _settle(self, name: str, method: str, out, docs_in: int | None, tokens_in: int | None,
-                started: float, stage: Stage | None, last: bool) -> tuple[Any, StageStats]:
+    def _settle(self, name: str, method: str, out, prev: StageStats | None, started: float,
+                stage: Stage | None, last: bool) -> tuple[Any, StageStats]:
         """Materialise a stage's output, then in one pass over its blocks: check the accounting,
         write rejects (and, after the last stage, the kept documents); keep the rest lazily."""
         out = out.materialize()
         data_dir = self.data_dir if last else None
         counts = _sum_tallies(runtime.per_block(out, _settle_block, name, self.rejects_dir, data_dir, self.tag))
-        docs_out, tokens_out = counts.pop(KEPT, (0, 0))
+        docs_out, tokens_out, bytes_out = counts.pop(KEPT, (0, 0, 0))
         dropped = {r: c[0] for r, c in sorted(counts.items())}
         dropped_tokens = {r: c[1] for r, c in sorted(counts.items())}
         total = docs_out + sum(dropped.values())
-        if docs_in is None:  # the read step: every record read is an input
+        if prev is None:  # the read step: every record read is an input
             docs_in, tokens_in = total, tokens_out + sum(dropped_tokens.values())
+            bytes_in = bytes_out + sum(c[2] for c in counts.values())
+        else:
+            docs_in, tokens_in, bytes_in = prev.docs_out, prev.tokens_out, prev.bytes_out
         if total != docs_in:
             raise AccountingError(f"stage {name!r}: {docs_in} documents in, {docs_out} kept + "
                                   f"{total - docs_out} dropped = {total}")
         extra = stage.summarize(out) if stage is not None else {}
         kept = out.map_batches(_kept, batch_format="pyarrow", batch_size=None)
         stats = StageStats(name=name, method=method, docs_in=docs_in, docs_out=docs_out,
-                           tokens_in=tokens_in, tokens_out=tokens_out, dropped=dropped,
+                           tokens_in=tokens_in, tokens_out=tokens_out, bytes_in=bytes_in, bytes_out=bytes_out,
+                           dropped=dropped,
                            dropped_tokens=dropped_tokens, seconds=round(time.perf_counter() - started, 3),
                            extra=extra)
         return kept, stats
@@ -245,7 +251,7 @@ class Pipeline:
             self.fs.create_dir(_path_in(self.root, folder), recursive=True)
         records = read_documents(self.read_tasks).materialize()
         unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
-        ds, st = self._settle("read", READ_METHOD, unique, None, None, t0, None, last=not stages)
+        ds, st = self._settle("read", READ_METHOD, unique, None, t0, None, last=not stages)
         run_stats.stages.append(st)
         self.progress("stage_done", {"stats": st, "index": 0, "total": n_steps})
         for i, stage in enumerate(stages, start=1):
@@ -253,8 +259,7 @@ class Pipeline:
             self.progress("stage_start", {"name": stage.name, "index": i, "total": n_steps})
             t0 = time.perf_counter()
             prev = run_stats.stages[-1]
-            ds, st = self._settle(stage.name, stage.method, stage.run(ds), prev.docs_out, prev.tokens_out, t0, stage,
-                                  last=i == len(stages))
+            ds, st = self._settle(stage.name, stage.method, stage.run(ds), prev, t0, stage, last=i == len(stages))
             run_stats.stages.append(st)
             self.progress("stage_done", {"stats": st, "index": i, "total": n_steps})
 

@@ -2,7 +2,8 @@
 
     {"version": 1, "token_unit": "whitespace_words",
      "stages": [{"name", "method", "docs_in", "docs_out", "tokens_in", "tokens_out",
-                 "dropped": {"<reason>": docs}, "dropped_tokens": {...}, "seconds", ...}],
+                 "dropped": {"<reason>": docs}, "dropped_tokens": {...}, "seconds", "bytes_in",
+                 "bytes_out", ...}],
      "totals": {...}}
 
 Invariant (checked when the run is made and again when stats are loaded):
@@ -29,6 +30,9 @@ class StageStats:
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_tokens: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # UTF-8 bytes of text in and kept (throughput per stage; 0 in stats written before them)
+    bytes_in: int = 0
+    bytes_out: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

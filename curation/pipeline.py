@@ -110,9 +110,10 @@ def _sum_tallies(tables: list[pa.Table]) -> dict[str, tuple[int, int, int]]:
     return totals
 
 
-def tally(ds) -> dict[str, tuple[int, int, int]]:
-    """{reason: (docs, tokens, bytes)} over a materialized dataset with verdicts ("" = kept)."""
-    return _sum_tallies(runtime.per_block(ds, lambda block, _: _tally_batch(block)))
+def tally(ds) -> dict[str, tuple[int, int]]:
+    """{reason: (docs, tokens)} over a materialized dataset with verdicts ("" = kept)."""
+    counts = _sum_tallies(runtime.per_block(ds, lambda block, _: _tally_batch(block)))
+    return {reason: (docs, tokens) for reason, (docs, tokens, _) in counts.items()}
 
 
 def _kept(batch: pa.Table) -> pa.Table:

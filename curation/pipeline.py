@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from curation import runtime
 from curation.config import PipelineConfig
-from curation.io.files import InputError, filesystem_for, plan_reads
+from curation.io.files import InputError, filesystem_for, plan_reads, write_parquet
 from curation.io.reader import read_documents
 from curation.io.unique_ids import enforce_unique_ids
 from curation.stages import stage_class
@@ -138,19 +138,12 @@ def _settle_block(block: pa.Table, index: int, stage: str, rejects_dir: str, dat
     if block.num_rows == 0:
         return counts
     if pc.any(pc.not_equal(block[REASON], KEPT)).as_py():
-        _write_parquet(_rejected(block, stage), f"{rejects_dir}/{stage}-{index:05}-{tag}.parquet")
+        write_parquet(_rejected(block, stage), f"{rejects_dir}/{stage}-{index:05}-{tag}.parquet")
     if data_dir is not None:
         kept = _kept(block)
         if kept.num_rows:
-            _write_parquet(kept, f"{data_dir}/part-{index:05}-{tag}.parquet")
+            write_parquet(kept, f"{data_dir}/part-{index:05}-{tag}.parquet")
     return counts
-
-
-def _write_parquet(table: pa.Table, uri: str) -> None:
-    import pyarrow.parquet as pq
-
-    fs, path = filesystem_for(uri)
-    pq.write_table(table, path, filesystem=fs)
 
 
 class Pipeline:

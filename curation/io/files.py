@@ -89,3 +89,12 @@ def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) ->
         else:
             tasks.append(ReadTask(file_uri, f.path, fmt, compression, 0, -1, domain, source))
     return tasks
+
+
+def write_parquet(table, uri: str) -> None:
+    """One Parquet file at `uri` (any pyarrow.fs URI or local path); the folder must exist
+    where the filesystem has folders."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem_for(uri)
+    pq.write_table(table, path, filesystem=fs)

@@ -338,8 +338,12 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
     return ds.map_batches(as_earlier, batch_format="pyarrow"), meta["docs"]
 
 
-def _index_rows(batch: pa.Table) -> pa.Table:
-    return pa.table({"id": batch["node"], "sig": batch["sig"], "n_shingles": batch["n_shingles"]})
+def _write_index_block(batch: pa.Table, index: int, folder: str) -> None:
+    from curation.io.files import write_parquet
+
+    if batch.num_rows:
+        write_parquet(pa.table({"id": batch["node"], "sig": batch["sig"], "n_shingles": batch["n_shingles"]}),
+                      f"{folder}/part-{index:05}.parquet")
 
 
 # -- the stage --------------------------------------------------------------------------------
@@ -480,8 +484,9 @@ class MinHashDedup(Stage):
         from curation.io.files import filesystem_for
         from curation.pipeline import write_json_atomic
 
-        sigs.map_batches(_index_rows, batch_format="pyarrow").write_parquet(_join_uri(self.ctx.output, INDEX_DIR))
         fs, root = filesystem_for(self.ctx.output)
+        fs.create_dir(_join_uri(root, INDEX_DIR), recursive=True)
+        runtime.per_block(sigs, _write_index_block, _join_uri(self.ctx.output, INDEX_DIR))
         write_json_atomic(fs, _join_uri(root, INDEX_META), index_meta(self.params, n_docs))
         self.report["index"] = _join_uri(self.ctx.output, INDEX_DIR)
 

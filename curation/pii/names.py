@@ -63,15 +63,21 @@ def capitalisation_table() -> tuple[dict[str, float], frozenset[str]]:
     import spacy_lookups_data
 
     path = Path(spacy_lookups_data.__file__).parent / "data" / "en_lexeme_prob.json.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        logp: dict[str, float] = json.load(f)
+    with gzip.open(path, "rb") as f:
+        logp: dict[str, float] = _json_loads(f.read())
     lower = frozenset(w for w in logp if w.islower())
-    ratio: dict[str, float] = {}
-    for w, p in logp.items():
-        if len(w) > 1 and w[0].isupper() and w[1:].islower():
-            q = logp.get(w.lower())
-            ratio[w] = 1.0 if q is None else 1.0 / (1.0 + math.exp(q - p))
+    get, exp = logp.get, math.exp
+    ratio = {w: 1.0 / (1.0 + exp(get(w.lower(), -1e9) - p)) for w, p in logp.items()
+             if len(w) > 1 and w[0].isupper() and w[1:].islower()}
     return ratio, lower
+
+
+def _json_loads(data: bytes):
+    try:
+        import orjson  # ~3x faster than json on the 1M-entry table
+    except ImportError:
+        return json.loads(data)
+    return orjson.loads(data)
 
 
 @dataclass(frozen=True)

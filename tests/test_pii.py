@@ -262,3 +262,12 @@ def test_ner_on_numpy_matmul_finds_the_same_entities(engine):
         want = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in shipped.pipe(texts)]
         got = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in engine.nlp.pipe(texts)]
     assert got == want and sum(map(len, want)) > 20
+
+
+def test_identifiers_in_code_are_not_name_candidates():
+    from curation.pii.names import NameCandidates
+
+    names = NameCandidates()
+    text = ("Use Matrix(x), sympy.Matrix, `Matrix` or ValueError here. McDonald and DeVito met Jean-Luc "
+            "and O'Brien; ask Smith.")
+    assert [text[s:e] for s, e in names.candidates(text)[0]] == ["McDonald", "DeVito", "Jean-Luc", "O'Brien", "Smith"]

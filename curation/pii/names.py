@@ -45,7 +45,8 @@ from curation.pii.spans import snap_to_words
 
 # A word that starts with a capital letter: letters, marks and inner apostrophes or hyphens.
 _CAPITALISED = regex.compile(r"(?<![\p{L}\p{M}\p{N}_])\p{Lu}[\p{L}\p{M}]*(?:['’\-][\p{L}\p{M}]+)*")
-_PARTS = regex.compile(r"['’\-]")
+_PARTS = regex.compile(r"['’\- ]")
+_CAMEL = regex.compile(r"(?<=\p{Ll})(?=\p{Lu})")
 _WORD = regex.compile(r"(?<![\p{L}\p{M}\p{N}_])\p{L}[\p{L}\p{M}]*(?:['’\-][\p{L}\p{M}]+)*")
 # A document is caseless when under 1% or over 90% of its cased letters are capitals.
 _CASELESS_LOW, _CASELESS_HIGH = 0.01, 0.90
@@ -107,7 +108,9 @@ class NameCandidates:
         return r >= (self.start_threshold if sentence_start else self.threshold)
 
     def is_candidate(self, word: str, sentence_start: bool, caseless: bool) -> bool:
-        parts = [p for p in _PARTS.split(word) if len(p) > 1]
+        # Parts: "Jean-Luc", "O'Brien", and camel case ("McDonald": Mc + Donald; "ValueError":
+        # Value + Error, an identifier, not a name).
+        parts = [p for p in _PARTS.split(_CAMEL.sub(" ", word)) if len(p) > 1]
         if not caseless and word.isupper():
             # Capitals in a cased document: a form's heading, or shouting ("NONINFRINGEMENT",
             # "HOWEVER" in a licence). Only known names pass, at the sentence-start bar.
@@ -121,7 +124,8 @@ class NameCandidates:
         spans = []
         for m in pattern.finditer(text):
             word = m.group()
-            if len(word) > 1 and self.is_candidate(word, not caseless and _opens_sentence(text, m.start()), caseless):
+            if len(word) > 1 and not _in_code(text, *m.span()) and self.is_candidate(
+                    word, not caseless and _opens_sentence(text, m.start()), caseless):
                 spans.append(m.span())
         return spans, caseless
 
@@ -150,6 +154,13 @@ class NameCandidates:
             view = truecase(text[a:b], inside) if caseless else text[a:b]
             out.append(Window(a, b, view, tuple(inside)))
         return out
+
+
+def _in_code(text: str, start: int, end: int) -> bool:
+    """An identifier, not a word of prose: `Matrix`, Matrix(...), sympy.Matrix, Matrix.eye."""
+    before = text[start - 1] if start else " "
+    after = text[end:end + 2]
+    return before in "`._/" or after[:1] in "`([_" or (after[:1] == "." and after[1:2].isalnum())
 
 
 def _opens_sentence(text: str, i: int) -> bool:

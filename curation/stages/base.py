@@ -103,7 +103,9 @@ class MapStage(Stage):
             return ds.map_batches(
                 _StageActor,
                 fn_constructor_args=(type(self), self.params, self.ctx),
-                compute=ActorPoolStrategy(min_size=1, max_size=max(1, self.ctx.num_cpus)),
+                # NOTE: every actor from the start: an autoscaling pool starts at one and adds the
+                # others only once a queue builds, each paying its model load late.
+                compute=ActorPoolStrategy(size=max(1, self.ctx.num_cpus)),
                 **kwargs,
             )
         return ds.map_batches(_StageTask(self), **kwargs)

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
@@ -165,6 +166,62 @@ def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -
     return table.append_column(name, values)
 
 
+# `str.split()`'s whitespace: in one byte \t \n \v \f \r, \x1c-\x1f and space; in UTF-8,
+# U+0085 and U+00A0 (C2 85, C2 A0), U+1680 (E1 9A 80), U+2000-U+200A, U+2028/9 and U+202F
+# (E2 80 80-8A/A8/A9/AF), U+205F (E2 81 9F) and U+3000 (E3 80 80).
+_WIDE_SPACES = [b"\xc2\x85", b"\xc2\xa0", b"\xe1\x9a\x80", b"\xe2\x81\x9f", b"\xe3\x80\x80"] + [
+    bytes([0xE2, 0x80, b]) for b in [*range(0x80, 0x8B), 0xA8, 0xA9, 0xAF]]
+
+
 def count_words(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Whitespace-word counts: the token unit of stats.json until a tokenizer exists."""
-    return pc.count_substring_regex(texts, r"\S+").cast(pa.int64())
+    """Whitespace-word counts, exactly `len(text.split())` of every text (nulls stay null), the
+    token unit of stats.json until a tokenizer exists.
+
+    Counted on the UTF-8 bytes with numpy, ~2x str.split on mixed text and ~8x a regex (the
+    reader paid str.split per record): bytes <= 0x20 are spaces, a word starts at a non-space
+    after a space. Texts holding a byte that rule gets wrong (control bytes that are not
+    whitespace, multi-byte whitespace) are counted by str.split itself; a cheap superset of
+    them is found in one pass (any control byte outside \\t-\\r and \\x1c-\\x1f, any lead byte >= C2).
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.string())
+    n = len(texts)
+    if n == 0:
+        return pa.array([], pa.int64())
+    wide = pa.types.is_large_string(texts.type)
+    if not (wide or pa.types.is_string(texts.type)):
+        texts = texts.cast(pa.string())
+    _, offsets_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64 if wide else np.int32)[texts.offset:texts.offset + n + 1]
+    lo = int(offsets[0])
+    offsets = offsets.astype(np.int64) - lo
+    size = int(offsets[-1])
+    if size == 0:
+        counts = np.zeros(n, np.int64)
+    else:
+        data = np.frombuffer(data_buf, np.uint8)[lo:lo + size]
+        space = data <= 0x20  # comparisons run at memory speed; a 256-entry lookup is 10x slower
+        start = np.empty(size, bool)
+        np.greater(space[:-1], space[1:], out=start[1:])
+        firsts = offsets[:-1][offsets[:-1] < size]
+        start[firsts] = ~space[firsts]  # every text starts after "whitespace"
+        counts = np.diff(np.searchsorted(np.flatnonzero(start), offsets))
+        odd = data < 9
+        odd |= (data > 13) & (data < 28)
+        odd |= data >= 0xC2
+        suspects = np.flatnonzero(odd)
+        if len(suspects):
+            exact = data[suspects] < 28  # a control byte: str.split keeps it inside a word
+            padded = np.concatenate([data, np.zeros(2, np.uint8)])
+            lead = suspects[~exact]
+            tail = padded[lead + 1].astype(np.int32) << 8 | padded[lead + 2]
+            head = padded[lead].astype(np.int32) << 16 | tail
+            wide_space = np.isin(head, [int.from_bytes(w.ljust(3, b"\0"), "big") for w in _WIDE_SPACES if len(w) == 3])
+            wide_space |= np.isin(head >> 8, [int.from_bytes(w, "big") for w in _WIDE_SPACES if len(w) == 2])
+            recount = np.concatenate([suspects[exact], lead[wide_space]])
+            for i in np.unique(np.searchsorted(offsets, recount, side="right") - 1):
+                counts[i] = len(texts[int(i)].as_py().split())
+    out = pa.array(counts, pa.int64())
+    if texts.null_count:
+        out = pc.if_else(texts.is_valid(), out, pa.scalar(None, pa.int64()))
+    return out

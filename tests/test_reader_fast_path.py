@@ -1,0 +1,162 @@
+"""The reader's msgspec fast path against its reference path (json.loads per line): identical
+rows and rejects on the hostile lines, seeded random mutations of valid records, every
+compression, split byte ranges and Parquet; and `count_words` equal to `len(text.split())`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pyarrow as pa
+import pytest
+
+from curation.io.files import plan_reads
+from curation.io.reader import read_task_tables
+from curation.stages.base import count_words
+from tests.reliability.hostile import HostileCorpus, _hostile_lines, _invalid_utf8_lines
+
+# Everything `str.isspace` calls whitespace, and some look-alikes it does not (ZWSP, NUL, NBSP's
+# neighbours), for texts that stress both the reader's and the tally's word counts.
+_WHITESPACE = [c for c in map(chr, range(0x110000)) if c.isspace()]
+_NOT_WHITESPACE = ["a", "é", "中", "\u200b", "\x00", "\u00a1", "\u3001", "\U0001f600"]
+
+
+def _read(path, fast: bool, **kw) -> pa.Table:
+    tables = [t for task in plan_reads(str(path), "web", **kw) for t in read_task_tables(task, fast=fast)]
+    return pa.concat_tables(tables)
+
+
+def _mutations(rng: random.Random, n: int) -> list[bytes]:
+    """Valid records, then one seeded damage each: a flipped or dropped byte, a cut, an odd but
+    legal JSON form (escapes, big numbers, duplicate keys, NaN), or nothing at all."""
+    odd = [b'{"id": "big-int", "text": "x", "metadata": {"n": 123456789012345678901234567890}}',
+           b'{"id": "neg-big", "text": "x", "metadata": {"n": -99999999999999999999}}',
+           b'{"id": "huge-float", "text": "x", "metadata": {"f": 1e400}}',
+           b'{"id": "inf", "text": "x", "metadata": {"f": Infinity}}',
+           b'{"id": "neg-zero", "text": "x", "metadata": {"f": -0.0, "g": -0}}',
+           b'{"id": "dup-key", "text": "first", "text": "second"}',
+           b'{"id": "escapes", "text": "\\/\\b\\f\\n\\r\\t\\"\\\\ \\u00e9 \\ud83d\\ude00"}',
+           b'{"id": "pair-bad", "text": "\\udc00\\ud800"}',
+           b'  {"id": "padded", "text": "spaces around"}  \t',
+           b'{"id": "trailing-comma", "text": "x",}',
+           b'{"id": "single-quote", \'text\': "x"}',
+           b'{"id": "two", "text": "a"} {"id": "three", "text": "b"}',
+           b'{"id": 7, "text": "int id"}',
+           b'{"id": "float-text", "text": 1.5}',
+           b'{"id": "exp", "text": "x", "metadata": {"e": 1E5, "f": 2.5e-3}}',
+           b'{"id": "ctrl", "text": "tab\there"}',
+           b'{"text": "no id at all", "url": "https://x.org/a?b=c#d", "domain": "Books"}',
+           b'{"id": "meta-null", "text": "x", "metadata": null}',
+           b'{"id": "extra", "text": "x", "lang": "en", "score": 0.5, "tags": ["a", "b"]}']
+    out = []
+    for i in range(n):
+        words = [rng.choice(_WHITESPACE + _NOT_WHITESPACE * 4) for _ in range(rng.randint(0, 40))]
+        rec = {"id": f"m{i}", "text": "".join(words), "url": f"https://x.org/{i}",
+               "metadata": {"k": rng.random(), "n": rng.randint(-10**20, 10**20)}}
+        line = json.dumps(rec, ensure_ascii=rng.random() < 0.5).encode()
+        kind = rng.randrange(6)
+        if kind == 0 and line:
+            at = rng.randrange(len(line))
+            line = line[:at] + bytes([rng.randrange(256)]) + line[at + 1:]
+        elif kind == 1:
+            at = rng.randrange(len(line))
+            line = line[:at] + line[at + 1:]
+        elif kind == 2:
+            line = line[: rng.randrange(len(line))]
+        elif kind == 3:
+            line = rng.choice(odd)
+        out.append(line.replace(b"\n", b" ").replace(b"\r", b" "))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hostile_lines() -> list[bytes]:
+    c = HostileCorpus(root=None)  # type: ignore[arg-type]
+    lines = [line for line, _ in _hostile_lines(c)]
+    return lines + [line for line, _, _ in _invalid_utf8_lines(random.Random(0))]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_fast_and_reference_paths_give_identical_rows_and_rejects(tmp_path, hostile_lines, suffix):
+    lines = _mutations(random.Random(7), 3000) + hostile_lines
+    random.Random(1).shuffle(lines)
+    data = b"".join(line.rstrip(b"\n") + b"\n" for line in lines)
+    path = tmp_path / f"mixed{suffix}"
+    if suffix.endswith(".gz"):
+        path.write_bytes(gzip.compress(data, mtime=0))
+    elif suffix.endswith(".zst"):
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        path.write_bytes(data)
+    fast, slow = _read(path, True), _read(path, False)
+    assert fast.num_rows == slow.num_rows == sum(bool(line.strip()) for line in lines)  # blank: no record
+    assert fast.equals(slow)
+    reasons = set(fast["_reason"].to_pylist())
+    assert reasons == {"", "malformed"}  # the mix exercises both outcomes
+    assert fast.num_rows - sum(r == "" for r in fast["_reason"].to_pylist()) > 500
+
+
+def test_fast_path_on_split_byte_ranges(tmp_path):
+    lines = _mutations(random.Random(3), 800)
+    path = tmp_path / "split.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    whole = _read(path, False)
+    split = _read(path, True, chunk_bytes=997)
+    assert len(plan_reads(str(path), "web", chunk_bytes=997)) > 20
+    assert split.equals(whole)
+
+
+def test_tables_are_bounded_by_rows_and_text(tmp_path, monkeypatch):
+    import curation.io.reader as reader
+
+    monkeypatch.setattr(reader, "TABLE_CHARS", 10_000)
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"id": f"l{i}", "text": "w " * 3000}) + "\n" for i in range(20)))
+    tables = list(read_task_tables(plan_reads(str(path), "web")[0]))
+    assert [t.num_rows for t in tables] == [2] * 10  # 6,000 chars each: a table passes 10,000 at 2
+
+
+def test_count_words_is_str_split(tmp_path):
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(_WHITESPACE + _NOT_WHITESPACE) for _ in range(rng.randint(0, 30)))
+             for _ in range(20_000)] + ["", " ", "one", None]
+    got = count_words(pa.array(texts, pa.string())).to_pylist()
+    assert got[:-1] == [len(t.split()) for t in texts[:-1]]
+    assert got[-1] is None
+
+
+def test_non_finite_metadata_is_a_bad_value_on_every_path(tmp_path):
+    lines = [b'{"id": "a", "text": "x", "metadata": {"v": NaN}}',
+             b'{"id": "b", "text": "x", "metadata": "{\\"v\\": Infinity}"}',  # a JSON string holding one
+             b'{"id": "c", "text": "x", "metadata": "{\\"v\\": 1.5}", "extra": -Infinity}',
+             b'{"id": "d", "text": "x", "metadata": {"v": 1e400}}',
+             b'{"id": "e", "text": "x", "metadata": {"v": 1e300, "w": [1, {"z": 2}]}}']
+    path = tmp_path / "nan.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    for fast in (True, False):
+        rows = {r["id"]: r for r in _read(path, fast).to_pylist()}
+        assert {k: r["_reason"] for k, r in rows.items()} == {"a": "malformed", "b": "malformed", "c": "malformed",
+                                                              "d": "malformed", "e": ""}
+        assert all("bad_value" in rows[k]["_detail"] for k in "abcd")
+        assert json.loads(rows["e"]["metadata"]) == {"v": 1e300, "w": [1, {"z": 2}]}
+
+
+def test_parquet_fast_and_reference_paths_agree(tmp_path):
+    import pyarrow.parquet as pq
+
+    metas = ['{"a": 1}', '{"v": NaN}', '{"v": Infinity}', "[1, 2]", "not json", '{"s": "\\ud800"}', None, "{}",
+             '{"b": 2, "a": [1, {"z": 1e300}]}', '{"a": 1, "a": 2}']
+    rows = [{"id": f"p{i}" if i % 7 else None, "text": f"words {i} " * (i % 5) if i % 11 else None,
+             "url": None if i % 3 else f"https://x.org/{i}", "domain": ["", "books", "Web", "bad domain!", None][i % 5],
+             "metadata": metas[i % len(metas)]} for i in range(500)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet", row_group_size=128)
+    extra = [{**r, "score": [0.5, float("nan"), None][i % 3]} for i, r in enumerate(rows)]
+    pq.write_table(pa.Table.from_pylist(extra), tmp_path / "b.parquet", row_group_size=128)
+    for name in ("a.parquet", "b.parquet"):
+        fast, slow = _read(tmp_path / name, True), _read(tmp_path / name, False)
+        assert fast.num_rows == 500 and fast.equals(slow)
+        reasons = fast["_reason"].to_pylist()
+        assert 100 < reasons.count("") < 500

@@ -53,7 +53,7 @@ def _job_config(config_path: Path) -> dict[str, Any]:
 # ~1-2 minutes on 2 CPUs: the tiny preset (2 layers, dim 64, 8 experts top-2 + 1 shared) on
 # 30 steps of 16 x 128-token sequences, a checkpoint at the end.
 DEMO_TRAINING = {"preset": "tiny", "steps": 30, "seq_len": 128, "global_batch_tokens": 2048, "micro_batch": 16,
-                 "seed": 0, "optimizer": {"lr": 3e-3}}
+                 "seed": 0}  # the preset's own LR and warmup (training.train_config.PRESET_OPTIMIZER)
 
 
 def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:

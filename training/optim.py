@@ -3,7 +3,9 @@
 AdamW (0.9, 0.95); peak LR 1e-4 with the router at 2e-4 (its own param group); linear warmup
 (3000 steps), cosine decay, then a constant LR for the final 10%; weight decay on matrices
 only, raised over that final 10%; gradient clipping at global norm 1.0; Python GC under
-control. The schedules are pure functions of the step (`lr_at`, `wd_at`), so a resumed run
+control. These are the defaults here; a TrainConfig takes its preset's LR and warmup
+(training.train_config.PRESET_OPTIMIZER: 1e-4 suits the 67B model, not the small presets). The
+schedules are pure functions of the step (`lr_at`, `wd_at`), so a resumed run
 needs only the step count.
 """
 
@@ -41,6 +43,10 @@ class ScheduleConfig(BaseModel):
                 f"(step {self.decay_end} of {self.total_steps})"
             )
         return self
+
+
+# The article's router LR over its peak LR (2e-4 / 1e-4); TrainConfig keeps it for any peak.
+ROUTER_LR_RATIO = 2.0
 
 
 class OptimizerConfig(BaseModel):

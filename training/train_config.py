@@ -16,11 +16,36 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.config import ModelConfig, preset
-from training.optim import OptimizerConfig
+from training.optim import ROUTER_LR_RATIO, OptimizerConfig, ScheduleConfig
 
 # Batch geometry a preset implies unless the config says otherwise. seed-67b: the article's
 # 4,096-token sequences and "4 million"-token batches (1,024 sequences), one per GPU forward.
 PRESET_BATCH = {"seed-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 1024, "micro_batch": 1}}
+
+# Peak LR and warmup steps a preset implies unless the config gives them (the router's LR is
+# ROUTER_LR_RATIO x the peak unless given; warmup is capped at a tenth of the run, see _defaults).
+# seed-67b: the article's 1e-4 and 3,000 steps (OptimizerConfig's and ScheduleConfig's defaults).
+# small and tiny: Adam's best LR grows as models shrink. Two independent rules agree on the scale:
+# - muP (Yang et al. 2022, arXiv 2203.03466): hidden-matrix LR ~ 1/width; from the article's
+#   anchor (1e-4 at width 7168) that is 1.4e-3 at width 512 (small) and 1.1e-2 at 64 (tiny);
+# - DeepSeek LLM's fit eta_opt = 0.3118 C^-0.125 (arXiv 2401.02954 sec. 3.1; C in FLOPs, 6 x
+#   active non-embedding params + attention per token, times tokens): a 60-step run of 16,384-token
+#   steps gives 1.1e-2 (tiny, C 6e11) and 5.3e-3 (small, C 1.4e14), far below the 1e17-3e20 FLOPs
+#   the fit was made on, so only as a bound.
+# small takes 1e-3: the muP value rounded down, Pythia-70M's LR at the same width 512 and GPT-3
+# Small's 6e-4 at 768 (arXiv 2304.01373 table; 2005.14165 table 2.1), safe for long runs too.
+# tiny takes 3e-3, between the two rules' 1.1e-2 and small's 1e-3 (a 64-wide model at 1e-2 is on
+# the edge of loss spikes) and the ablation demo's former override: on the demo manifest 60 steps
+# lower the loss 10.38 -> 7.43 (28%) with 2 workers (benchmarks/train_defaults.py; 1 worker in
+# the README); at the article's 1e-4 the same run moved 1.4%.
+# Warmup 2,000 steps for both: DeepSeek LLM's and DeepSeekMoE's published warmup at every size.
+_ARTICLE_LR = OptimizerConfig.model_fields["lr"].default
+_ARTICLE_WARMUP = ScheduleConfig.model_fields["warmup_steps"].default
+PRESET_OPTIMIZER = {
+    "seed-67b": {"lr": _ARTICLE_LR, "warmup_steps": _ARTICLE_WARMUP},
+    "small": {"lr": 1e-3, "warmup_steps": 2000},
+    "tiny": {"lr": 3e-3, "warmup_steps": 2000},
+}
 
 
 class TrainConfig(BaseModel):
@@ -75,16 +100,21 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
-        """The preset's batch geometry (PRESET_BATCH) unless given. The optimiser's schedule spans `steps` unless given; warmup defaults to the seed's
-        3000 steps, capped at a tenth of the run so short runs still decay."""
+        """The preset's batch geometry (PRESET_BATCH) and optimiser (PRESET_OPTIMIZER) unless given:
+        peak lr, router_lr = ROUTER_LR_RATIO x lr (the given lr or the preset's), and a schedule over
+        `steps` whose warmup is the preset's, capped at a tenth of the run so short runs still decay."""
         if not isinstance(data, dict):
             return data
-        data = {**PRESET_BATCH.get(data.get("preset", "tiny"), {}), **data}
+        name = data.get("preset", cls.model_fields["preset"].default)
+        data = {**PRESET_BATCH.get(name, {}), **data}
+        defaults = PRESET_OPTIMIZER.get(name, PRESET_OPTIMIZER["seed-67b"])
         steps = int(data.get("steps", cls.model_fields["steps"].default))
         optimizer = dict(data.get("optimizer") or {})
+        optimizer.setdefault("lr", defaults["lr"])
+        optimizer.setdefault("router_lr", ROUTER_LR_RATIO * float(optimizer["lr"]))
         schedule = dict(optimizer.get("schedule") or {})
         schedule.setdefault("total_steps", steps)
-        schedule.setdefault("warmup_steps", min(3000, int(schedule["total_steps"]) // 10))
+        schedule.setdefault("warmup_steps", min(defaults["warmup_steps"], int(schedule["total_steps"]) // 10))
         optimizer["schedule"] = schedule
         return {**data, "optimizer": optimizer}
 

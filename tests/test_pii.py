@@ -271,3 +271,12 @@ def test_identifiers_in_code_are_not_name_candidates():
     text = ("Use Matrix(x), sympy.Matrix, `Matrix` or ValueError here. McDonald and DeVito met Jean-Luc "
             "and O'Brien; ask Smith.")
     assert [text[s:e] for s, e in names.candidates(text)[0]] == ["McDonald", "DeVito", "Jean-Luc", "O'Brien", "Smith"]
+
+
+def test_a_name_ending_the_text_is_a_candidate():
+    # Regression: an empty look-ahead once read as "followed by code", so the last word of a
+    # document was never a name candidate ("A human walking is David").
+    from curation.pii.names import _in_code
+
+    assert not _in_code("A human walking is David", 19, 24)
+    assert _in_code("call David(", 5, 10) and _in_code("x.David", 2, 7)

@@ -159,7 +159,7 @@ class NameCandidates:
 def _in_code(text: str, start: int, end: int) -> bool:
     """An identifier, not a word of prose: `Matrix`, Matrix(...), sympy.Matrix, Matrix.eye."""
     before = text[start - 1] if start else " "
-    after = text[end:end + 2]
+    after = text[end:end + 2] or " "  # ("" is `in` every string: a word ending the text is prose)
     return before in "`._/" or after[:1] in "`([_" or (after[:1] == "." and after[1:2].isalnum())
 
 

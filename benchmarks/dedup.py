@@ -12,7 +12,7 @@ with the broadcast lookup and with the cogroup shuffle. Peak RSS: the driver plu
 Ray worker, sampled every 0.1 s during the phase.
 
 datatrove comparison (not a dependency of this project; its own venv):
-    python -m venv /tmp/dt && /tmp/dt/bin/pip install "datatrove[processing]"
+    python -m venv /tmp/dt && /tmp/dt/bin/pip install "datatrove[processing]" orjson spacy
     .venv/bin/python benchmarks/dedup.py --write-corpus /tmp/dedup_corpus --sizes 100000
     /tmp/dt/bin/python benchmarks/dedup.py --datatrove /tmp/dedup_corpus
 """
@@ -201,8 +201,9 @@ def main() -> None:
     if args.datatrove:
         try:
             run_datatrove(args.datatrove)
-        except ImportError:
-            print(__doc__[__doc__.index("datatrove comparison"):])
+        except ImportError as e:  # datatrove itself, or one of its optional readers' dependencies
+            print(f"datatrove cannot run here: {e}\n" + __doc__[__doc__.index("datatrove comparison"):])
+            sys.exit(2)
         return
     sizes = args.sizes + ([1_000_000] if args.with_1m else [])
     if args.write_corpus:

@@ -160,3 +160,13 @@ def test_parquet_fast_and_reference_paths_agree(tmp_path):
         assert fast.num_rows == 500 and fast.equals(slow)
         reasons = fast["_reason"].to_pylist()
         assert 100 < reasons.count("") < 500
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_a_corrupt_gzip_is_an_oserror_as_before(tmp_path, kind):
+    # ISA-L raises its own error types; callers (the service's upload scan: a 422) rely on OSError.
+    good = gzip.compress(b'{"text": "hello world"}\n' * 1000)
+    data = b"\x1f\x8b\x08 not gzip at all" if kind == "garbage" else good[: len(good) // 2]
+    (tmp_path / "bad.jsonl.gz").write_bytes(data)
+    with pytest.raises(OSError, match="gzip"):
+        _read(tmp_path / "bad.jsonl.gz", True)

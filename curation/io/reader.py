@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 try:
     from isal import igzip as _igzip
+    from isal import igzip_lib as _igzip_lib
 except ImportError:  # optional: pyarrow's zlib stream then
-    _igzip = None
+    _igzip = _igzip_lib = None
 
 from curation.io.files import ReadTask, filesystem_for
 from curation.io.records import (
@@ -44,6 +45,20 @@ ROWS_PER_TABLE = 4096
 TABLE_CHARS = 64 * 1024 * 1024
 
 
+class _GzipErrorsAsOSError:
+    """ISA-L's stream, raising what pyarrow's gzip stream raised for a corrupt or truncated
+    file (OSError), so callers keep one error contract (the service answers it with a 422)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except (EOFError, ValueError, _igzip_lib.IsalError) as e:
+            raise OSError(f"corrupt gzip stream: {e}") from e
+
+
 @contextlib.contextmanager
 def _open_lines(task: ReadTask):
     """A binary stream of the task's bytes, positioned as `iter_lines` wants it."""
@@ -52,7 +67,7 @@ def _open_lines(task: ReadTask):
         # NOTE: ISA-L's inflate is ~3x zlib's (pyarrow's gzip stream); ~100 MB/s of JSONL a core
         # needs it. Same bytes out.
         with fs.open_input_stream(path, compression=None) as raw, _igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
-            yield stream
+            yield _GzipErrorsAsOSError(stream)
         return
     if task.compression:
         with fs.open_input_stream(path, compression=task.compression) as stream:

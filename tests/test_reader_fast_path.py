@@ -119,7 +119,7 @@ def test_tables_are_bounded_by_rows_and_text(tmp_path, monkeypatch):
     assert [t.num_rows for t in tables] == [2] * 10  # 6,000 chars each: a table passes 10,000 at 2
 
 
-def test_count_words_is_str_split(tmp_path):
+def test_count_words_is_str_split():
     rng = random.Random(0)
     texts = ["".join(rng.choice(_WHITESPACE + _NOT_WHITESPACE) for _ in range(rng.randint(0, 30)))
              for _ in range(20_000)] + ["", " ", "one", None]

@@ -36,8 +36,8 @@ PRESET_BATCH = {"seed-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 
 # Small's 6e-4 at 768 (arXiv 2304.01373 table; 2005.14165 table 2.1), safe for long runs too.
 # tiny takes 3e-3, between the two rules' 1.1e-2 and small's 1e-3 (a 64-wide model at 1e-2 is on
 # the edge of loss spikes) and the ablation demo's former override: on the demo manifest 60 steps
-# lower the loss 10.38 -> 7.43 (28%) with 2 workers (benchmarks/train_defaults.py; 1 worker in
-# the README); at the article's 1e-4 the same run moved 1.4%.
+# lower the loss 10.38 -> 7.43 (28%) with 2 workers (benchmarks/train_defaults.py); at the
+# article's 1e-4 the same run moved 1.4% (as issue 13 measured it).
 # Warmup 2,000 steps for both: DeepSeek LLM's and DeepSeekMoE's published warmup at every size.
 _ARTICLE_LR = OptimizerConfig.model_fields["lr"].default
 _ARTICLE_WARMUP = ScheduleConfig.model_fields["warmup_steps"].default

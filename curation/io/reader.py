@@ -149,7 +149,7 @@ def _parquet_rows(task: ReadTask, fast: bool = True):
     (`RecordBatch.to_pylist`, json.loads) does.
     """
     fs, path = filesystem_for(task.uri)
-    decode = msgspec.json.Decoder().decode
+    decode = msgspec.json.Decoder().decode if fast else None
     with fs.open_input_file(path) as f:
         try:
             pf = pq.ParquetFile(f)
@@ -159,7 +159,7 @@ def _parquet_rows(task: ReadTask, fast: bool = True):
             return
         row = 0
         for batch in pf.iter_batches(batch_size=ROWS_PER_TABLE):
-            if not fast:
+            if decode is None:
                 for rec in batch.to_pylist():
                     yield _document_or_reject(rec, None, f"{task.source}#{row}", task, row)
                     row += 1
@@ -184,7 +184,7 @@ def _parquet_rows(task: ReadTask, fast: bool = True):
 
 def read_task_tables(task: ReadTask, max_record_bytes: int = MAX_RECORD_BYTES, fast: bool = True):
     """Documents of one read task as Arrow tables of at most ROWS_PER_TABLE rows (and about
-    TABLE_BYTES of text); `fast=False` takes the reference path for every line."""
+    TABLE_CHARS characters of text); `fast=False` takes the reference path for every line."""
     rows = _jsonl_rows(task, max_record_bytes, fast) if task.fmt == "jsonl" else _parquet_rows(task, fast)
     batch: list[tuple] = []
     produced = False

@@ -26,11 +26,11 @@ DOCUMENT_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),  # input file the record came from
     pa.field("n_tokens", pa.int64(), nullable=False),  # whitespace words (stats' token unit)
 ])
-VERDICTRECORD_FIELDS = [pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())]
+VERDICT_FIELDS = [pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())]
 # Where a record starts in its source (byte offset of a JSONL line, row of a Parquet file):
 # "first occurrence" for the duplicate-id check. Internal to the read step, dropped after it.
 POSITION = "_position"
-READ_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + VERDICTRECORD_FIELDS + [pa.field(POSITION, pa.int64(), nullable=False)])
+READ_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + VERDICT_FIELDS + [pa.field(POSITION, pa.int64(), nullable=False)])
 
 MALFORMED = "malformed"
 # A rejected record keeps at most this much of its raw text: enough to see what it was.
@@ -107,14 +107,8 @@ def record_row(rec: Any, *, default_id: str, default_domain: str, source: str, p
         if (type(text) is str and (type(doc_id) is str and doc_id or doc_id is None)
                 and (url is None or type(url) is str) and (type(metadata) is dict or metadata is None)
                 and (domain is None or type(domain) is str and (domain == "" or (domain := _domain(domain)) is not None))):
-            try:
-                meta = metadata_json(metadata, finite=finite) if metadata else "{}"
-                if not finite:
-                    text.encode("utf-8")
-            except (ValueError, TypeError, msgspec.EncodeError) as e:
-                raise RecordError(f"bad_value: {e}") from None
-            return (doc_id or default_id, text, url or None, domain or default_domain.lower(), meta, source,
-                    len(text.split()) if count_tokens else None, "", "{}", position)
+            return _row(doc_id or default_id, text, url, domain or default_domain, metadata or {}, source, position,
+                        finite, count_tokens)  # fmt: skip
     if not isinstance(rec, dict):
         raise RecordError(f"not_an_object: a record must be a JSON object, got {type(rec).__name__}")
     text = rec.get("text")
@@ -147,6 +141,12 @@ def record_row(rec: Any, *, default_id: str, default_domain: str, source: str, p
     extra = {k: v for k, v in rec.items() if k not in RECORD_FIELDS}
     if extra:
         metadata = {**metadata, **extra}
+    return _row(doc_id, text, url, domain, metadata, source, position, finite, count_tokens)
+
+
+def _row(doc_id: str, text: str, url: str | None, domain: str, metadata: dict[str, Any], source: str, position: int,
+         finite: bool, count_tokens: bool) -> tuple:  # fmt: skip
+    """The READ_SCHEMA tuple of a checked record, once its values can be stored."""
     try:
         meta = metadata_json(metadata, finite=finite)
         if not finite:

@@ -171,6 +171,9 @@ def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -
 # (E2 80 80-8A/A8/A9/AF), U+205F (E2 81 9F) and U+3000 (E3 80 80).
 _WIDE_SPACES = [b"\xc2\x85", b"\xc2\xa0", b"\xe1\x9a\x80", b"\xe2\x81\x9f", b"\xe3\x80\x80"] + [
     bytes([0xE2, 0x80, b]) for b in [*range(0x80, 0x8B), 0xA8, 0xA9, 0xAF]]
+# The same sequences as big-endian integers of their first two and three bytes.
+_WIDE_SPACE_PAIRS = np.array([int.from_bytes(w, "big") for w in _WIDE_SPACES if len(w) == 2])
+_WIDE_SPACE_TRIPLES = np.array([int.from_bytes(w, "big") for w in _WIDE_SPACES if len(w) == 3])
 
 
 def count_words(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -216,8 +219,7 @@ def count_words(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
             lead = suspects[~exact]
             tail = padded[lead + 1].astype(np.int32) << 8 | padded[lead + 2]
             head = padded[lead].astype(np.int32) << 16 | tail
-            wide_space = np.isin(head, [int.from_bytes(w.ljust(3, b"\0"), "big") for w in _WIDE_SPACES if len(w) == 3])
-            wide_space |= np.isin(head >> 8, [int.from_bytes(w, "big") for w in _WIDE_SPACES if len(w) == 2])
+            wide_space = np.isin(head, _WIDE_SPACE_TRIPLES) | np.isin(head >> 8, _WIDE_SPACE_PAIRS)
             recount = np.concatenate([suspects[exact], lead[wide_space]])
             for i in np.unique(np.searchsorted(offsets, recount, side="right") - 1):
                 counts[i] = len(texts[int(i)].as_py().split())

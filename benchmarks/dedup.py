@@ -20,6 +20,7 @@ datatrove comparison (not a dependency of this project; its own venv):
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -178,6 +179,9 @@ def run_datatrove(corpus: str) -> None:
         LocalPipelineExecutor(pipeline=pipeline, tasks=n_tasks, workers=os.cpu_count(),
                               logging_dir=f"{work}/logs/{name}").run()
         print(f"datatrove {name:<10} {time.perf_counter() - t0:8.2f} s")
+    docs = sum(1 for p in Path(corpus).glob("*.jsonl") for _ in open(p, "rb"))
+    kept = sum(1 for p in Path(f"{work}/out").glob("*.jsonl.gz") for _ in gzip.open(p, "rb"))
+    print(f"datatrove dropped {docs - kept} of {docs}")
 
 
 def write_corpus(texts: list[str], out: str) -> None:

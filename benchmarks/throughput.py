@@ -122,7 +122,9 @@ def compare(sizes: list[int], cpus: int, datatrove_python: str | None, datatrove
             except subprocess.CalledProcessError as e:  # a broken side venv is reported, never timed
                 print(f"datatrove failed:\n{e.stdout}{e.stderr}", file=sys.stderr)
             else:
-                row["datatrove"] = {"seconds": seconds, "log": out.strip().splitlines()[-4:]}
+                log = out.strip().splitlines()
+                dropped = [int(line.split()[2]) for line in log if line.startswith("datatrove dropped ")]
+                row["datatrove"] = {"seconds": seconds, "log": log[-5:], "dropped": dropped[0] if dropped else None}
         results.append(row)
     return results
 
@@ -151,14 +153,14 @@ def markdown(results: list[dict], demo: dict | None, cpus: int, datatrove_python
              "Same real-text files (`benchmarks/realtext.py`: one domain, ~3.3 KB a document, 10% near-copies), "
              "Jaccard 0.8, 128 permutations.", "",
              "| docs | MB | flywheel s | datasketch loop s | datatrove s | flywheel vs datasketch | target | "
-             "dropped (flywheel / datasketch) |", "|---|---|---|---|---|---|---|---|"]
+             "dropped (flywheel / datasketch / datatrove) |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         speedup = r["datasketch"]["seconds"] / r["flywheel"]["seconds"]
         target = TARGETS.get(r["docs"])
         dt = f"{r['datatrove']['seconds']:.1f}" if "datatrove" in r else "—"
         lines.append(f"| {r['docs']:,} | {r['mb']:.0f} | {r['flywheel']['seconds']:.1f} | {r['datasketch']['seconds']:.1f} "
                      f"| {dt} | {speedup:.2f}x | {f'{target:.0f}x ' + ('met' if speedup >= target else 'NOT met') if target else '—'} "
-                     f"| {r['flywheel']['dropped']:,} / {r['datasketch']['dropped']:,} |")
+                     f"| {r['flywheel']['dropped']:,} / {r['datasketch']['dropped']:,} / {_dropped(r.get('datatrove'))} |")
     skipped = [r["docs"] for r in results if datatrove_python and "datatrove" not in r]
     if skipped:
         lines += ["", f"datatrove was not run at {', '.join(f'{n:,}' for n in skipped)} documents "
@@ -184,6 +186,10 @@ def markdown(results: list[dict], demo: dict | None, cpus: int, datatrove_python
             lines.append(f"| {st['stage']} | {st['seconds']:.2f} | {st['share']:.1%} | {st['mb_in']:.1f} | "
                          f"{_f(st['mb_per_s_core'])} | {st['docs_in']:,} | {st['docs_out']:,} |")
     return "\n".join(lines) + "\n"
+
+
+def _dropped(datatrove: dict | None) -> str:
+    return "—" if not datatrove or datatrove.get("dropped") is None else f"{datatrove['dropped']:,}"
 
 
 def _f(x: float | None) -> str:

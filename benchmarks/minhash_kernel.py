@@ -1,10 +1,11 @@
 """MinHash kernel speed per core: signatures + LSH band keys, this tree against an earlier commit.
 
-    .venv/bin/python benchmarks/minhash_kernel.py [--docs 30000] [--baseline bf0417d] [--markdown OUT]
+    .venv/bin/python benchmarks/minhash_kernel.py [--docs 30000] [--batch 1024] [--baseline bf0417d] [--markdown OUT]
 
 The same texts (`benchmarks/realtext.py`'s real-text corpus, first --docs documents) go through
-`MinHasher(num_perm=128, ngram=5).signatures` and `band_keys` (9 bands x 13 rows, the stage's
-choice at threshold 0.8) of each code tree, in one process per tree, one core; CPU seconds
+`MinHasher(num_perm=128, ngram=5).signatures`, in batches of --batch texts as the stage calls it
+(`SIGNATURE_BATCH`), and `band_keys` (9 bands x 13 rows, the stage's choice at threshold 0.8)
+of each code tree, in one process per tree, one core; CPU seconds
 (`time.process_time`), best of --repeat. The earlier commit is checked out with `git worktree`
 (default: main when issue 13 was filed, datasketch's affine32 scheme in numpy); this tree runs
 both its schemes (rensa, the default, and datasketch). Signatures of one scheme are compared
@@ -24,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.realtext import write_corpus  # noqa: E402
+from curation.stages.minhash_dedup import SIGNATURE_BATCH  # noqa: E402
 
 KERNEL = r'''
 import glob, hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
+import numpy as np
 import pyarrow as pa
 from curation.dedup.minhash import MinHasher, band_keys
 texts = []
@@ -40,7 +43,8 @@ hasher = MinHasher(num_perm=128, ngram=5, seed=1, **kw)
 best = {"signatures": 1e9, "bands": 1e9}
 for _ in range(int(sys.argv[5])):
     t0 = time.process_time()
-    sig, _ = hasher.signatures(texts)
+    step = int(sys.argv[6]) or len(texts)
+    sig = np.concatenate([hasher.signatures(texts.slice(i, step))[0] for i in range(0, len(texts), step)])
     t1 = time.process_time()
     band_keys(sig, 9, 13, 1)
     t2 = time.process_time()
@@ -50,8 +54,8 @@ print(json.dumps({**best, "docs": len(texts), "mb": mb, "sha": hashlib.sha256(si
 '''
 
 
-def run(tree: Path, corpus: Path, docs: int, scheme: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", KERNEL, str(tree), str(corpus), str(docs), scheme, str(repeat)],
+def run(tree: Path, corpus: Path, docs: int, scheme: str, repeat: int, batch: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", KERNEL, str(tree), str(corpus), str(docs), scheme, str(repeat), str(batch)],
                          check=True, capture_output=True, text=True, cwd=tempfile.gettempdir())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -61,6 +65,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=30_000)
     ap.add_argument("--baseline", default="bf0417d")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=SIGNATURE_BATCH,
+                    help="texts per signatures() call, the stage's batch (0: all at once)")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     corpus = ROOT / "build" / "bench" / f"realtext-{args.docs}"
@@ -70,16 +76,17 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", wt, args.baseline],
                        check=True, capture_output=True)  # fmt: skip
         try:
-            rows = [(f"{args.baseline} (datasketch affine32, numpy)", run(Path(wt), corpus, args.docs, "-", args.repeat))]
+            rows = [(f"{args.baseline} (datasketch affine32, numpy)", run(Path(wt), corpus, args.docs, "-", args.repeat, args.batch))]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", wt], check=False)
     for scheme in ("datasketch", "rensa"):
-        rows.append((f"this tree, scheme {scheme}", run(ROOT, corpus, args.docs, scheme, args.repeat)))
+        rows.append((f"this tree, scheme {scheme}", run(ROOT, corpus, args.docs, scheme, args.repeat, args.batch)))
     base = rows[0][1]
     base_total = base["signatures"] + base["bands"]
     lines = [f"# MinHash kernel (`benchmarks/minhash_kernel.py --docs {args.docs}`)", "",
              f"{base['docs']:,} real-text documents ({base['mb']:.0f} MB), 128 permutations, word 5-grams, 9 x 13 "
-             "bands; CPU seconds of one process (one core), best of " + str(args.repeat) + ".", "",
+             "bands; " + (f"signatures in batches of {args.batch:,} texts (the stage's batch), " if args.batch else "all texts in one call, ")
+             + "band keys over all; CPU seconds of one process (one core), best of " + str(args.repeat) + ".", "",
              "| kernel | signatures s | band keys s | docs/s per core | MB/s per core | vs baseline | signatures |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in rows:

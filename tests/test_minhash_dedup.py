@@ -269,6 +269,39 @@ def test_normalize_equals_its_two_pass_definition():
         assert fast == ref
 
 
+def test_word_split_and_ngram_hashes_equal_a_per_text_reference():
+    """The vectorised split and n-gram kernel give the hashes of their definition, text by text:
+    RE2 normalisation, whitespace split, xxh3 per word, fmix64(sum of word hash x position
+    multiplier) per window; texts shorter than n give one shingle, empty texts none."""
+    import xxhash
+
+    from curation.dedup import shingles
+
+    rng = random.Random(9)
+    alphabet = "ab c  d\té.,“”—漢字\U0001F600"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(600)]
+    texts += ["", "x", "   ", "end", "start here", "one two three four five six"] + given_texts()[:50]
+    rng.shuffle(texts)
+    normalized = shingles.normalize(pa.array(texts))
+    items, counts = shingles.split_words(normalized)
+    ref_words, ref_counts = shingles.split_words_reference(normalized)
+    assert [w.rstrip(" ") for w in items.to_pylist()] == ref_words.to_pylist()
+    assert counts.tolist() == ref_counts.tolist()
+
+    mask = (1 << 64) - 1
+    fmix = lambda h: (lambda h: (lambda h: h ^ (h >> 33))((h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53 & mask))(
+        (h ^ (h >> 33)) * 0xFF51AFD7ED558CCD & mask)
+    seed, n = 7, 3
+    mult = [int(m) for m in shingles.ngram_multipliers(n, seed)]
+    hashes, per_text = shingles.ngram_hashes(shingles.words(pa.array(texts), seed), n, seed)
+    expected = []
+    for text in shingles.normalize_reference(pa.array(texts)).to_pylist():
+        h = [xxhash.xxh3_64_intdigest(w.encode(), seed) for w in text.split(" ") if w]
+        windows = [h[p:p + n] for p in range(len(h) - n + 1)] if len(h) >= n else [h] if h else []
+        expected += [fmix(sum(x * m for x, m in zip(win, mult)) & mask) for win in windows]
+    assert hashes.tolist() == expected and int(per_text.sum()) == len(expected)
+
+
 def pc_split(normalized) -> list[list[str]]:
     import pyarrow.compute as pc
 

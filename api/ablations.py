@@ -23,15 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contract.layout import AblationRun
 from api.db import Database
 from api.jobs import JobRunner, PhaseRecorder, run_job
 from api.models import Ablation, Corpus
 from api.run_files import finite, read_json, read_jsonl, thin
 
-RESULT_NAME = "ablation.json"
-VARIANTS_DIR = "variants"
-TRAIN_METRICS = "train/metrics.jsonl"
-TRAIN_EVALS = "train/eval.jsonl"
 MAX_CURVE_POINTS = 500
 
 
@@ -86,9 +83,9 @@ def _count(value: Any) -> int | None:
 def variant_curves(out_dir: str | Path, variant: str, max_points: int = MAX_CURVE_POINTS) -> dict[str, list]:
     """One variant's training loss per step and held-out loss per evaluation, each thinned to
     `max_points` (empty while its training has not started)."""
-    train_dir = Path(out_dir) / VARIANTS_DIR / variant
-    train = [p for r in read_jsonl(train_dir / TRAIN_METRICS) if (p := _train_point(r))]
-    evals = [p for r in read_jsonl(train_dir / TRAIN_EVALS) if (p := _eval_point(r))]
+    run = AblationRun(str(out_dir)).variant_training(variant)
+    train = [p for r in read_jsonl(Path(run.metrics)) if (p := _train_point(r))]
+    evals = [p for r in read_jsonl(Path(run.eval)) if (p := _eval_point(r))]
     return {"train": thin(train, max_points), "eval": thin(evals, max_points)}
 
 
@@ -98,7 +95,7 @@ def read_curves(out_dir: str | Path, variants: list[str], max_points: int = MAX_
 
 def read_result(out_dir: str | Path) -> dict[str, Any] | None:
     """OUT/ablation.json (None until the runner has written it)."""
-    return read_json(Path(out_dir) / RESULT_NAME)
+    return read_json(Path(AblationRun(str(out_dir)).result))
 
 
 def variant_names(config: dict[str, Any]) -> list[str]:

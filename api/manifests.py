@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from api.ids import new_id
 from api.models import Job, Manifest
 from curation.io.files import filesystem_for
-from training.data.manifest import MANIFEST_NAME, Manifest as ManifestDoc, parse_manifest
+from contract.layout import CurationRun
+from training.data.manifest import Manifest as ManifestDoc, parse_manifest
 from training.data.shards import INDEX_DTYPE
 
 
@@ -41,7 +42,7 @@ class ServedFile:
 
 
 def manifest_uri_of(output_uri: str) -> str:
-    return output_uri.rstrip("/") + "/" + MANIFEST_NAME
+    return CurationRun(output_uri).manifest
 
 
 def read_location(uri: str) -> bytes | None:

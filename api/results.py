@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from curation.io.files import filesystem_for
-from curation.pipeline import STATS_FILE
+from contract.layout import CurationRun
 
 LIST_COLUMNS = ["id", "stage", "reason", "detail", "domain", "source", "n_tokens"]
 TEXT_PREVIEW_CHARS = 4096
@@ -34,7 +34,7 @@ def _files(output_uri: str, sub: str, prefix: str | None = None) -> tuple[Any, l
 def read_stats(output_uri: str) -> dict[str, Any] | None:
     fs, root = filesystem_for(output_uri)
     try:
-        with fs.open_input_stream(root.rstrip("/") + "/" + STATS_FILE) as f:
+        with fs.open_input_stream(CurationRun(root).stats) as f:
             return json.loads(f.read())
     except FileNotFoundError:
         return None

@@ -22,18 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.layout import TrainingRun  # the trainer's layout, without importing torch
 from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
 from api.run_files import finite, parse_jsonl_lines, read_jsonl, thin  # noqa: F401 (thin: the routes import it from here)
 
-CONFIG_NAME = "train_config.json"
-# The trainer's file layout (training.trainer.METRICS_NAME, EVAL_NAME, training.checkpoint.META_NAME),
-# spelled out here so that reading progress in the web process does not import torch.
-METRICS_NAME = "metrics.jsonl"
-EVAL_NAME = "eval.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_META = "meta.json"
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
 
 
@@ -48,7 +42,7 @@ def execute_training_job(database_url: str, job_id: str) -> str:
 
         out_dir = Path(job.out_uri)
         out_dir.mkdir(parents=True, exist_ok=True)
-        config_path = out_dir / CONFIG_NAME
+        config_path = out_dir / TrainingRun.CONFIG
         config_path.write_text(json.dumps(job.config, indent=2) + "\n")
         train_command(config_path, local=True)
 
@@ -82,7 +76,7 @@ def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingPr
     with_curve=False reads only the last metrics line, no checkpoints and no evaluations (for listings).
     """
     out = Path(out_dir)
-    metrics = out / METRICS_NAME
+    metrics = out / TrainingRun.METRICS
     if not metrics.is_file():
         return TrainingProgress()
     if not with_curve:
@@ -92,8 +86,9 @@ def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingPr
             lines = f.read().decode(errors="replace").split("\n")
         lines = lines[1:] if start else lines  # the first line read is cut when we started mid-file
         return TrainingProgress(records=parse_jsonl_lines([ln for ln in lines if ln.strip()])[-1:])
-    checkpoints = sorted(p.name for p in (out / CHECKPOINTS_DIR).glob("step_*") if (p / CHECKPOINT_META).is_file())
-    return TrainingProgress(records=read_jsonl(metrics), checkpoints=checkpoints, evals=read_jsonl(out / EVAL_NAME))
+    checkpoints = sorted(p.name for p in (out / TrainingRun.CHECKPOINTS).glob("step_*")
+                         if (p / TrainingRun.CHECKPOINT_META).is_file())
+    return TrainingProgress(records=read_jsonl(metrics), checkpoints=checkpoints, evals=read_jsonl(out / TrainingRun.EVAL))
 
 
 def eval_curve(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:

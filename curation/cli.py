@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from contract.layout import AblationRun, CurationRun
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Flywheel: curate pretraining data on Ray and train a DeepSeek-style MoE on it.")
 console = Console()
@@ -95,7 +97,7 @@ def stats(output: str = typer.Argument(..., help="Output folder of a curation ru
 
     fs, root = filesystem_for(output)
     try:
-        with fs.open_input_stream(root.rstrip("/") + "/stats.json") as f:
+        with fs.open_input_stream(CurationRun(root).stats) as f:
             data = json.loads(f.read())
     except FileNotFoundError:
         fail(f"no stats.json in {output}")
@@ -375,7 +377,7 @@ def ablate(
     from curation.io.files import InputError
     from curation.pipeline import OutputError
     from training.ablation.config import load_ablation_config
-    from training.ablation.runner import RESULT_NAME, run_ablation
+    from training.ablation.runner import run_ablation
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:
@@ -386,7 +388,7 @@ def ablate(
     except (ConfigError, InputError, OutputError, ValueError) as e:
         fail(str(e).splitlines()[0] if str(e) else repr(e))
     print_ablation_table(result)
-    console.print(f"result: {Path(cfg.output) / RESULT_NAME}", highlight=False, soft_wrap=True)
+    console.print(f"result: {AblationRun(str(cfg.output)).result}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract.layout import CurationRun
 from curation import runtime
 from curation.config import PipelineConfig
 from curation.io.files import InputError, filesystem_for, plan_reads, write_parquet
@@ -35,7 +36,6 @@ from curation.stats import StageStats, RunStats
 
 REJECT_COLUMNS = ["id", "stage", "reason", "detail", "domain", "source", "n_tokens", "text"]
 READ_METHOD = "JSONL/Parquet reader"
-STATS_FILE = "stats.json"
 
 
 class OutputError(ValueError):
@@ -154,8 +154,8 @@ class Pipeline:
         self.overwrite = overwrite
         self.progress = progress or (lambda event, info: None)
         self.fs, self.root = filesystem_for(config.output)
-        self.data_dir = _join(config.output, "data")
-        self.rejects_dir = _join(config.output, "rejects")
+        self.data_dir = _join(config.output, CurationRun.DATA)
+        self.rejects_dir = _join(config.output, CurationRun.REJECTS)
         # Input problems are the user's to fix: find them before starting Ray.
         self.read_tasks = [t for spec in config.inputs
                            for t in plan_reads(spec.path, spec.domain or config.default_domain)]
@@ -241,7 +241,7 @@ class Pipeline:
         self.progress("stage_start", {"name": "read", "index": 0, "total": n_steps})
         t0 = time.perf_counter()
         self.tag = run_stats.run_id
-        for folder in ("data", "rejects"):
+        for folder in (CurationRun.DATA, CurationRun.REJECTS):
             self.fs.create_dir(_path_in(self.root, folder), recursive=True)
         records = read_documents(self.read_tasks).materialize()
         unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
@@ -260,9 +260,9 @@ class Pipeline:
         self._step = "write"
         self.progress("write_start", {})  # the last stage's pass wrote data/ already
         run_stats.seconds = round(time.perf_counter() - started, 3)
-        stats_path = _join(self.config.output, STATS_FILE)
+        stats_path = _join(self.config.output, CurationRun.STATS)
         stats_json = run_stats.to_json()
-        write_json_atomic(self.fs, _path_in(self.root, STATS_FILE), stats_json)
+        write_json_atomic(self.fs, _path_in(self.root, CurationRun.STATS), stats_json)
         extra = {}
         try:
             for stage in stages:
@@ -273,7 +273,7 @@ class Pipeline:
         except BaseException:
             # stats.json says "done": without the finalize step's files (the manifest) it must not stay.
             with contextlib.suppress(OSError):
-                self.fs.delete_file(_path_in(self.root, STATS_FILE))
+                self.fs.delete_file(_path_in(self.root, CurationRun.STATS))
             raise
         return RunResult(output=self.config.output, stats=run_stats, data_dir=self.data_dir,
                          rejects_dir=self.rejects_dir, stats_path=stats_path, extra=extra)

@@ -33,7 +33,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
-META_NAME = "meta.json"
+from contract.layout import TrainingRun
+
 
 
 class TrainingState(Stateful):
@@ -114,9 +115,9 @@ class CheckpointManager:
             dcp.save({"app": state}, checkpoint_id=str(path), process_group=self.group, no_dist=not dist.is_initialized())
         if self.rank == 0:
             record = {"step": step, "saved_at": time.time(), **(meta or {})}
-            tmp = path / (META_NAME + ".tmp")
+            tmp = path / (TrainingRun.CHECKPOINT_META + ".tmp")
             tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-            tmp.replace(path / META_NAME)
+            tmp.replace(path / TrainingRun.CHECKPOINT_META)
             self._prune()
         self._barrier()
         self.last_save = time.monotonic()
@@ -131,12 +132,12 @@ class CheckpointManager:
     def complete(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.glob("step_*") if (p / META_NAME).is_file())
+        return sorted(p for p in self.root.glob("step_*") if (p / TrainingRun.CHECKPOINT_META).is_file())
 
     def load(self, path: str | Path, state: TrainingState) -> dict[str, Any]:
         """Collective: load `path` into `state` (resharding to this layout); returns meta.json."""
         path = Path(path)
-        meta = json.loads((path / META_NAME).read_text())
+        meta = json.loads((path / TrainingRun.CHECKPOINT_META).read_text())
         with _single_process_ok():
             dcp.load({"app": state}, checkpoint_id=str(path), process_group=self.group, no_dist=not dist.is_initialized())
         self.last_save = time.monotonic()
@@ -150,7 +151,7 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
         newest = complete[-1].name if complete else ""
         for partial in self.root.glob("step_*"):  # crashed saves older than the newest complete one
-            if not (partial / META_NAME).exists() and partial.name < newest:
+            if not (partial / TrainingRun.CHECKPOINT_META).exists() and partial.name < newest:
                 shutil.rmtree(partial, ignore_errors=True)
 
     def _barrier(self) -> None:
@@ -167,4 +168,4 @@ def _single_process_ok() -> Iterator[None]:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META_NAME).read_text())
+    return json.loads((Path(path) / TrainingRun.CHECKPOINT_META).read_text())

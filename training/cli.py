@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from contract.layout import TrainingRun
 from training.config import ModelConfig, count_params
 from training.parallel import accumulation, plan_layout
 from training.train_config import TrainConfig, load_train_config
@@ -133,8 +134,8 @@ def train_command(
         "loss_first": records[0]["loss"] if records else None,
         "loss_last": last.get("loss"),
         "tokens_per_s_mean": round(sum(r["tokens_per_s"] for r in records) / len(records), 1) if records else None,
-        "metrics": str(Path(cfg.out_dir) / "metrics.jsonl"),
-        "checkpoints": str(Path(cfg.out_dir) / "checkpoints"),
+        "metrics": TrainingRun(str(cfg.out_dir)).metrics,
+        "checkpoints": TrainingRun(str(cfg.out_dir)).checkpoints,
     }
     print(
         f"[flywheel train] {summary['steps']} steps, loss {summary['loss_first']} -> {summary['loss_last']}, "

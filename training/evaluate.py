@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.layout import CurationRun
 from training.data.dataset import Batch
 from training.data.fetch import Fetcher, resolve
 from training.data.manifest import Manifest, parse_manifest
@@ -126,7 +127,7 @@ def check_vocab(eval_sets: list[EvalSet], vocab_size: int) -> None:
 def load_tokenizer_file(source: str | Path) -> Any:
     """A tokenizer.json (or a folder holding one), as curation loads it."""
     path = Path(source)
-    path = path / "tokenizer.json" if path.is_dir() else path
+    path = path / CurationRun.TOKENIZER if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no tokenizer.json")
     return _parse_tokenizer(path.read_text(), str(path))

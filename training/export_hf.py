@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import META_NAME, CheckpointManager, read_meta
+from contract.layout import CurationRun, TrainingRun
+from training.checkpoint import CheckpointManager, read_meta
 from training.config import ModelConfig
 from training.train_config import TrainConfig, load_train_config
 
@@ -50,13 +51,13 @@ class ExportError(ValueError):
 def resolve_checkpoint(path: str | Path) -> Path:
     """The step directory for a step directory, a checkpoints folder or a run's out_dir."""
     path = Path(path)
-    if (path / META_NAME).is_file():
+    if (path / TrainingRun.CHECKPOINT_META).is_file():
         return path
-    for root in (path, path / "checkpoints"):
+    for root in (path, path / TrainingRun.CHECKPOINTS):
         latest = CheckpointManager(root).latest()
         if latest is not None:
             return latest
-    raise ExportError(f"{path}: no complete checkpoint (a step_* directory with {META_NAME})")
+    raise ExportError(f"{path}: no complete checkpoint (a step_* directory with {TrainingRun.CHECKPOINT_META})")
 
 
 def checkpoint_tensor_shapes(step_dir: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -88,7 +89,7 @@ def resolve_model_config(
     meta = read_meta(step_dir)
     if "model_config" not in meta:
         raise ExportError(
-            f"{step_dir}/{META_NAME} does not record the model config; pass the run's training "
+            f"{step_dir}/{TrainingRun.CHECKPOINT_META} does not record the model config; pass the run's training "
             "config (--config RUN.yaml)"
         )
     return ModelConfig.model_validate(meta["model_config"])
@@ -232,13 +233,13 @@ def write_tokenizer(source: str | Path, out: Path, cfg: ModelConfig) -> dict[str
     from tokenizers import Tokenizer
 
     source = Path(source)
-    path = source / "tokenizer.json" if source.is_dir() else source
+    path = source / CurationRun.TOKENIZER if source.is_dir() else source
     if not path.is_file():
         raise ExportError(f"{source}: no tokenizer.json")
     tok = Tokenizer.from_file(str(path))
     if tok.get_vocab_size() > cfg.vocab_size:
         raise ExportError(f"tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
-    shutil.copyfile(path, out / "tokenizer.json")
+    shutil.copyfile(path, out / CurationRun.TOKENIZER)
     ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKEN_NAMES.items()}
     ids = {name: i for name, i in ids.items() if i is not None}
     tokenizer_config: dict[str, Any] = {

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from contract.layout import TrainingRun
 from training.checkpoint import CheckpointManager, read_meta
 from training.data.fetch import Fetcher
 from training.data.manifest import Manifest, parse_manifest
@@ -198,7 +199,7 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
     reported = ray.train.get_checkpoint()
     candidates = [Path(reported.path)] if reported is not None else []
     if cfg.resume or reported is not None:
-        latest = CheckpointManager(Path(cfg.out_dir) / "checkpoints").latest()
+        latest = CheckpointManager(Path(cfg.out_dir) / TrainingRun.CHECKPOINTS).latest()
         candidates += [latest] if latest is not None else []
     resume_from = max(candidates, key=lambda p: read_meta(p)["step"], default=None)
     run_worker(cfg, resume_from=resume_from, on_checkpoint=report, on_step=config.get("on_step"), prune_checkpoints=False)

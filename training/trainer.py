@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from contract.layout import TrainingRun
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
@@ -45,9 +46,6 @@ from training.parallel import Meshes, accumulation, clip_grad_norm_, parallelize
 from training.planner import model_flops_per_token
 from training.train_config import TrainConfig
 
-METRICS_NAME = "metrics.jsonl"
-ROLLED_BACK_NAME = "metrics.rolled_back.jsonl"
-EVAL_NAME = "eval.jsonl"  # one line per evaluation (training.evaluate), when cfg.eval_files
 DIGEST_MOD = 2**40
 
 
@@ -152,9 +150,9 @@ class MetricsLog:
     <name>.rolled_back.jsonl, so the log keeps at most one line per step.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, name: str = METRICS_NAME):
+    def __init__(self, out_dir: Path, enabled: bool, name: str = TrainingRun.METRICS):
         self.path = out_dir / name
-        self.rolled_back = out_dir / f"{Path(name).stem}.rolled_back.jsonl"  # metrics: ROLLED_BACK_NAME
+        self.rolled_back = out_dir / f"{Path(name).stem}.rolled_back.jsonl"  # metrics: TrainingRun.ROLLED_BACK
         self.enabled = enabled
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,8 +179,8 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(out_dir: str | Path, name: str = METRICS_NAME) -> list[dict[str, Any]]:
-    """The records of OUT/metrics.jsonl (or another log, e.g. EVAL_NAME)."""
+def read_metrics(out_dir: str | Path, name: str = TrainingRun.METRICS) -> list[dict[str, Any]]:
+    """The records of OUT/metrics.jsonl (or another log, e.g. TrainingRun.EVAL)."""
     path = Path(out_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -236,10 +234,10 @@ class Trainer:
         self.flops_per_token = model_flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak_tflops = cfg.peak_tflops_per_worker or measure_peak_tflops(device)
         self.metrics = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0)
-        self.eval_log = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0 and bool(cfg.eval_files), name=EVAL_NAME)
+        self.eval_log = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0 and bool(cfg.eval_files), name=TrainingRun.EVAL)
         self.eval_sets = self._load_eval_sets() if cfg.eval_files else []
         self.checkpoints = CheckpointManager(
-            Path(cfg.out_dir) / "checkpoints", cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
+            Path(cfg.out_dir) / TrainingRun.CHECKPOINTS, cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
             keep=cfg.keep_checkpoints, group=self.group,
         )  # fmt: skip
         self.state = TrainingState(self.model, self.optimizer, self.scheduler, self._trainer_state, self._load_trainer_state)

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from contract.layout import CurationRun
 from curation import runtime
 from curation.dedup import report
 from curation.dedup.components import LABEL_SCHEMA, connected_components, connected_components_local
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 NEAR_DUPLICATE = "near_duplicate"
 PREVIOUS_CORPUS = "duplicate_of_previous_corpus"
 REASONS = [NEAR_DUPLICATE, PREVIOUS_CORPUS]
-INDEX_DIR = "index/minhash"
-INDEX_META = "index/minhash.json"
 # 2: the signature scheme is a parameter (rensa R-MinHash by default; 1 was datasketch only).
 INDEX_VERSION = 2
 # Documents per signature batch: ~3 MB of web text, so the byte passes over it stay in cache.
@@ -316,18 +315,18 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
     from curation.io.files import filesystem_for
 
     fs, root = filesystem_for(corpus)
-    meta_path = _join_uri(root, INDEX_META)
+    meta_path = _join_uri(root, CurationRun.MINHASH_INDEX_META)
     try:
         with fs.open_input_stream(meta_path) as f:
             meta = json.loads(f.read())
     except (FileNotFoundError, OSError) as e:
-        raise ValueError(f"dedup_against {corpus!r}: no MinHash index ({INDEX_META}): {e}") from None
+        raise ValueError(f"dedup_against {corpus!r}: no MinHash index ({CurationRun.MINHASH_INDEX_META}): {e}") from None
     bad = _meta_compatible(meta, p)
     if bad:
         raise ValueError(_incompatible_index(corpus, meta, bad))
     if meta["docs"] == 0:
         return None, 0
-    ds = ray.data.read_parquet(_join_uri(corpus, INDEX_DIR), columns=["id", "sig", "n_shingles"])
+    ds = ray.data.read_parquet(_join_uri(corpus, CurationRun.MINHASH_INDEX), columns=["id", "sig", "n_shingles"])
     prefix = f"{_PREV_PREFIX}{origin}{_PREV_PREFIX}"
 
     def as_earlier(batch: pa.Table) -> pa.Table:
@@ -487,10 +486,10 @@ class MinHashDedup(Stage):
         from curation.pipeline import write_json_atomic
 
         fs, root = filesystem_for(self.ctx.output)
-        fs.create_dir(_join_uri(root, INDEX_DIR), recursive=True)
-        runtime.per_block(sigs, _write_index_block, _join_uri(self.ctx.output, INDEX_DIR))
-        write_json_atomic(fs, _join_uri(root, INDEX_META), index_meta(self.params, n_docs))
-        self.report["index"] = _join_uri(self.ctx.output, INDEX_DIR)
+        fs.create_dir(_join_uri(root, CurationRun.MINHASH_INDEX), recursive=True)
+        runtime.per_block(sigs, _write_index_block, _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX))
+        write_json_atomic(fs, _join_uri(root, CurationRun.MINHASH_INDEX_META), index_meta(self.params, n_docs))
+        self.report["index"] = _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX)
 
     def summarize(self, out) -> dict[str, Any]:
         clusters = report.cluster_summary(out, _cluster_rows, self.params.partitions or partition_count(self.ctx.num_cpus),

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from contract.layout import CurationRun
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 from curation.stages.mixture import REPEATS
 from curation.tokenizer import (
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
 
     from training.data import ShardRecord
 
-TOKENIZER_FILE = "tokenizer.json"
-SHARDS_DIR = "shards"
 TOKENS = "_tokens"  # list<uint32> per document; never leaves the stage
 ORDER = "_order"
 N_BPE = "n_bpe_tokens"
@@ -326,7 +325,7 @@ class Tokenize(Stage):
         n_docs = ds.count()
         if n_docs == 0:
             raise ValueError("tokenize: no documents reached this stage, so there is nothing to tokenize")
-        tokenizer_json, training = self._tokenizer(ds, n_docs, out_dir / TOKENIZER_FILE)
+        tokenizer_json, training = self._tokenizer(ds, n_docs, out_dir / CurationRun.TOKENIZER)
         tok = load_tokenizer(tokenizer_json)
         ids = special_ids(tok, p.special_tokens)
         if p.add_bos and ids.bos is None:
@@ -340,11 +339,11 @@ class Tokenize(Stage):
         totals = token_totals(encoded)
         encoded_at = time.perf_counter()
 
-        self.records = write_shards(encoded, out_dir / SHARDS_DIR, dtype, p.shard_tokens, self.ctx.seed,
+        self.records = write_shards(encoded, out_dir / CurationRun.SHARDS, dtype, p.shard_tokens, self.ctx.seed,
                                     totals["bpe_out"])
         written_at = time.perf_counter()
         self.summary = {
-            "tokenizer": {**training, "file": TOKENIZER_FILE, "vocab_size": vocab,
+            "tokenizer": {**training, "file": CurationRun.TOKENIZER, "vocab_size": vocab,
                           "special_ids": {"bos": ids.bos, "eos": ids.eos, "pad": ids.pad}, "add_bos": p.add_bos},
             "dtype": dtype,
             "bpe_tokens": totals["bpe"],
@@ -381,7 +380,7 @@ class Tokenize(Stage):
     def finalize(self, run_stats: dict[str, Any]) -> Path:
         """Write OUTPUT/manifest.json: shards, tokenizer, mixture, provenance (the run's
         `RunStats.to_json()`). The pipeline calls it once the run's stats are complete."""
-        from training.data import MANIFEST_NAME, build_manifest, sha256_file, write_manifest
+        from training.data import build_manifest, sha256_file, write_manifest
         from training.data.manifest import installed_flywheel_version
 
         if not self.records:
@@ -389,12 +388,12 @@ class Tokenize(Stage):
         out_dir = self.out_dir
         tok = self.summary["tokenizer"]
         config = run_stats.get("config", {})
-        manifest_path = out_dir / MANIFEST_NAME
+        manifest_path = out_dir / CurationRun.MANIFEST
         manifest = build_manifest(
             manifest_path=manifest_path,
             dataset_id=self.params.dataset_id or f"{out_dir.name}-{run_stats['config_sha256'][:12]}",
             dtype=self.summary["dtype"],
-            tokenizer={"path": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE),
+            tokenizer={"path": CurationRun.TOKENIZER, "sha256": sha256_file(out_dir / CurationRun.TOKENIZER),
                        "vocab_size": tok["vocab_size"], "special_ids": tok["special_ids"]},
             records=self.records,
             mixture=manifest_mixture(run_stats, self.records),

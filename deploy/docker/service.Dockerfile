@@ -22,6 +22,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/flywheel && /opt/flywheel/bin/pip install --upgrade pip setuptools wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY curation ./curation
 COPY training ./training
 COPY api ./api

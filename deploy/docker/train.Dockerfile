@@ -39,6 +39,7 @@ RUN apt-get update \
  && /opt/flywheel/bin/pip install --upgrade pip setuptools wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY curation ./curation
 COPY training ./training
 COPY api ./api

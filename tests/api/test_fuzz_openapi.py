@@ -31,7 +31,8 @@ from sqlalchemy import func, select
 from api.auth import create_token
 from api.ids import new_id
 from api.models import Job
-from curation.pipeline import REJECT_COLUMNS, STATS_FILE
+from contract.layout import CurationRun
+from curation.pipeline import REJECT_COLUMNS
 from tests.api.conftest import live_server
 from training.data import parse_manifest
 from training.data.synthetic import write_synthetic_dataset
@@ -56,7 +57,7 @@ def _write_finished_job(services) -> str:
     services.storage.fs.create_dir(f"{out}/rejects")
     with services.storage.fs.open_output_stream(f"{out}/rejects/url_dedup-00000-fuzz.parquet") as f:
         pq.write_table(pa.table(rejects), f)
-    with services.storage.fs.open_output_stream(f"{out}/{STATS_FILE}") as f:
+    with services.storage.fs.open_output_stream(CurationRun(out).stats) as f:
         f.write(json.dumps({"stages": [], "seed": 6}).encode())
     with services.db.session() as s:
         s.add(Job(id=job_id, state="succeeded", corpus_ids=[], config={"stages": [], "seed": 6},

@@ -19,7 +19,8 @@ from tests.training.helpers import spawn, tiny_config, write_tiny_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.launch import run_worker
 from training.train_config import TrainConfig
-from training.trainer import ROLLED_BACK_NAME, read_metrics
+from contract.layout import TrainingRun
+from training.trainer import read_metrics
 
 TOTAL = 8
 
@@ -52,7 +53,7 @@ def test_resume_on_other_world_sizes_continues_data_and_loss(tmp_path):
 
     assert [r["step"] for r in got] == list(range(1, TOTAL + 1))
     assert [(r["world"], r["ep"]) for r in got] == [(2, 2)] * 6 + [(1, 1)] * 2
-    assert not (out / ROLLED_BACK_NAME).exists()
+    assert not (out / TrainingRun.ROLLED_BACK).exists()
     # The cursor runs on without gap or overlap, and every step read the same sequences as the
     # uninterrupted run (the digest is over each step's (epoch, sequence) set, all ranks).
     assert [(r["consumed_start"], r["consumed"]) for r in got] == [(8 * i, 8 * (i + 1)) for i in range(TOTAL)]
@@ -73,5 +74,5 @@ def test_metrics_after_the_checkpoint_are_rolled_back_on_resume(tmp_path):
     (out / "checkpoints" / "step_00000005" / "meta.json").unlink()  # as if the last save crashed
     run_worker(config(manifest, out, TOTAL, resume=True, checkpoint_every_steps=2, keep_checkpoints=3))
     assert [r["step"] for r in read_metrics(out)] == list(range(1, TOTAL + 1))
-    rolled_back = [json.loads(line)["step"] for line in (out / ROLLED_BACK_NAME).read_text().splitlines()]
+    rolled_back = [json.loads(line)["step"] for line in (out / TrainingRun.ROLLED_BACK).read_text().splitlines()]
     assert rolled_back == [5]

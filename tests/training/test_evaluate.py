@@ -29,7 +29,8 @@ from training.evaluate import evaluate_checkpoint, evaluate_model, load_eval_set
 from training.export_hf import load_checkpoint_model  # noqa: E402
 from training.launch import run_worker  # noqa: E402
 from training.model import causal_lm_loss, doc_ids_from_starts  # noqa: E402
-from training.trainer import EVAL_NAME, read_metrics  # noqa: E402
+from contract.layout import TrainingRun  # noqa: E402
+from training.trainer import read_metrics  # noqa: E402
 
 VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges
 SEQ = 32
@@ -187,7 +188,7 @@ def trained(data, tmp_path_factory) -> Path:
 
 
 def test_training_evaluates_every_n_steps(trained, data):
-    records = read_metrics(trained, EVAL_NAME)
+    records = read_metrics(trained, TrainingRun.EVAL)
     assert [r["step"] for r in records] == [2, 4]
     assert [r["tokens"] for r in records] == [2 * 256, 4 * 256]
     assert set(records[-1]["files"]) == {"a/val.jsonl", "b/val.jsonl"} and records[-1]["overall"]["documents"] == 22
@@ -235,7 +236,7 @@ def test_eval_log_is_rolled_back_on_resume(data, tmp_path):
     (out / "checkpoints" / "step_00000003" / "meta.json").unlink()  # as if the last save crashed
     run_worker(train_config(data, out, steps=4, eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=3,
                             resume=True))  # fmt: skip
-    assert [r["step"] for r in read_metrics(out, EVAL_NAME)] == [1, 2, 4]
+    assert [r["step"] for r in read_metrics(out, TrainingRun.EVAL)] == [1, 2, 4]
     assert [json.loads(line)["step"] for line in (out / "eval.rolled_back.jsonl").read_text().splitlines()] == [3]
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
 
@@ -246,7 +247,7 @@ def test_no_eval_files_no_eval_log(data, tmp_path):
     with pytest.raises(ValueError, match="eval_every_steps needs eval_files"):
         TrainConfig.model_validate({"optimizer": {}, "eval_every_steps": 2})
     run_worker(tiny_config(data["manifest"], tmp_path, steps=1))
-    assert not (tmp_path / EVAL_NAME).exists() and (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / TrainingRun.EVAL).exists() and (tmp_path / "metrics.jsonl").exists()
 
 
 def _train_sharded(rank: int, world: int, cfg_json: str) -> None:
@@ -263,7 +264,7 @@ def test_sharded_training_evaluates_like_one_process(data, tmp_path):
 
     out = tmp_path / "run"
     spawn(2, _train_sharded, train_config(data, out, steps=2, eval_every_steps=1, ep=2).model_dump_json())
-    records = read_metrics(out, EVAL_NAME)
+    records = read_metrics(out, TrainingRun.EVAL)
     assert [r["step"] for r in records] == [1, 2] and read_metrics(out)[-1]["ep"] == 2
     report = evaluate_checkpoint(out, data["files"])
     assert report.overall.loss == pytest.approx(records[-1]["overall"]["loss"], abs=1e-5)

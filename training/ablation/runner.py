@@ -25,17 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from contract.layout import AblationRun, TrainingRun
 from curation.config import PipelineConfig, StageSpec
 from training.ablation.config import AblationConfig
 from training.ablation.holdout import count_leaks, split_holdout
 
-RESULT_NAME = "ablation.json"
-CONFIG_NAME = "ablation_config.json"
 Progress = Callable[[str], None]
 
 
 def variant_dir(out: Path, name: str) -> Path:
-    return out / "variants" / name
+    return Path(AblationRun(str(out)).variant(name))
 
 
 def _run_pipeline(inputs: list, output: str, stages: list[StageSpec], cfg: AblationConfig) -> Any:
@@ -74,13 +73,13 @@ def train_variant(config: dict[str, Any], threads: int) -> dict[str, Any]:
 
     from training.launch import launch_local
     from training.train_config import TrainConfig
-    from training.trainer import EVAL_NAME, read_metrics
+    from training.trainer import read_metrics
 
     torch.set_num_threads(max(1, threads))
     cfg = TrainConfig.model_validate(config)
     started = time.perf_counter()
     launch_local(cfg)
-    evals = read_metrics(cfg.out_dir, EVAL_NAME)
+    evals = read_metrics(cfg.out_dir, TrainingRun.EVAL)
     final = evals[-1] if evals else {}
     return {"seconds": round(time.perf_counter() - started, 1), "step": final.get("step"),
             "eval": {"overall": final.get("overall"), "domains": final.get("domains")}}
@@ -131,8 +130,8 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     progress = progress or (lambda phase: None)
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULT_NAME).unlink(missing_ok=True)
-    _write_json_atomic(out / CONFIG_NAME, cfg.dump())
+    (out / AblationRun.RESULT).unlink(missing_ok=True)
+    _write_json_atomic(out / AblationRun.CONFIG, cfg.dump())
     started = time.perf_counter()
     stages_of = {v.name: cfg.resolve_stages(v, base_dir) for v in cfg.variants}  # config errors before work
     steps, per_step = train_steps(cfg)
@@ -144,7 +143,7 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     progress("holdout")
     h = cfg.holdout
     split = split_holdout(
-        read.data_dir, str(out / "holdout" / "clean"), out / "holdout", str(out / "pool"),
+        read.data_dir, str(out / "holdout" / "clean"), out / "holdout", str(out / AblationRun.POOL),
         per_domain=h.docs_per_domain, oversample=h.oversample, threshold=h.near_duplicate_jaccard, seed=cfg.seed,
         skip_domains=set(h.skip_domains),
         run_clean=lambda src, dst: _run_pipeline([src], dst, list(h.clean_stages), cfg).data_dir,
@@ -154,17 +153,17 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
         raise ValueError("no held-out set: every domain is in holdout.skip_domains")
 
     progress("tokenizer")
-    tokenizer = out / "tokenizer.json"
+    tokenizer = out / AblationRun.TOKENIZER
     if cfg.tokenizer.path:
         tokenizer.write_bytes(Path(cfg.tokenizer.path).read_bytes())
     else:
         params = TokenizeParams(vocab_size=cfg.tokenizer.vocab_size, train_sample_docs=cfg.tokenizer.train_sample_docs)
-        train_tokenizer_on(ray.data.read_parquet(str(out / "pool")), split.pool_docs, params, cfg.seed, tokenizer)
+        train_tokenizer_on(ray.data.read_parquet(str(out / AblationRun.POOL)), split.pool_docs, params, cfg.seed, tokenizer)
 
     curated: dict[str, dict] = {}
     for k, v in enumerate(cfg.variants, start=1):
         progress(f"curate {v.name} ({k}/{len(cfg.variants)})")
-        result = _run_pipeline([str(out / "pool")], str(variant_dir(out, v.name) / "curated"),
+        result = _run_pipeline([str(out / AblationRun.POOL)], str(variant_dir(out, v.name) / AblationRun.CURATED),
                                shared_tokenize_stage(stages_of[v.name], tokenizer), cfg)
         manifest = parse_manifest(Path(result.extra["tokenize"]).read_bytes())
         leaks = count_leaks(ray.data.read_parquet(result.data_dir), split.index)
@@ -172,7 +171,7 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
                            "leaks": leaks}
 
     progress(f"train (0/{len(cfg.variants)} done)")
-    jobs = {v.name: train_config(cfg, Path(curated[v.name]["manifest"]), variant_dir(out, v.name) / "train",
+    jobs = {v.name: train_config(cfg, Path(curated[v.name]["manifest"]), variant_dir(out, v.name) / AblationRun.TRAIN,
                                  eval_files, steps) for v in cfg.variants}  # fmt: skip
     trained = _train_all(jobs, cfg, progress)
 
@@ -202,8 +201,8 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
         "pool_docs": split.pool_docs, "variants": variants, "table": results_table(variants, domains),
         "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    _write_json_atomic(out / RESULT_NAME, result)
+    _write_json_atomic(out / AblationRun.RESULT, result)
     return result
 
 
-__all__ = ["run_ablation", "RESULT_NAME", "CONFIG_NAME"]
+__all__ = ["run_ablation"]

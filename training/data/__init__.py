@@ -9,7 +9,6 @@ from training.data.dataset import Batch, ManifestDataset, ShardError
 from training.data.fetch import CorruptFileError, FetchError, Fetcher, ShardCache
 from training.data.manifest import (
     FORMAT_VERSION,
-    MANIFEST_NAME,
     Manifest,
     Provenance,
     ShardEntry,
@@ -27,7 +26,6 @@ from training.data.validate import validate_manifest, validate_manifest_cli
 
 __all__ = [
     "FORMAT_VERSION",
-    "MANIFEST_NAME",
     "Batch",
     "CorruptFileError",
     "FetchError",

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_seri
 from training.data.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype, write_atomic
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"

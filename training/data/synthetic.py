@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.manifest import MANIFEST_NAME, build_manifest, installed_flywheel_version, write_manifest
+from contract.layout import CurationRun
+from training.data.manifest import build_manifest, installed_flywheel_version, write_manifest
 from training.data.shards import ShardWriter, dtype_for_vocab, sha256_file
 
 BOS, EOS, PAD = 0, 1, 2
@@ -46,10 +47,10 @@ def write_synthetic_dataset(
             doc[-1] = EOS
             writer.add(doc, domains[int(rng.integers(len(domains)))])
             written += len(doc)
-    tokenizer = out / "tokenizer.json"
+    tokenizer = out / CurationRun.TOKENIZER
     tokenizer.write_text(json.dumps({"synthetic": True, "vocab_size": vocab_size}) + "\n")
     config = {"synthetic": True, "total_tokens": total_tokens, "vocab_size": vocab_size, "seed": seed}
-    manifest_path = out / MANIFEST_NAME
+    manifest_path = out / CurationRun.MANIFEST
     manifest = build_manifest(
         manifest_path=manifest_path,
         dataset_id=dataset_id,

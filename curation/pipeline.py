@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import time
 import uuid
@@ -24,6 +23,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract.atomic import write_json_atomic
 from contract.layout import CurationRun
 from curation import runtime
 from curation.config import PipelineConfig
@@ -262,7 +262,7 @@ class Pipeline:
         run_stats.seconds = round(time.perf_counter() - started, 3)
         stats_path = _join(self.config.output, CurationRun.STATS)
         stats_json = run_stats.to_json()
-        write_json_atomic(self.fs, _path_in(self.root, CurationRun.STATS), stats_json)
+        write_json_atomic(_path_in(self.root, CurationRun.STATS), stats_json, fs=self.fs)
         extra = {}
         try:
             for stage in stages:
@@ -285,19 +285,6 @@ def _join(uri: str, name: str) -> str:
 
 def _path_in(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
-
-
-def write_json_atomic(fs, path: str, obj: Any) -> None:
-    """Write JSON to a temporary name, then rename: readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
 
 
 def run_pipeline(config: PipelineConfig, **kwargs: Any) -> RunResult:

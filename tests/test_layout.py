@@ -1,9 +1,12 @@
-"""The run layouts (`contract/layout.py`) are the one place a run's file names are spelled."""
+"""The contract layer: run layouts (`contract/layout.py`) are the one place a run's file names are
+spelled, and `contract/atomic.py` the one all-or-nothing writer."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 from contract.layout import AblationRun, CurationRun, TrainingRun, join
 
@@ -48,3 +51,18 @@ def test_layouts_join_local_paths_and_uris_alike(tmp_path):
     assert ablation.variant_training("raw").metrics == "s3://b/abl/variants/raw/train/metrics.jsonl"
     assert ablation.variant_curation("raw").stats == "s3://b/abl/variants/raw/curated/stats.json"
     assert TrainingRun("out").checkpoints == join("out", "checkpoints") == "out/checkpoints"
+
+
+def test_atomic_writes_publish_the_same_bytes_locally_and_through_a_filesystem(tmp_path):
+    import pyarrow.fs as pafs
+
+    from contract.atomic import json_bytes, write_json_atomic
+
+    doc = {"b": 1, "a": [1.5, "x"]}
+    write_json_atomic(tmp_path / "local.json", doc)
+    write_json_atomic(str(tmp_path / "arrow.json"), doc, fs=pafs.LocalFileSystem())
+    assert (tmp_path / "local.json").read_bytes() == (tmp_path / "arrow.json").read_bytes() == json_bytes(doc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrow.json", "local.json"]  # no temporary left
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()

@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
+from contract.atomic import write_atomic
 from contract.layout import TrainingRun
 
 
@@ -115,9 +116,8 @@ class CheckpointManager:
             dcp.save({"app": state}, checkpoint_id=str(path), process_group=self.group, no_dist=not dist.is_initialized())
         if self.rank == 0:
             record = {"step": step, "saved_at": time.time(), **(meta or {})}
-            tmp = path / (TrainingRun.CHECKPOINT_META + ".tmp")
-            tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-            tmp.replace(path / TrainingRun.CHECKPOINT_META)
+            # Written last and atomically: a step folder without it is an incomplete save.
+            write_atomic(path / TrainingRun.CHECKPOINT_META, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
             self._prune()
         self._barrier()
         self.last_save = time.monotonic()

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from contract.atomic import write_json_atomic
 from contract.layout import CurationRun
 from curation import runtime
 from curation.dedup import report
@@ -483,12 +484,11 @@ class MinHashDedup(Stage):
 
     def _write_index(self, sigs, n_docs: int) -> None:
         from curation.io.files import filesystem_for
-        from curation.pipeline import write_json_atomic
 
         fs, root = filesystem_for(self.ctx.output)
         fs.create_dir(_join_uri(root, CurationRun.MINHASH_INDEX), recursive=True)
         runtime.per_block(sigs, _write_index_block, _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX))
-        write_json_atomic(fs, _join_uri(root, CurationRun.MINHASH_INDEX_META), index_meta(self.params, n_docs))
+        write_json_atomic(_join_uri(root, CurationRun.MINHASH_INDEX_META), index_meta(self.params, n_docs), fs=fs)
         self.report["index"] = _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX)
 
     def summarize(self, out) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from curation.config import parse_config
 from curation.pipeline import OutputError, run_pipeline
 from tests.helpers import write_jsonl
 from tests.reliability.report import record_fault
-from training.data.shards import write_atomic
+from contract.atomic import write_atomic
 
 pytestmark = pytest.mark.slow
 

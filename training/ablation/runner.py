@@ -18,13 +18,13 @@ repeated, over more epochs).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from contract.atomic import write_json_atomic
 from contract.layout import AblationRun, TrainingRun
 from curation.config import PipelineConfig, StageSpec
 from training.ablation.config import AblationConfig
@@ -107,12 +107,6 @@ def _train_all(jobs: dict[str, dict], cfg: AblationConfig, progress: Progress) -
     return results
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    from training.data.shards import write_atomic
-
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def results_table(variants: list[dict], domains: list[str]) -> list[dict]:
     return [{"variant": v["name"], "tokens": v["tokens"], "docs_kept": v["docs_kept"],
              "loss": {d: (v["eval"]["domains"] or {}).get(d, {}).get("loss") for d in domains},
@@ -131,7 +125,7 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / AblationRun.RESULT).unlink(missing_ok=True)
-    _write_json_atomic(out / AblationRun.CONFIG, cfg.dump())
+    write_json_atomic(out / AblationRun.CONFIG, cfg.dump())
     started = time.perf_counter()
     stages_of = {v.name: cfg.resolve_stages(v, base_dir) for v in cfg.variants}  # config errors before work
     steps, per_step = train_steps(cfg)
@@ -201,7 +195,7 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
         "pool_docs": split.pool_docs, "variants": variants, "table": results_table(variants, domains),
         "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    _write_json_atomic(out / AblationRun.RESULT, result)
+    write_json_atomic(out / AblationRun.RESULT, result)
     return result
 
 

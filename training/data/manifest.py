@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
 
-from training.data.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype, write_atomic
+from contract.atomic import write_atomic
+from training.data.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype
 
 FORMAT_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")

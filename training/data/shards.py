@@ -26,6 +26,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from contract.atomic import write_atomic
+
 TOKEN_DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 INDEX_DTYPE = np.dtype("<u8")
 UINT16_MAX_VOCAB = 2**16
@@ -241,15 +243,3 @@ class ShardWriter:
         )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary sibling, fsync, rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn temporary behind
-        raise

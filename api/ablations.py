@@ -23,11 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contract.jsonl import read_json, read_jsonl
 from contract.layout import AblationRun
 from api.db import Database
 from api.jobs import JobRunner, PhaseRecorder, run_job
 from api.models import Ablation, Corpus
-from api.run_files import finite, read_json, read_jsonl, thin
+from api.run_files import finite, thin
 
 MAX_CURVE_POINTS = 500
 

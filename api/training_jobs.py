@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.jsonl import parse_jsonl_lines, read_jsonl
 from contract.layout import TrainingRun  # the trainer's layout, without importing torch
 from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
-from api.run_files import finite, parse_jsonl_lines, read_jsonl, thin  # noqa: F401 (thin: the routes import it from here)
+from api.run_files import finite, thin  # noqa: F401 (thin: the routes import it from here)
 
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
 

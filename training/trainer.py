@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from contract.jsonl import read_jsonl
 from contract.layout import TrainingRun
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
@@ -180,9 +181,9 @@ class MetricsLog:
 
 
 def read_metrics(out_dir: str | Path, name: str = TrainingRun.METRICS) -> list[dict[str, Any]]:
-    """The records of OUT/metrics.jsonl (or another log, e.g. TrainingRun.EVAL)."""
-    path = Path(out_dir) / name
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of OUT/metrics.jsonl (or another log, e.g. TrainingRun.EVAL); [] before the
+    first line, a line still being written left out."""
+    return read_jsonl(Path(out_dir) / name)
 
 
 def sequence_digest(batch: Batch, sequences_per_epoch: int) -> int:

@@ -1,0 +1,42 @@
+"""Reading the files a run writes while others watch it: JSON Lines appended a line at a time
+(metrics.jsonl, eval.jsonl), JSON documents written once at the end (ablation.json).
+
+A run may be writing the very line or file being read: a torn last line is left out, and a
+missing or half-written document reads as absent, so a poll never fails on a run in progress.
+The trainer, the ablation runner and the service all read through here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def parse_jsonl_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """JSON objects of `lines`, less a final one the writer is still writing (no newline yet)."""
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every whole JSON object in `path` ([] while the file does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [r for r in parse_jsonl_lines([ln for ln in text.split("\n") if ln.strip()]) if isinstance(r, dict)]
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is absent or not (yet) a whole JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -27,7 +27,7 @@ from contract.layout import TrainingRun  # the trainer's layout, without importi
 from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
-from api.run_files import finite, thin  # noqa: F401 (thin: the routes import it from here)
+from api.run_files import finite
 
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
 

@@ -16,8 +16,9 @@ from api.ids import TRAINING_JOB_ID, new_id
 from api.locations import LocationError, LocationForbidden, allowed_location
 from api.manifests import ManifestInvalid, load_manifest
 from api.models import Manifest, TrainingJob
+from api.run_files import thin
 from api.schemas import Problem, TrainingJobCreate, TrainingJobList, TrainingJobOut, TrainingJobSummary
-from api.training_jobs import eval_curve, read_progress, thin
+from api.training_jobs import eval_curve, read_progress
 from training.data.fetch import local_path
 
 router = APIRouter(tags=["training"])

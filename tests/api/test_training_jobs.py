@@ -13,7 +13,8 @@ import pytest
 
 from api.ids import new_id
 from api.models import Job
-from api.training_jobs import eval_curve, read_progress, thin
+from api.run_files import thin
+from api.training_jobs import eval_curve, read_progress
 from tests.api.conftest import wait_for
 from training.data.synthetic import write_synthetic_dataset
 

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.text_bytes import string_buffers, word_starts
+
 _NOT_WORD = r"[^\p{L}\p{N}\p{M}]+"  # RE2 (Arrow's regex engine) Unicode classes
 _CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # one class: 5x faster than alternation
 
@@ -76,13 +78,6 @@ def _bmp_classes() -> np.ndarray:
     return table
 
 
-def _offsets_values(texts: pa.StringArray) -> tuple[np.ndarray, bytes]:
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1]
-    data = texts.buffers()[2]
-    values = data[int(offsets[0]):int(offsets[-1])].to_pybytes() if data is not None else b""
-    return (offsets - offsets[0]).astype(np.int32), values
-
-
 def _byte_normalize(texts: pa.StringArray) -> tuple[pa.StringArray, np.ndarray]:
     """(normalised `texts`, rows the byte path cannot do: CJK or characters beyond the BMP).
 
@@ -90,8 +85,9 @@ def _byte_normalize(texts: pa.StringArray) -> tuple[pa.StringArray, np.ndarray]:
     UTF-8 lead byte and, if its class is separator, its bytes become spaces in place. Lengths
     never change, so the offsets stay as they are.
     """
-    offsets, values = _offsets_values(texts)
-    data = np.frombuffer(bytearray(values.translate(_ASCII_TABLE)), np.uint8)
+    offsets, values = string_buffers(texts)
+    offsets = offsets.astype(np.int32)  # the result is a pa.string() array
+    data = np.frombuffer(bytearray(values.tobytes().translate(_ASCII_TABLE)), np.uint8)
     lead = np.flatnonzero(data >= 0xC0)
     slow_rows = np.zeros(len(texts), bool)
     if len(lead):
@@ -150,31 +146,17 @@ def normalize_reference(texts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.Chun
     return pc.replace_substring_regex(t, _CJK_CHAR, r" \1 ")
 
 
-def _string_parts(texts: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 offsets from 0, uint8 bytes) of a string array, without copying the bytes."""
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1].astype(np.int64)
-    data = texts.buffers()[2]
-    values = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return offsets - offsets[0], values[offsets[0]:offsets[-1]]
-
-
 def split_words(normalized: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(every word of the `normalized` texts, each with the spaces that follow it, as one flat
     string array; words per text). `rstrip(" ")` of an item is the word.
 
     NOTE: `normalize` leaves only ASCII spaces between words, so a word starts wherever a
-    non-space byte follows a space or opens a text; an item runs to the next start. Finding the
-    starts is two byte comparisons and the item array reuses the text bytes as they are: ~4x
+    non-space byte follows a space or opens a text (`word_starts`, as `count_words` counts);
+    an item runs to the next start, so the item array reuses the text bytes as they are: ~4x
     `ascii_split_whitespace` + flatten + filter, with the same words (tested).
     """
-    offsets, data = _string_parts(normalized)
-    is_word = data != 0x20
-    start = np.empty(len(data), bool)
-    start[:1] = True
-    np.less(is_word[:-1], is_word[1:], out=start[1:])  # space -> word
-    start[offsets[:-1][offsets[:-1] < len(data)]] = True  # a word never runs across two texts
-    start &= is_word
-    starts = np.flatnonzero(start)
+    offsets, data = string_buffers(normalized)
+    starts = word_starts(data == 0x20, offsets)
     items = np.empty(len(starts) + 1, np.int64)
     items[:-1] = starts
     items[-1] = len(data)

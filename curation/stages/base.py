@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from curation.text_bytes import string_buffers, word_starts
+
 if TYPE_CHECKING:  # Ray is heavy; stages import it lazily
     import ray.data
 
@@ -191,24 +193,14 @@ def count_words(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     n = len(texts)
     if n == 0:
         return pa.array([], pa.int64())
-    wide = pa.types.is_large_string(texts.type)
-    if not (wide or pa.types.is_string(texts.type)):
+    if not (pa.types.is_large_string(texts.type) or pa.types.is_string(texts.type)):
         texts = texts.cast(pa.string())
-    _, offsets_buf, data_buf = texts.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64 if wide else np.int32)[texts.offset:texts.offset + n + 1]
-    lo = int(offsets[0])
-    offsets = offsets.astype(np.int64) - lo
-    size = int(offsets[-1])
-    if size == 0:
+    offsets, data = string_buffers(texts)
+    if len(data) == 0:
         counts = np.zeros(n, np.int64)
     else:
-        data = np.frombuffer(data_buf, np.uint8)[lo:lo + size]
         space = data <= 0x20  # comparisons run at memory speed; a 256-entry lookup is 10x slower
-        start = np.empty(size, bool)
-        np.greater(space[:-1], space[1:], out=start[1:])
-        firsts = offsets[:-1][offsets[:-1] < size]
-        start[firsts] = ~space[firsts]  # every text starts after "whitespace"
-        counts = np.diff(np.searchsorted(np.flatnonzero(start), offsets))
+        counts = np.diff(np.searchsorted(word_starts(space, offsets), offsets))
         odd = data < 9
         odd |= (data > 13) & (data < 28)
         odd |= data >= 0xC2

@@ -6,8 +6,9 @@ is spelled here once, so a writer and its readers cannot drift apart, and the we
 find a trainer's files without importing torch (this module imports nothing beyond the
 standard library).
 
-A layout's `root` is a local path or a URI (`s3://bucket/run`); its properties join with "/",
-which is right for both. Local writers that want a `Path` wrap the string.
+A layout's `root` is a local path or a URI (`s3://bucket/run`); its properties (for the files
+read or written by more than one module) join with "/", which is right for both. The names
+themselves are class attributes (`CurationRun.STATS`), for code that joins onto a `Path`.
 """
 
 from __future__ import annotations
@@ -53,14 +54,6 @@ class CurationRun:
         return join(self.root, self.MANIFEST)
 
     @property
-    def tokenizer(self) -> str:
-        return join(self.root, self.TOKENIZER)
-
-    @property
-    def shards(self) -> str:
-        return join(self.root, self.SHARDS)
-
-    @property
     def minhash_index(self) -> str:
         return join(self.root, self.MINHASH_INDEX)
 
@@ -83,16 +76,8 @@ class TrainingRun:
     CHECKPOINT_META: ClassVar[str] = "meta.json"  # inside each checkpoint folder
 
     @property
-    def config(self) -> str:
-        return join(self.root, self.CONFIG)
-
-    @property
     def metrics(self) -> str:
         return join(self.root, self.METRICS)
-
-    @property
-    def rolled_back(self) -> str:
-        return join(self.root, self.ROLLED_BACK)
 
     @property
     def eval(self) -> str:
@@ -122,23 +107,8 @@ class AblationRun:
     def result(self) -> str:
         return join(self.root, self.RESULT)
 
-    @property
-    def config(self) -> str:
-        return join(self.root, self.CONFIG)
-
-    @property
-    def tokenizer(self) -> str:
-        return join(self.root, self.TOKENIZER)
-
-    @property
-    def pool(self) -> str:
-        return join(self.root, self.POOL)
-
     def variant(self, name: str) -> str:
         return join(self.root, self.VARIANTS, name)
-
-    def variant_curation(self, name: str) -> CurationRun:
-        return CurationRun(join(self.variant(name), self.CURATED))
 
     def variant_training(self, name: str) -> TrainingRun:
         return TrainingRun(join(self.variant(name), self.TRAIN))

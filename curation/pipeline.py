@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contract.atomic import write_json_atomic
-from contract.layout import CurationRun
+from contract.layout import CurationRun, join
 from curation import runtime
 from curation.config import PipelineConfig
 from curation.io.files import InputError, filesystem_for, plan_reads, write_parquet
@@ -154,8 +154,9 @@ class Pipeline:
         self.overwrite = overwrite
         self.progress = progress or (lambda event, info: None)
         self.fs, self.root = filesystem_for(config.output)
-        self.data_dir = _join(config.output, CurationRun.DATA)
-        self.rejects_dir = _join(config.output, CurationRun.REJECTS)
+        self.layout = CurationRun(config.output)  # URIs, as the config gives them
+        self.files = CurationRun(self.root)  # paths inside self.fs
+        self.data_dir, self.rejects_dir = self.layout.data, self.layout.rejects
         # Input problems are the user's to fix: find them before starting Ray.
         self.read_tasks = [t for spec in config.inputs
                            for t in plan_reads(spec.path, spec.domain or config.default_domain)]
@@ -176,7 +177,7 @@ class Pipeline:
                 if entries:
                     self.fs.delete_dir_contents(self.root)
             self.fs.create_dir(self.root, recursive=True)
-            probe = _path_in(self.root, f".write-probe-{uuid.uuid4().hex[:8]}")
+            probe = join(self.root, f".write-probe-{uuid.uuid4().hex[:8]}")
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"ok")
             self.fs.delete_file(probe)
@@ -241,8 +242,8 @@ class Pipeline:
         self.progress("stage_start", {"name": "read", "index": 0, "total": n_steps})
         t0 = time.perf_counter()
         self.tag = run_stats.run_id
-        for folder in (CurationRun.DATA, CurationRun.REJECTS):
-            self.fs.create_dir(_path_in(self.root, folder), recursive=True)
+        for folder in (self.files.data, self.files.rejects):
+            self.fs.create_dir(folder, recursive=True)
         records = read_documents(self.read_tasks).materialize()
         unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
         ds, st = self._settle("read", READ_METHOD, unique, None, t0, None, last=not stages)
@@ -260,9 +261,9 @@ class Pipeline:
         self._step = "write"
         self.progress("write_start", {})  # the last stage's pass wrote data/ already
         run_stats.seconds = round(time.perf_counter() - started, 3)
-        stats_path = _join(self.config.output, CurationRun.STATS)
+        stats_path = self.layout.stats
         stats_json = run_stats.to_json()
-        write_json_atomic(_path_in(self.root, CurationRun.STATS), stats_json, fs=self.fs)
+        write_json_atomic(self.files.stats, stats_json, fs=self.fs)
         extra = {}
         try:
             for stage in stages:
@@ -273,18 +274,10 @@ class Pipeline:
         except BaseException:
             # stats.json says "done": without the finalize step's files (the manifest) it must not stay.
             with contextlib.suppress(OSError):
-                self.fs.delete_file(_path_in(self.root, CurationRun.STATS))
+                self.fs.delete_file(self.files.stats)
             raise
         return RunResult(output=self.config.output, stats=run_stats, data_dir=self.data_dir,
                          rejects_dir=self.rejects_dir, stats_path=stats_path, extra=extra)
-
-
-def _join(uri: str, name: str) -> str:
-    return uri.rstrip("/") + "/" + name
-
-
-def _path_in(root: str, name: str) -> str:
-    return root.rstrip("/") + "/" + name
 
 
 def run_pipeline(config: PipelineConfig, **kwargs: Any) -> RunResult:

@@ -49,7 +49,7 @@ def test_layouts_join_local_paths_and_uris_alike(tmp_path):
     assert CurationRun(str(tmp_path)).minhash_index == f"{tmp_path}/index/minhash"
     ablation = AblationRun("s3://b/abl")
     assert ablation.variant_training("raw").metrics == "s3://b/abl/variants/raw/train/metrics.jsonl"
-    assert ablation.variant_curation("raw").stats == "s3://b/abl/variants/raw/curated/stats.json"
+    assert ablation.variant("raw") == "s3://b/abl/variants/raw"
     assert TrainingRun("out").checkpoints == join("out", "checkpoints") == "out/checkpoints"
 
 

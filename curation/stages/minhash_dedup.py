@@ -307,16 +307,12 @@ def _incompatible_index(corpus: str, meta: dict[str, Any], bad: list[str]) -> st
             f"hashing parameters: {', '.join(bad)}{hint}")
 
 
-def _join_uri(base: str, rel: str) -> str:
-    return base.rstrip("/") + "/" + rel
-
-
 def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
     import ray.data
     from curation.io.files import filesystem_for
 
     fs, root = filesystem_for(corpus)
-    meta_path = _join_uri(root, CurationRun.MINHASH_INDEX_META)
+    meta_path = CurationRun(root).minhash_index_meta
     try:
         with fs.open_input_stream(meta_path) as f:
             meta = json.loads(f.read())
@@ -327,7 +323,7 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
         raise ValueError(_incompatible_index(corpus, meta, bad))
     if meta["docs"] == 0:
         return None, 0
-    ds = ray.data.read_parquet(_join_uri(corpus, CurationRun.MINHASH_INDEX), columns=["id", "sig", "n_shingles"])
+    ds = ray.data.read_parquet(CurationRun(corpus).minhash_index, columns=["id", "sig", "n_shingles"])
     prefix = f"{_PREV_PREFIX}{origin}{_PREV_PREFIX}"
 
     def as_earlier(batch: pa.Table) -> pa.Table:
@@ -486,10 +482,11 @@ class MinHashDedup(Stage):
         from curation.io.files import filesystem_for
 
         fs, root = filesystem_for(self.ctx.output)
-        fs.create_dir(_join_uri(root, CurationRun.MINHASH_INDEX), recursive=True)
-        runtime.per_block(sigs, _write_index_block, _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX))
-        write_json_atomic(_join_uri(root, CurationRun.MINHASH_INDEX_META), index_meta(self.params, n_docs), fs=fs)
-        self.report["index"] = _join_uri(self.ctx.output, CurationRun.MINHASH_INDEX)
+        files, index = CurationRun(root), CurationRun(self.ctx.output).minhash_index
+        fs.create_dir(files.minhash_index, recursive=True)
+        runtime.per_block(sigs, _write_index_block, index)
+        write_json_atomic(files.minhash_index_meta, index_meta(self.params, n_docs), fs=fs)
+        self.report["index"] = index
 
     def summarize(self, out) -> dict[str, Any]:
         clusters = report.cluster_summary(out, _cluster_rows, self.params.partitions or partition_count(self.ctx.num_cpus),

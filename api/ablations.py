@@ -1,6 +1,6 @@
-"""Ablations: a data ablation (training.ablation) on one corpus, in a Ray actor.
+"""Ablations: a data ablation (workflows.ablation) on one corpus, in a Ray actor.
 
-    POST /ablations --> row `queued` (config validated by training.ablation.config) --> detached
+    POST /ablations --> row `queued` (config validated by workflows.ablation.config) --> detached
                         named actor `flywheel-ablation-<id>` (namespace "flywheel")
     actor  --> writes `running`, runs `run_ablation(cfg, progress=...)` with the corpus's files as
                `corpus` and the row's out_uri as `output`; each progress phase goes to the row
@@ -23,12 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from contract.jsonl import read_json, read_jsonl
-from contract.layout import AblationRun
 from api.db import Database
 from api.jobs import JobRunner, PhaseRecorder, run_job
 from api.models import Ablation, Corpus
 from api.run_files import finite, thin
+from contract.jsonl import read_json, read_jsonl
+from contract.layout import AblationRun
 
 MAX_CURVE_POINTS = 500
 
@@ -40,8 +40,8 @@ def execute_ablation_job(database_url: str, job_id: str) -> str:
     """
 
     def ablate(db: Database, ablation: Ablation) -> None:
-        from training.ablation.config import parse_ablation_config
-        from training.ablation.runner import run_ablation
+        from workflows.ablation.config import parse_ablation_config
+        from workflows.ablation.runner import run_ablation
 
         with db.session() as s:
             corpus = s.get(Corpus, ablation.corpus_id)

@@ -1,6 +1,6 @@
 """Service commands for the `flywheel` CLI: the server, API tokens, and a small HTTP client.
 
-Mount them on the main Typer app with `api.cli.register(app)`:
+`flywheel.cli` mounts `commands` on the main app:
 
     flywheel serve [--host 127.0.0.1] [--port 8000] [--no-auth]
     flywheel token create NAME [--scope read|admin]
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+from contract.console import console, err_console, fail
+from curation.cli import print_stats_table
+from curation.stats import RunStats
 
 token_app = typer.Typer(help="API tokens of the service.", no_args_is_help=True, add_completion=False)
 corpora_app = typer.Typer(help="Corpora on a Flywheel service.", no_args_is_help=True, add_completion=False)
@@ -34,11 +34,6 @@ TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="FLYWHEEL_
                                                     show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 # --- server side -----------------------------------------------------------------------------
@@ -72,7 +67,7 @@ def token_create(
     from api.settings import Settings
 
     if scope not in SCOPES:
-        _fail(f"--scope must be one of {', '.join(SCOPES)}")
+        fail(f"--scope must be one of {', '.join(SCOPES)}")
     settings = Settings.from_env()
     settings.prepare()
     db = Database(settings.database_url)
@@ -86,26 +81,26 @@ def token_create(
 
 # --- client side -----------------------------------------------------------------------------
 
-def _client(url: str, token: str | None, timeout: float = 60.0):
+def client_for(url: str, token: str | None, timeout: float = 60.0):
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
 
-def _call(client, method: str, path: str, **kwargs: Any) -> Any:
+def call(client, method: str, path: str, **kwargs: Any) -> Any:
     import httpx
 
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:
-        _fail(f"cannot reach {client.base_url}: {e}")
+        fail(f"cannot reach {client.base_url}: {e}")
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        _fail(f"{response.status_code} {detail}")
+        fail(f"{response.status_code} {detail}")
     return response.json()
 
 
@@ -144,10 +139,10 @@ def corpora_upload(
     fields = {k: v for k, v in (("domain", domain), ("name", name)) if v}
     progress = Progress(TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), console=err_console, transient=True)
-    with progress, open(file, "rb") as f, _client(url, token, timeout=600) as client:
+    with progress, open(file, "rb") as f, client_for(url, token, timeout=600) as client:
         task = progress.add_task(file.name, total=file.stat().st_size)
         body = _CountingFile(f, lambda n: progress.update(task, advance=n))
-        corpus = _call(client, "POST", "/v1/corpora", files={"file": (file.name, body, "application/octet-stream")},
+        corpus = call(client, "POST", "/v1/corpora", files={"file": (file.name, body, "application/octet-stream")},
                        data=fields)
     console.print_json(json.dumps(corpus))
 
@@ -155,8 +150,8 @@ def corpora_upload(
 @corpora_app.command("list")
 def corpora_list(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """List corpora: id, state, documents, name."""
-    with _client(url, token) as client:
-        page = _call(client, "GET", "/v1/corpora", params={"limit": 1000})
+    with client_for(url, token) as client:
+        page = call(client, "GET", "/v1/corpora", params={"limit": 1000})
     for c in page["items"]:
         console.print(f"{c['id']}  {c['state']:<9} {c['documents'] or 0:>12,} docs  {c['name']}", highlight=False)
 
@@ -175,15 +170,15 @@ def jobs_submit(
     try:
         data = yaml.safe_load(config.read_text()) or {}
     except yaml.YAMLError as e:
-        _fail(f"{config}: not valid YAML ({str(e).splitlines()[0]})")
+        fail(f"{config}: not valid YAML ({str(e).splitlines()[0]})")
     if not isinstance(data, dict):
-        _fail(f"{config}: expected a mapping at the top level")
+        fail(f"{config}: expected a mapping at the top level")
     dropped = [k for k in ("inputs", "output") if data.pop(k, None) is not None]
     if dropped:
         err_console.print(f"note: {' and '.join(dropped)} of {config.name} ignored: the service reads the corpora "
                           "and chooses the output", highlight=False)
-    with _client(url, token) as client:
-        job = _call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus, "config": data})
+    with client_for(url, token) as client:
+        job = call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus, "config": data})
     print(job["id"])
     if watch:
         jobs_watch(job["id"], url=url, token=token)
@@ -201,10 +196,10 @@ def jobs_watch(
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True)
-    with progress, _client(url, token) as client:
+    with progress, client_for(url, token) as client:
         task = None
         while True:
-            job = _call(client, "GET", f"/v1/jobs/{job_id}")
+            job = call(client, "GET", f"/v1/jobs/{job_id}")
             done = sum(s["state"] == "done" for s in job["stages"])
             if task is None:
                 task = progress.add_task(job["state"], total=len(job["stages"]))
@@ -217,7 +212,7 @@ def jobs_watch(
             console.print(f"  {s['name']:<24} {s['docs_in']:>10,} -> {s['docs_out']:>10,} docs  {s['seconds']:8.1f}s",
                           highlight=False)
     if job["state"] != "succeeded":
-        _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""), code=1)
+        fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""), code=1)
     console.print(f"job {job_id} succeeded" + (f"; manifest {job['manifest_id']}" if job["manifest_id"] else ""),
                   highlight=False)
 
@@ -230,28 +225,19 @@ def jobs_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
 ) -> None:
     """Print a finished job's per-stage table (its stats.json)."""
-    with _client(url, token) as client:
-        stats = _call(client, "GET", f"/v1/jobs/{job_id}/stats")
+    with client_for(url, token) as client:
+        stats = call(client, "GET", f"/v1/jobs/{job_id}/stats")
     if as_json:
         console.print_json(json.dumps(stats))
         return
-    from curation.cli import print_stats_table
-    from curation.stats import RunStats
-
     print_stats_table(RunStats.from_json(stats))
 
 
-def register(app: typer.Typer) -> None:
-    """Mount every service command on the main CLI app."""
-    app.command("serve")(serve)
-    app.add_typer(token_app, name="token")
-    app.add_typer(corpora_app, name="corpora")
-    app.add_typer(jobs_app, name="jobs")
-
-
-__all__ = ["serve", "token_create", "token_app", "corpora_app", "jobs_app", "register"]
+commands = typer.Typer(add_completion=False)
+commands.command("serve")(serve)
+commands.add_typer(token_app, name="token")
+commands.add_typer(corpora_app, name="corpora")
+commands.add_typer(jobs_app, name="jobs")
 
 if __name__ == "__main__":  # python -m api.cli ...: the service commands alone
-    _standalone = typer.Typer(no_args_is_help=True, add_completion=False)
-    register(_standalone)
-    _standalone()
+    commands()

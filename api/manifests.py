@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from api.ids import new_id
 from api.models import Job, Manifest
-from curation.io.files import filesystem_for
 from contract.layout import CurationRun
-from training.data.manifest import Manifest as ManifestDoc, parse_manifest
-from training.data.shards import INDEX_DTYPE
+from contract.manifest import Manifest as ManifestDoc
+from contract.manifest import parse_manifest
+from contract.shards import INDEX_DTYPE
+from curation.io.files import filesystem_for
 
 
 class ManifestInvalid(ValueError):

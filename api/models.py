@@ -163,7 +163,7 @@ class TrainingJob(JobLifecycle, Base):
 
 
 class Ablation(JobLifecycle, Base):
-    """A data ablation on one corpus (training.ablation): its curves and results live in files
+    """A data ablation on one corpus (workflows.ablation): its curves and results live in files
     under `out_uri` (variants/*/train/, ablation.json), written by the runner; the row holds the state."""
 
     __tablename__ = "ablations"

@@ -265,7 +265,7 @@ class AblationCreate(BaseModel):
 
     corpus_id: str = Field(pattern=CORPUS_ID)
     config: dict[str, Any] = Field(description=(
-        "training.ablation.config.AblationConfig fields without `corpus`/`output` (the service sets them); "
+        "workflows.ablation.config.AblationConfig fields without `corpus`/`output` (the service sets them); "
         "variants give inline `stages` (the service reads no `config:` file from its own disk)"))
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.ablation.config import load_ablation_config  # noqa: E402
-from training.ablation.runner import run_ablation  # noqa: E402
+from workflows.ablation.config import load_ablation_config  # noqa: E402
+from workflows.ablation.runner import run_ablation  # noqa: E402
 
 
 def markdown(result: dict, phases: list[tuple[str, float]], config: Path, wall: float) -> str:

@@ -47,7 +47,7 @@ def prepare(home: Path, shards: int, shard_mb: float) -> tuple[dict[str, str], s
     from api.models import Job
     from api.settings import Settings
     from api.storage import Storage
-    from training.data import parse_manifest
+    from contract.manifest import parse_manifest
     from training.data.synthetic import write_synthetic_dataset
 
     env = {"FLYWHEEL_HOME": str(home)}

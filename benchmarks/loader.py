@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import ManifestDataset  # noqa: E402
+from training.data.dataset import ManifestDataset  # noqa: E402
 from training.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 

@@ -90,7 +90,7 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class AblationRun:
-    """The output folder of `flywheel ablate` (training.ablation.runner): one curation run and
+    """The output folder of `flywheel ablate` (workflows.ablation.runner): one curation run and
     one training run per variant, and the result table."""
 
     root: str

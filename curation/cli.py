@@ -1,47 +1,40 @@
-"""The `flywheel` command.
+"""The curation commands of the `flywheel` CLI: run a pipeline, read its results, build its models.
 
-Every command imports its machinery lazily, so `flywheel train` works where only the training
-client (`flywheel[train]`) is installed and `flywheel --help` starts in a fraction of a second.
-Errors the user can fix (bad config, missing input) exit 2 with one line; bugs still traceback.
+    flywheel curate CONFIG [--input X]... [--output DIR] [--overwrite]
+    flywheel stats OUT          flywheel inspect OUT DOC_ID          flywheel mixture-plan OUT
+    flywheel train-lm ...       flywheel train-classifier ...        flywheel demo-corpus DIR
+
+Each command imports its machinery when it runs (Ray, KenLM, fastText), so `flywheel --help`
+starts in a fraction of a second. Errors the user can fix exit 2 with one line.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from contract.layout import AblationRun, CurationRun
+from contract.console import console, err_console, fail
+from contract.layout import CurationRun
+from curation.stats import REMOVAL_TABLE_HEADER, removal_table_rows
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Flywheel: curate pretraining data on Ray and train a DeepSeek-style MoE on it.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+commands = typer.Typer(add_completion=False)
 
 
 def print_stats_table(stats) -> None:
-    from curation.stats import SEED_TABLE_HEADER, seed_table_rows
-
-    table = Table(*SEED_TABLE_HEADER, title=f"Curation run {stats.run_id} (tokens: whitespace words)")
+    table = Table(*REMOVAL_TABLE_HEADER, title=f"Curation run {stats.run_id} (tokens: whitespace words)")
     for col in table.columns[2:]:
         col.justify = "right"
-    rows = seed_table_rows(stats)
+    rows = removal_table_rows(stats)
     for i, row in enumerate(rows):
         table.add_row(*row, end_section=(i == len(rows) - 2))
     console.print(table)
 
 
-@app.command()
+@commands.command()
 def curate(
     config: Path = typer.Argument(..., help="Pipeline config (YAML)."),
     input: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input path/URI; replaces the config's inputs. Repeatable."),
@@ -88,8 +81,7 @@ def curate(
     if "tokenize" in result.extra:
         console.print(f"manifest:       {result.extra['tokenize']}", highlight=False, soft_wrap=True)
 
-
-@app.command()
+@commands.command()
 def stats(output: str = typer.Argument(..., help="Output folder of a curation run.")) -> None:
     """Print the per-stage table of a finished run (its stats.json)."""
     from curation.io.files import filesystem_for
@@ -103,8 +95,7 @@ def stats(output: str = typer.Argument(..., help="Output folder of a curation ru
         fail(f"no stats.json in {output}")
     print_stats_table(RunStats.from_json(data))
 
-
-@app.command()
+@commands.command()
 def inspect(
     output: str = typer.Argument(..., help="Output folder of a curation run."),
     doc_id: str = typer.Argument(..., help="Document id."),
@@ -140,8 +131,7 @@ def inspect(
     grid.add_row(*panels)
     console.print(grid)
 
-
-@app.command("train-lm")
+@commands.command("train-lm")
 def train_lm(
     domain: str = typer.Option(..., help="Domain the model scores (web, code, books, ...)."),
     input: str = typer.Option(..., "--input", help="Reference text: JSONL(.gz/.zst) with a text field."),
@@ -159,8 +149,7 @@ def train_lm(
         fail(str(e))
     console.print_json(json.dumps(stats, default=str))
 
-
-@app.command("train-classifier")
+@commands.command("train-classifier")
 def train_classifier(
     input: str = typer.Argument(..., help="Labelled JSONL (text + label field)."),
     out: Path = typer.Argument(..., help="Where to write the fastText model (.bin)."),
@@ -181,8 +170,7 @@ def train_classifier(
         fail(str(e))
     console.print_json(json.dumps(stats, default=str))
 
-
-@app.command("mixture-plan")
+@commands.command("mixture-plan")
 def mixture_plan(
     output: str = typer.Argument(..., help="Output folder of a curation run (reads data/*.parquet)."),
     temperature: float = typer.Option(1.0, help="T: weights ∝ n_d^(1/T); 1 natural, larger flatter."),
@@ -206,24 +194,7 @@ def mixture_plan(
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 
-
-@app.command()
-def plan(
-    config: str = typer.Argument(..., help="Model preset (tiny, small, seed-67b) or a model/training YAML."),
-    gpus: int = typer.Option(..., help="Number of GPUs."),
-    gpu: str = typer.Option("h100", help="a100-80g | h100 | h200 | h800"),
-    tokens: str = typer.Option("2T", help="Training tokens (e.g. 2T, 500B)."),
-) -> None:
-    """Capacity plan: memory per GPU, step time, MFU, days, GPU-days, work lost to failures."""
-    from training.planner import PlanError, plan_command
-
-    try:
-        plan_command(config, gpus, gpu=gpu, tokens=tokens, console=console)
-    except PlanError as e:
-        fail(str(e))
-
-
-@app.command("demo-corpus")
+@commands.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),
     seed: int = typer.Option(0, help="Seed of the injected duplicates, sentences and PII."),
@@ -237,191 +208,3 @@ def demo_corpus(
     if reference:
         summary["reference"] = build_reference_texts(out)
     console.print_json(json.dumps(summary))
-
-
-@app.command("validate-manifest")
-def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file:// or http(s):// URL")) -> None:
-    """Check a manifest's schema, every shard's size and sha256; exit 1 naming the first problem."""
-    from training.data.validate import validate_manifest_cli
-
-    raise typer.Exit(validate_manifest_cli(target))
-
-
-@app.command()
-def train(
-    config: Optional[Path] = typer.Argument(None, help="Training config (YAML/JSON); options override it."),
-    manifest: Optional[str] = typer.Option(None, help="Manifest path or URL (file://, http(s)://, s3://)."),
-    preset: Optional[str] = typer.Option(None, help="tiny | small | seed-67b"),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
-    workers: Optional[int] = typer.Option(None, help="Ray Train workers (snapped to a valid FSDP x EP layout)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder: metrics.jsonl, checkpoints/."),
-    local: bool = typer.Option(False, "--local", help="Run here without Ray (one process, or torchrun ranks)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print shapes and memory per rank; allocate nothing."),
-    ep: Optional[int] = typer.Option(None, help="Expert-parallel degree (default: the largest that fits)."),
-    seq_len: Optional[int] = typer.Option(None),
-    global_batch_tokens: Optional[int] = typer.Option(None),
-    micro_batch: Optional[int] = typer.Option(None),
-) -> None:
-    """Train the MoE on a manifest's shards (FSDP2 + expert parallel, elastic Ray Train workers)."""
-    from training.cli import train_command
-
-    try:
-        summary = train_command(config, manifest, preset, steps, workers, out, local=local, dry_run=dry_run,
-                                ep=ep, seq_len=seq_len, global_batch_tokens=global_batch_tokens,
-                                micro_batch=micro_batch)
-    except ValueError as e:
-        fail(str(e).splitlines()[0] if str(e) else repr(e))
-    console.print_json(json.dumps(summary, default=str))
-
-
-@app.command("export-hf")
-def export_hf(
-    checkpoint: Path = typer.Argument(..., help="A step_* checkpoint, a checkpoints/ folder or a run's --out folder."),
-    out: Path = typer.Argument(..., help="Folder for config.json, model.safetensors and the tokenizer."),
-    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.json (or its folder), e.g. the manifest's."),
-    config: Optional[Path] = typer.Option(None, help="The run's config, for checkpoints that do not carry it."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-) -> None:
-    """Export a checkpoint as a transformers Qwen2-MoE model (AutoModelForCausalLM, no remote code)."""
-    from training.export_hf import export_hf as export
-
-    try:
-        summary = export(checkpoint, out, tokenizer=tokenizer, config=config, dtype=dtype)
-    except ValueError as e:
-        fail(str(e))
-    console.print_json(json.dumps(summary, default=str))
-
-
-def print_eval_table(report) -> None:
-    """Rows: each file, each domain, overall (an `training.evaluate.EvalReport`)."""
-    title = f"Evaluation of {report.checkpoint} (step {report.step}, seq_len {report.seq_len})"
-    table = Table("", "documents", "tokens", "loss", "perplexity", "bits/byte", title=title)
-    for col in table.columns[1:]:
-        col.justify = "right"
-
-    def number(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)  # None: no tokens, no loss
-
-    def cells(t) -> list[str]:
-        return [f"{t.documents:,}", f"{t.tokens:,}", number(t.loss, ".4f"), number(t.perplexity, ".2f"),
-                number(t.bits_per_byte, ".4f")]
-
-    sections = [[(f"file {name}", t) for name, t in report.files.items()],
-                [(f"domain {name}", t) for name, t in report.domains.items()], [("overall", report.overall)]]
-    for section in sections:
-        for i, (name, totals) in enumerate(section):
-            table.add_row(name, *cells(totals), end_section=i == len(section) - 1)
-    console.print(table)
-
-
-@app.command()
-def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A step_* checkpoint, a checkpoints/ folder or a run's --out folder."),
-    eval_files: list[Path] = typer.Option(..., "--eval", help="JSONL of {text, domain?, id?}. Repeatable."),
-    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.json (default: the training manifest's)."),
-    seq_len: Optional[int] = typer.Option(None, min=1, help="Window length (default: the run's)."),
-    batch_size: int = typer.Option(8, min=1, help="Windows per forward."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
-) -> None:
-    """Loss, perplexity and bits per byte of a checkpoint on held-out text, per file and domain."""
-    from training.evaluate import evaluate_checkpoint
-
-    try:
-        report = evaluate_checkpoint(checkpoint, eval_files, tokenizer=tokenizer, seq_len=seq_len,
-                                     batch_size=batch_size)
-    except (OSError, ValueError) as e:
-        fail(str(e).splitlines()[0] if str(e) else repr(e))
-    print_eval_table(report)
-    if json_out is not None:
-        data = {"checkpoint": report.checkpoint, "step": report.step, "seq_len": report.seq_len, **report.to_dict()}
-        json_out.write_text(json.dumps(data, indent=2) + "\n")
-        console.print(f"report: {json_out}", highlight=False, soft_wrap=True)
-
-
-def print_ablation_table(result: dict) -> None:
-    """variant | docs kept | tokens | epochs | held-out loss per domain | overall (lowest in bold)."""
-    from rich.table import Table
-
-    domains = result["domains"]
-    table = Table(title=f"held-out loss (nats/token) after {result['steps']} steps x {result['tokens_per_step']:,} "
-                        f"tokens, preset {result['preset']}, seed {result['seed']}")
-    for col in ["variant", "docs kept", "tokens", "epochs", *domains, "overall"]:
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    columns = [*domains, "overall"]
-    rows = {r["variant"]: [r["loss"].get(d) for d in domains] + [r["overall"]] for r in result["table"]}
-    best = [min((vals[i] for vals in rows.values() if vals[i] is not None), default=None) for i in range(len(columns))]
-    for v in result["variants"]:
-        cells = [f"[bold]{x:.4f}[/]" if x is not None and x == best[i] else ("-" if x is None else f"{x:.4f}")
-                 for i, x in enumerate(rows[v["name"]])]
-        epochs = "-" if v["epochs"] is None else f"{v['epochs']:.2f}"
-        table.add_row(v["name"], f"{v['docs_kept']:,}", f"{v['tokens']:,}", epochs, *cells)
-    console.print(table)
-    leak = result["leakage"]
-    console.print(f"held-out: {leak['held_out_docs']} docs in {len(domains)} domains; removed from the training pool "
-                  f"as near-duplicates (Jaccard >= {leak['near_duplicate_jaccard']}): "
-                  f"{leak['removed_from_training_pool']}; near-duplicate pairs left in any training set: "
-                  f"{leak['pairs_found']}", highlight=False, soft_wrap=True)
-
-
-@app.command()
-def ablate(
-    config: Path = typer.Argument(..., help="Ablation config (YAML): corpus, variants, train, token_budget."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder; replaces the config's."),
-    token_budget: Optional[int] = typer.Option(None, min=1, help="Tokens each variant trains on."),
-    parallel: Optional[int] = typer.Option(None, min=1, help="Variants trained at once."),
-) -> None:
-    """Curate each variant, train the same model on each, compare held-out loss per domain."""
-    import logging
-
-    from curation.config import ConfigError
-    from curation.io.files import InputError
-    from curation.pipeline import OutputError
-    from training.ablation.config import load_ablation_config
-    from training.ablation.runner import run_ablation
-
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    try:
-        cfg = load_ablation_config(config, output=output, token_budget=token_budget, parallel=parallel)
-        with err_console.status("ablation: starting") as status:
-            result = run_ablation(cfg, progress=lambda phase: status.update(f"ablation: {phase}"),
-                                  base_dir=config.parent)
-    except (ConfigError, InputError, OutputError, ValueError) as e:
-        fail(str(e).splitlines()[0] if str(e) else repr(e))
-    print_ablation_table(result)
-    console.print(f"result: {AblationRun(str(cfg.output)).result}", highlight=False, soft_wrap=True)
-
-
-@app.command()
-def demo(
-    corpus: Path = typer.Option(Path("build/demo-corpus/corpus"), help="Folder of the demo corpus files."),
-    config: Path = typer.Option(Path("curation/configs/demo.yaml"), help="Pipeline config of the job."),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
-    home: Path = typer.Option(Path("flywheel-data"), help="The service's data folder (FLYWHEEL_HOME)."),
-    exit_after: bool = typer.Option(False, "--exit-after", envvar="FLYWHEEL_DEMO_EXIT",
-                                    help="Stop the service once the job has ended."),
-) -> None:
-    """Start the service, upload the demo corpus through the API, run the pipeline as a job."""
-    from api.demo import run_demo
-
-    raise typer.Exit(run_demo(corpus, config, host, port, home, exit_after))
-
-
-def _register_groups() -> None:
-    from api.cli import register  # imports only typer/rich: the service loads when used
-
-    register(app)
-
-
-_register_groups()
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

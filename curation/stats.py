@@ -1,4 +1,4 @@
-"""stats.json: per-stage document and token accounting, and the seed-style table.
+"""stats.json: per-stage document and token accounting, and the removal table the article prints.
 
     {"version": 1, "token_unit": "whitespace_words",
      "stages": [{"name", "method", "docs_in", "docs_out", "tokens_in", "tokens_out",
@@ -108,8 +108,8 @@ def _pct(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
 
 
-def seed_table_rows(stats: RunStats) -> list[tuple[str, str, str, str, str]]:
-    """(Stage, Method, Docs removed, Tokens removed, % of input) — the seed article's table,
+def removal_table_rows(stats: RunStats) -> list[tuple[str, str, str, str, str]]:
+    """(Stage, Method, Docs removed, Tokens removed, % of input) — the article's removal table,
     where % is tokens removed by the stage over the run's input tokens."""
     total_tokens = stats.stages[0].tokens_in if stats.stages else 0
     rows = []
@@ -123,4 +123,4 @@ def seed_table_rows(stats: RunStats) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-SEED_TABLE_HEADER = ("Stage", "Method", "Docs removed", "Tokens removed", "% of input")
+REMOVAL_TABLE_HEADER = ("Stage", "Method", "Docs removed", "Tokens removed", "% of input")

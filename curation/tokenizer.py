@@ -1,4 +1,5 @@
-"""The byte-level BPE tokenizer: trained with Hugging Face `tokenizers`, or loaded from a file.
+"""Training the byte-level BPE tokenizer with Hugging Face `tokenizers` (loading one, which both
+halves do, is `contract.tokenizer`).
 
 Layout of a trained tokenizer (a plain `tokenizer.json` any HF-compatible loader reads):
 - no normaliser: byte-level BPE is lossless, `decode(encode(text)) == text` for any string;
@@ -13,11 +14,9 @@ so a document cannot forge a document boundary.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from contract.tokenizer import SpecialTokens
 
 # Llama 3's pre-tokenisation pattern (tiktoken cl100k's, without possessive quantifiers).
 SPLIT_PATTERN = (
@@ -25,26 +24,6 @@ SPLIT_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 BYTE_ALPHABET_SIZE = 256
-
-
-class SpecialTokens(BaseModel):
-    """Names of the special tokens (a loaded tokenizer may call them otherwise)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    bos: str = "<|bos|>"
-    eos: str = "<|eos|>"
-    pad: str = "<|pad|>"
-
-    def names(self) -> list[str]:
-        return [self.bos, self.eos, self.pad]
-
-
-@dataclass(frozen=True)
-class SpecialTokenIds:
-    bos: int | None
-    eos: int
-    pad: int | None
 
 
 def train_bpe(texts: Iterable[list[str]], vocab_size: int, special: SpecialTokens, min_frequency: int = 2):
@@ -68,29 +47,6 @@ def train_bpe(texts: Iterable[list[str]], vocab_size: int, special: SpecialToken
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
-
-
-def load_tokenizer(source: str):
-    """A tokenizer from tokenizer.json text (what workers get) or a path to one."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(source) if source.lstrip().startswith("{") else Tokenizer.from_file(os.fspath(source))
-    tok.encode_special_tokens = True  # not stored in the JSON: set on every load
-    return tok
-
-
-def special_ids(tok, special: SpecialTokens) -> SpecialTokenIds:
-    """Ids of the special tokens; EOS is required (it separates documents), BOS/PAD optional."""
-    eos = tok.token_to_id(special.eos)
-    if eos is None:
-        raise ValueError(f"the tokenizer has no end-of-document token {special.eos!r}; "
-                         "name its EOS token in the stage's `special_tokens`")
-    return SpecialTokenIds(bos=tok.token_to_id(special.bos), eos=eos, pad=tok.token_to_id(special.pad))
-
-
-def vocab_size_of(tok) -> int:
-    """One past the largest id (added tokens included): what a shard's ids stay below."""
-    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
 def batched_texts(batches: Iterator, max_docs: int, max_bytes: int) -> Iterator[list[str]]:

@@ -15,21 +15,12 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from training.data import (
-    CorruptFileError,
-    FetchError,
-    Fetcher,
-    ManifestDataset,
-    ShardCache,
-    ShardError,
-    ShardWriter,
-    build_manifest,
-    parse_manifest,
-    sha256_file,
-    validate_manifest,
-    write_manifest,
-)
+from contract.manifest import build_manifest, parse_manifest, write_manifest
+from contract.shards import ShardWriter, sha256_file
+from training.data.dataset import ManifestDataset, ShardError
+from training.data.fetch import CorruptFileError, Fetcher, FetchError, ShardCache
 from training.data.synthetic import write_synthetic_dataset
+from training.data.validate import validate_manifest
 
 
 @pytest.fixture(scope="module")

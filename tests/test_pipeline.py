@@ -6,11 +6,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
 from curation.config import parse_config
 from curation.pipeline import AccountingError, OutputExists, run_pipeline
 from curation.stages.base import Stage
 from curation.stats import RunStats, StageStats
+from flywheel.cli import app
 from tests.helpers import read_parquet_dir, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -14,22 +14,23 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from training.data import (
+from contract.manifest import (
+    SCHEMA_PATH,
     Manifest,
-    ShardWriter,
+    Provenance,
+    ShardEntry,
+    SpecialIds,
+    TokenizerInfo,
+    Totals,
     build_manifest,
-    dtype_for_vocab,
     manifest_schema,
-    open_index,
-    open_tokens,
     parse_manifest,
-    sha256_file,
-    validate_manifest,
-    validate_manifest_cli,
+    schema_text,
     write_manifest,
 )
-from training.data.manifest import Provenance, ShardEntry, SpecialIds, TokenizerInfo, Totals
+from contract.shards import ShardWriter, dtype_for_vocab, open_index, open_tokens, sha256_file
 from training.data.synthetic import write_synthetic_dataset
+from training.data.validate import validate_manifest, validate_manifest_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,9 +169,14 @@ def test_pydantic_output_validates_against_schema_file(dataset):
 
 
 MODEL_FOR_DEF = {
-    "#": Manifest, "tokenizer": TokenizerInfo, "special_ids": SpecialIds, "shard": ShardEntry,
-    "totals": Totals, "provenance": Provenance,
+    "#": Manifest, "TokenizerInfo": TokenizerInfo, "SpecialIds": SpecialIds, "ShardEntry": ShardEntry,
+    "Totals": Totals, "Provenance": Provenance,
 }
+
+
+def test_shipped_schema_file_is_the_generated_one():
+    """manifest.schema.json is written by `python -m contract.manifest`, never by hand."""
+    assert SCHEMA_PATH.read_text() == schema_text(), "run: python -m contract.manifest"
 
 
 @pytest.mark.parametrize("definition", sorted(MODEL_FOR_DEF))

@@ -11,13 +11,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from contract.manifest import parse_manifest
+from contract.shards import open_index, open_tokens
+from contract.tokenizer import SpecialTokens, load_tokenizer
 from curation.config import parse_config
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, count_words
 from curation.stages.mixture import MixtureSampler
 from curation.stages.tokenize import N_BPE, ORDER, TOKENS, Tokenize, TokenizeParams, _Encoder, _PartWriter
 from curation.stats import RunStats, StageStats
-from curation.tokenizer import SpecialTokens, load_tokenizer, train_bpe
-from training.data import open_index, open_tokens, parse_manifest, validate_manifest
+from curation.tokenizer import train_bpe
+from training.data.validate import validate_manifest
 
 WORDS = ["the", "model", "reads", "data", "def", "return", "x", "=", "(", ")", "12345", "3.14", "naïve", "café",
          "日本語", "😀", "\n", "\t", "  ", "foo_bar", "if", "else", "{", "}", ";"]

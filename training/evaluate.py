@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.layout import CurationRun
+from contract.locations import resolve
+from contract.manifest import Manifest, parse_manifest
+from contract.tokenizer import SpecialTokens, load_tokenizer
 from training.data.dataset import Batch
-from training.data.fetch import Fetcher, resolve
-from training.data.manifest import Manifest, parse_manifest
+from training.data.fetch import Fetcher
 
 IGNORE_INDEX = -100  # causal_lm_loss's: targets the loss skips (window padding)
 
@@ -146,8 +148,6 @@ def manifest_tokenizer(location: str, manifest: Manifest | None = None) -> tuple
 
 
 def _parse_tokenizer(text: str, where: str) -> Any:
-    from curation.tokenizer import load_tokenizer
-
     try:
         return load_tokenizer(text)
     except Exception as e:  # tokenizers raises a bare Exception for a file it cannot read
@@ -335,8 +335,6 @@ def evaluate_checkpoint(
 def checkpoint_tokenizer(meta: dict[str, Any], tokenizer: str | Path | None) -> tuple[Any, int | None]:
     """(tokenizer, EOS id): the file given (EOS: its <|eos|> token, if any), else the manifest's."""
     if tokenizer is not None:
-        from curation.tokenizer import SpecialTokens
-
         tok = load_tokenizer_file(tokenizer)
         return tok, tok.token_to_id(SpecialTokens().eos)
     if not meta.get("manifest"):

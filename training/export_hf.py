@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from contract.layout import CurationRun, TrainingRun
+from contract.tokenizer import SpecialTokens
 from training.checkpoint import CheckpointManager, read_meta
 from training.config import ModelConfig
 from training.train_config import TrainConfig, load_train_config
@@ -36,7 +37,7 @@ from training.train_config import TrainConfig, load_train_config
 HF_ARCHITECTURE = "Qwen2MoeForCausalLM"
 MODEL_PREFIX = "app.model."  # CheckpointManager saves {"app": TrainingState}, whose "model" is this
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SPECIAL_TOKEN_NAMES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}  # curation.tokenizer's
+SPECIAL_TOKEN_NAMES = SpecialTokens().model_dump()  # the names curation trains the tokenizer with
 
 
 class ExportError(ValueError):

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from contract.layout import TrainingRun
+from contract.manifest import Manifest, parse_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.data.fetch import Fetcher
-from training.data.manifest import Manifest, parse_manifest
 from training.parallel import Layout, build_meshes, plan_layout
 from training.train_config import TrainConfig
 from training.trainer import FitResult, Trainer, resolve_device

@@ -35,10 +35,10 @@ from torch import nn
 
 from contract.jsonl import read_jsonl
 from contract.layout import TrainingRun
+from contract.locations import local_path
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
-from training.data.fetch import local_path
 from training.evaluate import EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
 from training.model import causal_lm_loss
 from training.moe import register_router_bias_hook

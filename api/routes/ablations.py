@@ -14,11 +14,18 @@ from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newes
 from api.errors import one_line
 from api.ids import ABLATION_ID, new_id
 from api.models import Ablation, Corpus
-from api.schemas import (AblationCreate, AblationLeakage, AblationList, AblationOut, AblationSummary, AblationTableRow,
-                         Problem)
+from api.schemas import (
+    AblationCreate,
+    AblationLeakage,
+    AblationList,
+    AblationOut,
+    AblationSummary,
+    AblationTableRow,
+    Problem,
+)
+from contract.locations import local_path
 from curation.config import ConfigError
-from training.ablation.config import parse_ablation_config
-from training.data.fetch import local_path
+from workflows.ablation.config import parse_ablation_config
 
 router = APIRouter(tags=["ablations"])
 # AblationConfig fields the service sets: the corpus's files and where the run writes.

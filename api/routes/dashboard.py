@@ -32,7 +32,7 @@ from api.models import ACTIVE_STATES, Ablation, Corpus, Job
 from api.results import read_stats
 from api.routes.ablations import AblationIdPath, ablation_out, ablation_summary
 from api.routes.jobs import JobIdPath, job_out
-from curation.stats import SEED_TABLE_HEADER, RunStats, seed_table_rows
+from curation.stats import REMOVAL_TABLE_HEADER, RunStats, removal_table_rows
 
 router = APIRouter(include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
@@ -257,14 +257,14 @@ def job_page(job_id: JobIdPath, request: Request, session: SessionDep, token: st
     problem = None
     if stats is not None:
         try:
-            funnel = seed_table_rows(RunStats.from_json(stats))
+            funnel = removal_table_rows(RunStats.from_json(stats))
         except (KeyError, TypeError, ValueError) as e:
             problem = f"stats.json does not add up: {e}"
         charts = stats_charts(stats)
     curve = loss_chart(job.get("loss_curve") or (stats or {}).get("loss_curve"))
     if curve is not None:
         charts.append(curve)
-    return _page(request, "job.html", job=job, stats=stats, funnel=funnel, funnel_header=SEED_TABLE_HEADER,
+    return _page(request, "job.html", job=job, stats=stats, funnel=funnel, funnel_header=REMOVAL_TABLE_HEADER,
                  charts=charts, problem=problem, active=list(ACTIVE_STATES))
 
 

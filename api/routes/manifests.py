@@ -15,7 +15,7 @@ from api.manifests import ManifestInvalid, load_manifest, locate, shard_file, wi
 from api.models import Manifest
 from api.ranges import serve_file
 from api.schemas import ManifestList, ManifestSummary, Problem
-from training.data.manifest import Manifest as ManifestDoc
+from contract.manifest import Manifest as ManifestDoc
 
 router = APIRouter(tags=["manifests"])
 
@@ -62,7 +62,7 @@ def list_manifests(request: Request, session: SessionDep, limit: Annotated[int, 
 @router.get("/manifests/{manifest_id}", response_model=ManifestDoc, dependencies=[Depends(require_read)],
             responses={404: {"model": Problem}, 410: {"model": Problem}})
 def get_manifest(manifest_id: ManifestIdPath, request: Request, session: SessionDep) -> ManifestDoc:
-    """The manifest (see training/data/manifest.schema.json) with absolute `url`/`index_url` on every
+    """The manifest (see contract/manifest.schema.json) with absolute `url`/`index_url` on every
     shard and `url` on the tokenizer, pointing at this service: a training client can use it as is."""
     row = manifest_row(session, manifest_id)
     return with_urls(manifest_doc(row), base_url(request), row.id)

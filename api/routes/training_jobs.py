@@ -19,7 +19,7 @@ from api.models import Manifest, TrainingJob
 from api.run_files import thin
 from api.schemas import Problem, TrainingJobCreate, TrainingJobList, TrainingJobOut, TrainingJobSummary
 from api.training_jobs import eval_curve, read_progress
-from training.data.fetch import local_path
+from contract.locations import local_path
 
 router = APIRouter(tags=["training"])
 # TrainConfig fields the service sets: where the data is, where the run writes, and one process.

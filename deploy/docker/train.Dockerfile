@@ -43,6 +43,8 @@ COPY contract ./contract
 COPY curation ./curation
 COPY training ./training
 COPY api ./api
+COPY workflows ./workflows
+COPY flywheel ./flywheel
 # torch first, from the channel's index, at the version pyproject pins; then the extras, which
 # find torch satisfied and take everything else from PyPI.
 RUN TORCH_REQ="$(/opt/flywheel/bin/python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); print(next(r for r in d["project"]["optional-dependencies"]["train"] if r.startswith("torch")))')" \

@@ -35,7 +35,7 @@ VARIANTS = ["raw", "dedup", "full"]
 def write_ablation_output(out: Path, *, variants: list[str] = VARIANTS, domains: tuple[str, ...] = ("code", "web"),
                           steps: int = 40, eval_every: int = 10, tokens_per_step: int = 4096, finished: bool = True,
                           torn_tail: bool = False) -> dict[str, Any]:
-    """OUT as training/ablation/runner.py leaves it: config, held-out sets, tokenizer, each
+    """OUT as workflows/ablation/runner.py leaves it: config, held-out sets, tokenizer, each
     variant's curated/ and train/{metrics,eval}.jsonl, and ablation.json when `finished`.
     Variant i's losses are lower by 0.1 * i; domain j's held-out loss is higher by 0.05 * j.
     Returns ablation.json's content (also when it is not written)."""

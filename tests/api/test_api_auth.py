@@ -4,12 +4,11 @@ route, /healthz open, --no-auth open; and `flywheel token create` printing a wor
 from __future__ import annotations
 
 import pytest
-import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from api.auth import hash_token
-from api.cli import register
+from api.cli import commands as service_commands
 from api.models import ApiToken
 from tests.api.conftest import live_server
 
@@ -67,8 +66,7 @@ def test_no_auth_mode(service_home, database_url):
 def test_cli_token_create_prints_a_working_token(server, database_url, service_home, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_HOME", str(service_home))
     monkeypatch.setenv("FLYWHEEL_DATABASE_URL", database_url)
-    cli = typer.Typer()
-    register(cli)
+    cli = service_commands
     result = CliRunner().invoke(cli, ["token", "create", "ci-bot", "--scope", "admin"])
     assert result.exit_code == 0, result.output
     token = result.stdout.strip().splitlines()[-1]

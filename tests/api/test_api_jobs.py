@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from api.cli import register
+from api.cli import commands as service_commands
 from api.db import Database
 from api.ids import new_id
 from api.jobs import ACTOR_NAMESPACE, LOST_ON_RESTART, actor_name
@@ -181,8 +180,7 @@ def test_restart_fails_running_and_restarts_queued(ray_local, service_home, data
 
 
 def test_cli_client(server, tokens, corpus, done_job, tmp_path):
-    cli = typer.Typer()
-    register(cli)
+    cli = service_commands
     run = CliRunner()
     common = ["--url", server.url, "--token", tokens["admin"]]
     up = run.invoke(cli, ["corpora", "upload", str(corpus["path"]), "--domain", "news", *common])

@@ -13,9 +13,10 @@ import pytest
 
 from api.ids import new_id
 from api.models import Job
+from contract.manifest import parse_manifest
 from tests.api.conftest import live_server
-from training.data import parse_manifest, validate_manifest
 from training.data.synthetic import write_synthetic_dataset
+from training.data.validate import validate_manifest
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ from api.auth import create_token
 from api.ids import new_id
 from api.models import Job
 from contract.layout import CurationRun
+from contract.manifest import parse_manifest
 from curation.pipeline import REJECT_COLUMNS
 from tests.api.conftest import live_server
-from training.data import parse_manifest
 from training.data.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -399,7 +399,7 @@ def test_commands_in_deploy_files_exist_in_the_cli():
     """`flywheel serve --host --port` and `flywheel train CONFIG --manifest --preset --workers --out`."""
     import typer.main
 
-    from curation.cli import app
+    from flywheel.cli import app
 
     commands = typer.main.get_command(app).commands
     options = {name: {o for p in cmd.params for o in p.opts} for name, cmd in commands.items()}

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
+from contract.atomic import write_atomic
 from curation.config import parse_config
 from curation.pipeline import OutputError, run_pipeline
+from flywheel.cli import app
 from tests.helpers import write_jsonl
 from tests.reliability.report import record_fault
-from contract.atomic import write_atomic
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
 from curation.dedup.evaluate import jaccard, word_ngrams
+from flywheel.cli import app
 from tests.ablation_data import document, mini_corpus
-from training.ablation.config import parse_ablation_config
-from training.ablation.holdout import HeldOutIndex, draw_candidates
+from workflows.ablation.config import parse_ablation_config
+from workflows.ablation.holdout import HeldOutIndex, draw_candidates
 
 pytestmark = pytest.mark.slow
 

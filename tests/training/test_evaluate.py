@@ -16,20 +16,21 @@ pytest.importorskip("tokenizers")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from curation.cli import app  # noqa: E402
-from curation.tokenizer import SpecialTokens, load_tokenizer, train_bpe  # noqa: E402
+from contract.layout import TrainingRun  # noqa: E402
+from contract.manifest import parse_manifest, write_manifest  # noqa: E402
+from contract.shards import open_index, open_tokens, sha256_file  # noqa: E402
+from contract.tokenizer import SpecialTokens, load_tokenizer  # noqa: E402
+from curation.tokenizer import train_bpe  # noqa: E402
+from flywheel.cli import app  # noqa: E402
 from tests.training.helpers import tiny_config  # noqa: E402
 from training.checkpoint import CheckpointManager, read_meta  # noqa: E402
 from training.config import tiny  # noqa: E402
 from training.data.dataset import ManifestDataset  # noqa: E402
-from training.data.manifest import parse_manifest, write_manifest  # noqa: E402
-from training.data.shards import open_index, open_tokens, sha256_file  # noqa: E402
 from training.data.synthetic import write_synthetic_dataset  # noqa: E402
 from training.evaluate import evaluate_checkpoint, evaluate_model, load_eval_sets, pack_windows  # noqa: E402
 from training.export_hf import load_checkpoint_model  # noqa: E402
 from training.launch import run_worker  # noqa: E402
 from training.model import causal_lm_loss, doc_ids_from_starts  # noqa: E402
-from contract.layout import TrainingRun  # noqa: E402
 from training.trainer import read_metrics  # noqa: E402
 
 VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges

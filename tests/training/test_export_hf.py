@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from curation.tokenizer import SpecialTokens, train_bpe  # noqa: E402
+from contract.tokenizer import SpecialTokens  # noqa: E402
+from curation.tokenizer import train_bpe  # noqa: E402
 from training.checkpoint import CheckpointManager, TrainingState  # noqa: E402
 from training.config import ModelConfig, tiny  # noqa: E402
 from training.export_hf import ExportError, export_hf  # noqa: E402

@@ -48,6 +48,6 @@ def test_explicit_values_win():
 def test_shipped_configs_need_no_lr_override():
     ablation = yaml.safe_load((ROOT / "curation/configs/ablation-demo.yaml").read_text())
     assert "optimizer" not in ablation["train"]
-    from api.demo import DEMO_TRAINING
+    from flywheel.demo import DEMO_TRAINING
 
     assert "optimizer" not in DEMO_TRAINING

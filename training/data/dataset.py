@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from training.data.fetch import Fetcher, ShardCache, local_path, resolve
-from training.data.manifest import Manifest, ShardEntry, parse_manifest
+from contract.locations import local_path, resolve
+from contract.manifest import Manifest, ShardEntry, parse_manifest
+from contract.shards import INDEX_DTYPE, index_problem, open_index, open_tokens
+from training.data.fetch import Fetcher, ShardCache
 from training.data.order import SequenceOrder, batch_positions, num_sequences
-from training.data.shards import INDEX_DTYPE, index_problem, open_index, open_tokens
 
 
 class ShardError(ValueError):

@@ -14,18 +14,18 @@ several ranks on one host share the cache without fetching the same shard twice.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urljoin, urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 
-from training.data.shards import sha256_file
+from contract.locations import local_path, scheme_of
+from contract.shards import sha256_file
 
 CHUNK = 1 << 20
 DEFAULT_CACHE_DIR = Path(os.environ.get("FLYWHEEL_CACHE", Path.home() / ".cache" / "flywheel" / "shards"))
@@ -41,34 +41,6 @@ class FetchError(OSError):
 
 class CorruptFileError(FetchError):
     """A file's content does not match its manifest sha256, even after one fresh fetch."""
-
-
-def scheme_of(location: str) -> str:
-    parsed = urlparse(location)
-    # A one-letter "scheme" is a Windows drive, not a URI.
-    return parsed.scheme.lower() if len(parsed.scheme) > 1 else ""
-
-
-def local_path(location: str) -> Path | None:
-    """The local filesystem path of a plain path or file:// URI; None for remote locations."""
-    scheme = scheme_of(location)
-    if scheme == "":
-        return Path(location)
-    if scheme == "file":
-        parsed = urlparse(location)
-        return Path(unquote(parsed.path))
-    return None
-
-
-def resolve(base: str, relative: str) -> str:
-    """`relative` (POSIX path) against the folder holding the file at location `base`."""
-    scheme = scheme_of(base)
-    if scheme in ("http", "https"):
-        return urljoin(base, relative)
-    path = local_path(base)
-    if path is not None:
-        return str(path.parent / relative)
-    return base.rsplit("/", 1)[0] + "/" + relative
 
 
 class Fetcher:
@@ -294,10 +266,3 @@ class _locked:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 
-
-def sha256_of_chunks(chunks: Iterator[bytes]) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.layout import CurationRun
-from training.data.manifest import build_manifest, installed_flywheel_version, write_manifest
-from training.data.shards import ShardWriter, dtype_for_vocab, sha256_file
+from contract.manifest import build_manifest, installed_flywheel_version, write_manifest
+from contract.shards import ShardWriter, dtype_for_vocab, sha256_file
 
 BOS, EOS, PAD = 0, 1, 2
 

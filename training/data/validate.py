@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from training.data.fetch import FetchError, Fetcher, resolve
-from training.data.manifest import Manifest, ShardEntry, manifest_schema
-from training.data.shards import INDEX_DTYPE, index_problem, token_dtype
+from contract.locations import resolve
+from contract.manifest import Manifest, ShardEntry, manifest_schema
+from contract.shards import INDEX_DTYPE, index_problem, token_dtype
+from training.data.fetch import Fetcher, FetchError
 
 _PARALLEL_FILES = 4  # hashlib releases the GIL: a few threads overlap hashing with I/O
 

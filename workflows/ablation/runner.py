@@ -27,8 +27,8 @@ from typing import Any
 from contract.atomic import write_json_atomic
 from contract.layout import AblationRun, TrainingRun
 from curation.config import PipelineConfig, StageSpec
-from training.ablation.config import AblationConfig
-from training.ablation.holdout import count_leaks, split_holdout
+from workflows.ablation.config import AblationConfig
+from workflows.ablation.holdout import count_leaks, split_holdout
 
 Progress = Callable[[str], None]
 
@@ -117,9 +117,9 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
     """Run the whole ablation; writes OUT/ablation.json last and returns its content."""
     import ray.data
 
+    from contract.manifest import parse_manifest
     from curation import runtime
     from curation.stages.tokenize import TokenizeParams, train_tokenizer_on
-    from training.data import parse_manifest
 
     progress = progress or (lambda phase: None)
     out = Path(cfg.output).resolve()

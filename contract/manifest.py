@@ -5,9 +5,10 @@ document counts, sha256 of both files and its domain mix; the tokenizer (file, h
 special ids); the mixture the curation run sampled with; provenance; and totals. Shard paths are
 relative to the manifest, so a dataset folder can be moved or served over HTTP as a whole.
 
-The pydantic models here and `manifest.schema.json` (JSON Schema draft 2020-12, for tools in
-other languages) describe the same document; `tests/test_shards_manifest.py` keeps them in sync.
-The models also check what a schema cannot say (totals equal the sums, bytes = tokens x width).
+The pydantic models here are the one definition. `manifest.schema.json` (JSON Schema draft
+2020-12, for tools in other languages) is generated from them by `python -m contract.manifest`;
+a test fails when the shipped file and the models disagree. The models also check what a schema
+cannot say (totals equal the sums, bytes = tokens x width).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
 
 from contract.atomic import write_atomic
-from training.data.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype
+from contract.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype
 
 FORMAT_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+SCHEMA_ID = f"urn:flywheel:manifest:{FORMAT_VERSION}"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # Relative, forward slashes, no "..", no scheme: the dataset folder stays self-contained.
@@ -38,6 +41,8 @@ DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 DomainName = Annotated[str, StringConstraints(pattern=DOMAIN_PATTERN)]
 Count = Annotated[int, Field(ge=0)]
+# pydantic checks the keys but does not put their pattern in the JSON Schema: say it there too.
+DOMAIN_KEYS = {"propertyNames": {"pattern": DOMAIN_PATTERN}}
 
 
 class _Strict(BaseModel):
@@ -73,7 +78,8 @@ class ShardEntry(_Strict):
     documents: int = Field(ge=1, description="entries of the .idx; a continued document counts in each shard")
     index_path: str = Field(pattern=RELATIVE_PATH_PATTERN)
     index_sha256: str = Field(pattern=SHA256_PATTERN)
-    domains: dict[DomainName, Count] = Field(min_length=1, description="domain -> tokens; sums to `tokens`")
+    domains: dict[DomainName, Count] = Field(min_length=1, description="domain -> tokens; sums to `tokens`",
+                                             json_schema_extra=DOMAIN_KEYS)
     continues_previous: bool = Field(
         default=False, description="the first document continues the previous shard's last document"
     )
@@ -90,7 +96,8 @@ class Totals(_Strict):
     tokens: Count
     documents: Count = Field(description="whole documents: continued pieces count once")
     bytes: Count
-    domains: dict[DomainName, Count] = Field(description="domain -> tokens over all shards")
+    domains: dict[DomainName, Count] = Field(description="domain -> tokens over all shards",
+                                             json_schema_extra=DOMAIN_KEYS)
 
 
 class Provenance(_Strict):
@@ -103,6 +110,14 @@ class Provenance(_Strict):
 
 
 class Manifest(_Strict):
+    """A curated, tokenized dataset: token shards (flat little-endian arrays of token ids, .bin) with
+    document indexes (little-endian uint64 document-start offsets plus the end offset, .idx), the
+    tokenizer, the mixture and provenance. Paths are relative to the manifest. Rules a schema cannot
+    state (totals equal the sums over shards, bytes = tokens x dtype width, domain tokens sum to the
+    shard's tokens, uint16 only for vocab_size <= 65536, special ids < vocab_size) are checked by
+    `flywheel validate-manifest`.
+    """
+
     version: Literal[1]
     dataset_id: str = Field(min_length=1, max_length=200)
     dtype: Literal["uint16", "uint32"]
@@ -226,8 +241,19 @@ def parse_manifest(raw: bytes | str) -> Manifest:
 
 @lru_cache(maxsize=1)
 def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of manifest.json, as shipped next to this module."""
-    return json.loads(SCHEMA_PATH.read_text())
+    """The JSON Schema (draft 2020-12) of manifest.json, generated from the models."""
+    schema = Manifest.model_json_schema()  # validation mode: what a reader accepts
+    return {"$schema": SCHEMA_DIALECT, "$id": SCHEMA_ID, **schema,
+            "title": f"Flywheel dataset manifest, format version {FORMAT_VERSION}"}
+
+
+def schema_text() -> str:
+    """manifest.schema.json as shipped: the generated schema, stable key order."""
+    return json.dumps(manifest_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":  # python -m contract.manifest: rewrite the shipped schema file
+    write_atomic(SCHEMA_PATH, schema_text().encode())
 
 
 def _totals(shards: list[ShardEntry]) -> Totals:

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from api.cli import TERMINAL, _call, _client, _fail, console, err_console, jobs_stats, jobs_watch
+from api.cli import TERMINAL, call, client_for, jobs_stats, jobs_watch
+from contract.console import console, err_console, fail
 
 
 def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -28,14 +29,14 @@ def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            _fail(f"the service exited with code {proc.returncode} before it was ready")
+            fail(f"the service exited with code {proc.returncode} before it was ready")
         try:
             if client.get("/healthz").status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    _fail(f"the service did not answer /healthz within {timeout_s:.0f} s")
+    fail(f"the service did not answer /healthz within {timeout_s:.0f} s")
 
 
 def _job_config(config_path: Path) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
     ends; 0 if it succeeded."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    job = _call(client, "POST", "/v1/training-jobs", json={"manifest_id": manifest_id, "config": DEMO_TRAINING})
+    job = call(client, "POST", "/v1/training-jobs", json={"manifest_id": manifest_id, "config": DEMO_TRAINING})
     console.print(f"training job {job['id']} submitted on manifest {manifest_id} "
                   f"(preset tiny, {job['steps']} steps)", highlight=False)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -70,7 +71,7 @@ def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
         task = progress.add_task(job["state"], total=job["steps"])
         while job["state"] not in TERMINAL:
             time.sleep(interval)
-            job = _call(client, "GET", f"/v1/training-jobs/{job['id']}")
+            job = call(client, "GET", f"/v1/training-jobs/{job['id']}")
             loss = f" loss {job['loss']:.3f}" if job["loss"] is not None else ""
             progress.update(task, completed=job["step"] or 0, description=f"training {job['state']}{loss}")
     if job["state"] != "succeeded":
@@ -87,22 +88,22 @@ def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
 def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Path, exit_after: bool) -> int:
     files = sorted(corpus_dir.glob("*.jsonl*"))
     if not files:
-        _fail(f"no corpus files in {corpus_dir} (run `flywheel demo-corpus`)")
+        fail(f"no corpus files in {corpus_dir} (run `flywheel demo-corpus`)")
     env = {**os.environ, "FLYWHEEL_HOME": str(home.resolve())}
     url = f"http://{host}:{port}"
     err_console.print(f"starting the service on {url} (data under {home})", highlight=False)
-    server = subprocess.Popen([sys.executable, "-m", "curation.cli", "serve", "--host", host, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "serve", "--host", host, "--port", str(port),
                                "--no-auth"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        with _client(url, None, timeout=600) as client:
+        with client_for(url, None, timeout=600) as client:
             _wait_healthy(client, server)
             corpus_ids = []
             for f in files:
                 with open(f, "rb") as fh:
-                    corpus = _call(client, "POST", "/v1/corpora", files={"file": (f.name, fh, "application/gzip")})
+                    corpus = call(client, "POST", "/v1/corpora", files={"file": (f.name, fh, "application/gzip")})
                 corpus_ids.append(corpus["id"])
                 err_console.print(f"uploaded {f.name}: corpus {corpus['id']}", highlight=False)
-            job = _call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus_ids, "config": _job_config(config_path)})
+            job = call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus_ids, "config": _job_config(config_path)})
         console.print(f"job {job['id']} submitted; dashboard: {url}/jobs/{job['id']}", highlight=False)
         code = 0
         try:
@@ -113,8 +114,8 @@ def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Pa
             code = int(getattr(e, "exit_code", 1))
         if code == 0:
             jobs_stats(job["id"], url=url, token=None, as_json=False)
-            with _client(url, None, timeout=600) as client:
-                manifest_id = _call(client, "GET", f"/v1/jobs/{job['id']}")["manifest_id"]
+            with client_for(url, None, timeout=600) as client:
+                manifest_id = call(client, "GET", f"/v1/jobs/{job['id']}")["manifest_id"]
                 if manifest_id is None:
                     err_console.print("the job wrote no manifest (no tokenize stage): nothing to train on")
                 else:

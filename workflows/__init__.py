@@ -1,0 +1,1 @@
+"""Compositions that need both halves: curation runs feeding training runs (the data ablation)."""

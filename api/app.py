@@ -9,6 +9,7 @@ Start-up migrates the database (Alembic `upgrade head`), fails jobs a previous p
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -55,8 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             services.stop()
-
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         app_version = version("flywheel")

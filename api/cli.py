@@ -19,7 +19,18 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import httpx
 import typer
+import yaml
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from contract.console import console, err_console, fail
 from curation.cli import print_stats_table
@@ -44,10 +55,10 @@ def serve(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local use).")] = False,
 ) -> None:
     """Run the curation service (uvicorn). Settings come from FLYWHEEL_* variables."""
-    import uvicorn
+    import uvicorn  # uvicorn and the app: flywheel[service], loaded by `serve` only
 
-    from api.app import create_app
-    from api.settings import Settings
+    from api.app import create_app  # FastAPI and SQLAlchemy: flywheel[service], loaded by `serve` only
+    from api.settings import Settings  # flywheel[service], loaded by `serve` only
 
     settings = Settings.from_env(auth=False if no_auth else None)
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
@@ -61,10 +72,10 @@ def token_create(
     scope: Annotated[str, typer.Option(help="read (GET only) or admin (also create and cancel).")] = "read",
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
-    from api.auth import create_token
-    from api.db import Database
-    from api.models import SCOPES
-    from api.settings import Settings
+    from api.auth import create_token  # SQLAlchemy: flywheel[service], loaded by `token create` only
+    from api.db import Database  # flywheel[service]
+    from api.models import SCOPES  # flywheel[service]
+    from api.settings import Settings  # flywheel[service]
 
     if scope not in SCOPES:
         fail(f"--scope must be one of {', '.join(SCOPES)}")
@@ -82,14 +93,12 @@ def token_create(
 # --- client side -----------------------------------------------------------------------------
 
 def client_for(url: str, token: str | None, timeout: float = 60.0):
-    import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
 
 def call(client, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
 
     try:
         response = client.request(method, path, **kwargs)
@@ -134,7 +143,6 @@ def corpora_upload(
     token: TokenOption = None,
 ) -> None:
     """Upload a corpus file (streamed, with a progress bar); prints the corpus as JSON."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     fields = {k: v for k, v in (("domain", domain), ("name", name)) if v}
     progress = Progress(TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
@@ -165,7 +173,6 @@ def jobs_submit(
     token: TokenOption = None,
 ) -> None:
     """Submit a config over corpora; prints the job id. `inputs`/`output` of the file are ignored."""
-    import yaml
 
     try:
         data = yaml.safe_load(config.read_text()) or {}
@@ -192,7 +199,6 @@ def jobs_watch(
     token: TokenOption = None,
 ) -> None:
     """Follow a job with a progress bar; exit 0 if it succeeds, 1 if it fails or is cancelled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True)

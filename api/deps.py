@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.services import Services
@@ -39,7 +40,6 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 def newest_first_page(session: Session, model, limit: int, offset: int, *where, out=lambda row: row) -> dict:
     """One page of `model` rows (newest first, id as tie-break) in the list endpoints' shape."""
-    from sqlalchemy import func, select
 
     total = session.scalar(select(func.count()).select_from(model).where(*where))
     rows = session.scalars(select(model).where(*where).order_by(model.created_at.desc(), model.id)

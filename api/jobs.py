@@ -30,7 +30,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.db import Database
+from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import ACTIVE_STATES, Job, JobLifecycle, JobStage, utcnow
+from curation import runtime
+from curation.config import parse_config
+from curation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +87,14 @@ class PhaseRecorder:
 
 
 def run_job(database_url: str, job_id: str, table: JobTable, work: Callable[[Database, Any], None], *,
-            phase: str) -> str:
+            phase: str, publish: Callable[[Session, Any], dict[str, Any]] | None = None) -> str:
     """The lifecycle of one queued job of `table`, inside its actor: `running` (with `phase`),
     then `work(db, row)`, then `succeeded`, or `failed` with the error described if `work` raised.
-    Returns the final state; a cancel or the reaper's verdict in between is kept."""
+
+    `publish(session, row)` runs in the transaction that marks the job `succeeded` (registering
+    its outputs) and returns more columns to set; if it raises `ManifestInvalid` the job fails
+    with that reason and nothing it wrote is kept. Returns the final state; a cancel or the
+    reaper's verdict in between is kept (and then nothing is published)."""
     db = Database(database_url)
     try:
         with db.session() as s:
@@ -97,16 +105,25 @@ def run_job(database_url: str, job_id: str, table: JobTable, work: Callable[[Dat
             work(db, row)
         except Exception as e:  # the job's verdict, not the actor's crash
             log.error("%s %s failed:\n%s", table.__tablename__, job_id, traceback.format_exc())
+            return _fail(db, job_id, table, describe(e))
+        try:
             with db.session() as s:
-                transition(s, job_id, ("running",), "failed", table=table, error=describe(e), finished_at=utcnow(),
-                           phase=None)
-            return "failed"
-        with db.session() as s:
-            if not transition(s, job_id, ("running",), "succeeded", table=table, finished_at=utcnow(), phase="done"):
-                return current_state(s, job_id, table)
+                values = publish(s, row) if publish else {}
+                if not transition(s, job_id, ("running",), "succeeded", table=table, finished_at=utcnow(),
+                                  phase="done", **values):
+                    s.rollback()
+                    return current_state(s, job_id, table)
+        except ManifestInvalid as e:
+            return _fail(db, job_id, table, str(e))
         return "succeeded"
     finally:
         db.dispose()
+
+
+def _fail(db: Database, job_id: str, table: JobTable, error: str) -> str:
+    with db.session() as s:
+        transition(s, job_id, ("running",), "failed", table=table, error=error, finished_at=utcnow(), phase=None)
+    return "failed"
 
 
 class ProgressRecorder:
@@ -139,46 +156,19 @@ class ProgressRecorder:
 
 
 def execute_job(database_url: str, job_id: str) -> str:
-    """Run one queued job to its end, writing every state change; returns the final state.
+    """Run one queued curation job to its end (the pipeline, then its manifest registered with the
+    `succeeded` verdict); returns the final state. Runs inside the job's Ray actor (tests may call
+    it directly)."""
 
-    Runs inside the job's Ray actor (tests may call it directly).
-    """
-    from curation.config import parse_config
-    from curation.pipeline import Pipeline
+    def curate(db: Database, job: Job) -> None:
+        Pipeline(parse_config(job.config), overwrite=True, progress=ProgressRecorder(db, job_id)).run()
 
-    from api.manifests import ManifestInvalid, register_job_manifest
+    def publish(s: Session, job: Job) -> dict[str, Any]:
+        register_job_manifest(s, job_id, job.output_uri)
+        last_stage = select(JobStage.docs_out).where(JobStage.job_id == job_id).order_by(JobStage.position.desc())
+        return {"docs_out": s.scalar(last_stage.limit(1))}
 
-    db = Database(database_url)
-    try:
-        with db.session() as s:
-            if not transition(s, job_id, ("queued",), "running", started_at=utcnow(), phase="starting"):
-                return current_state(s, job_id)
-            job = s.get(Job, job_id)
-            config, output_uri = job.config, job.output_uri
-        try:
-            Pipeline(parse_config(config), overwrite=True, progress=ProgressRecorder(db, job_id)).run()
-        except Exception as e:  # the job's verdict, not the actor's crash
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            with db.session() as s:
-                transition(s, job_id, ("running",), "failed", error=describe(e), finished_at=utcnow(), phase=None)
-            return "failed"
-        try:
-            with db.session() as s:
-                docs_out = s.scalar(select(JobStage.docs_out).where(JobStage.job_id == job_id)
-                                    .order_by(JobStage.position.desc()).limit(1))
-                if not transition(s, job_id, ("running",), "succeeded", finished_at=utcnow(), phase="done",
-                                  docs_out=docs_out):
-                    s.rollback()
-                    return current_state(s, job_id)
-                register_job_manifest(s, job_id, output_uri)
-        except ManifestInvalid as e:
-            with db.session() as s:
-                transition(s, job_id, ("running", "succeeded"), "failed", error=str(e), finished_at=utcnow(),
-                           phase=None)
-            return "failed"
-        return "succeeded"
-    finally:
-        db.dispose()
+    return run_job(database_url, job_id, Job, curate, phase="starting", publish=publish)
 
 
 class _JobActor:
@@ -189,7 +179,7 @@ class _JobActor:
     """
 
     def run(self, execute: Callable[[str, str], str], database_url: str, job_id: str) -> None:
-        import ray
+        import ray  # Ray: the web process connects when it first starts a job
 
         try:
             execute(database_url, job_id)
@@ -199,7 +189,7 @@ class _JobActor:
 
 @cache
 def _actor_class():
-    import ray
+    import ray  # Ray: the web process connects when it first starts a job
 
     return ray.remote(num_cpus=0, max_restarts=0)(_JobActor)
 
@@ -230,9 +220,7 @@ class JobRunner:
         self.start_grace = timedelta(seconds=start_grace_s)
 
     def _ray(self):
-        import ray
-
-        from curation import runtime
+        import ray  # Ray: the web process connects when it first starts a job
 
         runtime.init_ray()
         return ray

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.jsonl import parse_jsonl_lines, read_jsonl
-from contract.layout import TrainingRun  # the trainer's layout, without importing torch
 from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
 from api.run_files import finite
+from contract.jsonl import parse_jsonl_lines, read_jsonl
+from contract.layout import TrainingRun  # the trainer's layout, without importing torch
 
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
 
@@ -39,7 +39,7 @@ def execute_training_job(database_url: str, job_id: str) -> str:
     """
 
     def train(db: Database, job: TrainingJob) -> None:
-        from training.cli import train_command
+        from training.cli import train_command  # torch: runs in the job's Ray actor, never in the web process
 
         out_dir = Path(job.out_uri)
         out_dir.mkdir(parents=True, exist_ok=True)

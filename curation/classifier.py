@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import fasttext
+
 from curation.config import DOMAIN_PATTERN
 from curation.langid import LABEL_PREFIX, one_line, predict
 
@@ -28,7 +30,6 @@ _DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
 def _train_and_save(train_file: str, out_model: str, options: dict[str, Any], quantize: bool) -> None:
-    import fasttext
 
     model = fasttext.train_supervised(input=train_file, **options)
     if quantize:  # .ftz: ~10x smaller, slightly less accurate
@@ -80,7 +81,6 @@ def train_classifier(
     NOTE: word n-grams are hashed into `bucket` rows of `dim` floats: fastText's default of 2M
     buckets makes a 400 MB model at dim 50, where 200k (40 MB) serves a few domains well.
     """
-    import fasttext
 
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError("valid_fraction must be in [0, 1)")

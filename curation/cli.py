@@ -11,15 +11,18 @@ starts in a fraction of a second. Errors the user can fix exit 2 with one line.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from contract.console import console, err_console, fail
 from contract.layout import CurationRun
-from curation.stats import REMOVAL_TABLE_HEADER, removal_table_rows
+from curation.stats import REMOVAL_TABLE_HEADER, RunStats, removal_table_rows
 
 commands = typer.Typer(add_completion=False)
 
@@ -43,15 +46,13 @@ def curate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a curation pipeline and print the per-stage table."""
-    import logging
-
+    # flywheel[curate]: the CLI also runs where only flywheel[train] is installed
     from curation.config import ConfigError, load_config
-    from curation.io.files import InputError
-    from curation.pipeline import OutputError, Pipeline
+    from curation.io.files import InputError  # flywheel[curate]
+    from curation.pipeline import OutputError, Pipeline  # flywheel[curate] (Ray Data, the stage libraries)
 
     try:
         cfg = load_config(config, inputs=list(input) if input else None, output=output)
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         logging.getLogger("ray").setLevel(logging.WARNING)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -84,8 +85,7 @@ def curate(
 @commands.command()
 def stats(output: str = typer.Argument(..., help="Output folder of a curation run.")) -> None:
     """Print the per-stage table of a finished run (its stats.json)."""
-    from curation.io.files import filesystem_for
-    from curation.stats import RunStats
+    from curation.io.files import filesystem_for  # flywheel[curate]
 
     fs, root = filesystem_for(output)
     try:
@@ -103,9 +103,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
 ) -> None:
     """Why is a document gone: stage, reason, detail, and the kept copy's text side by side."""
-    from rich.panel import Panel
-
-    from curation.explain import explain
+    from curation.explain import explain  # flywheel[curate]
 
     answer = explain(output, doc_id)
     if as_json:
@@ -141,7 +139,7 @@ def train_lm(
     tokenizer: Optional[str] = typer.Option(None, help="prose|code (default: code for the code domain)."),
 ) -> None:
     """Estimate a modified Kneser-Ney n-gram model (ARPA, loaded by kenlm) for one domain."""
-    from curation.lm import train_lm as train
+    from curation.lm import train_lm as train  # KenLM training: flywheel[curate]
 
     try:
         stats = train(domain, input, str(out), order=order, text_field=text_field, kind=tokenizer)
@@ -161,7 +159,7 @@ def train_classifier(
     quantize: bool = typer.Option(False, help="Write a quantized (.ftz-size) model."),
 ) -> None:
     """Train a supervised fastText domain/quality classifier (used by the language stage)."""
-    from curation.classifier import train_classifier as train
+    from curation.classifier import train_classifier as train  # fastText: flywheel[curate]
 
     try:
         stats = train(input, str(out), label_field=label_field, text_field=text_field,
@@ -180,7 +178,7 @@ def mixture_plan(
     unit: str = typer.Option("tokens", help="tokens|documents"),
 ) -> None:
     """Print the temperature-sampling plan for a finished run without running it."""
-    from curation.mixture_plan import mixture_plan_cli
+    from curation.mixture_plan import mixture_plan_cli  # flywheel[curate]
 
     multipliers = {}
     for item in multiplier or []:
@@ -202,7 +200,7 @@ def demo_corpus(
     reference: bool = typer.Option(True, help="Also write reference/<domain>.jsonl for train-lm."),
 ) -> None:
     """Build the offline multi-domain demo corpus from text this machine already has."""
-    from curation.demo_corpus import build_demo_corpus, build_reference_texts
+    from curation.demo_corpus import build_demo_corpus, build_reference_texts  # flywheel[curate]
 
     summary = build_demo_corpus(out, seed=seed, min_bytes=min_bytes)
     if reference:

@@ -24,7 +24,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.stages import StageUnavailable, UnknownStage, stage_class
+from curation.io.records import DOCUMENT_SCHEMA
+from curation.stages import STAGES, StageUnavailable, UnknownStage, stage_class
 from curation.stages.base import StageParams
 
 DOMAIN_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
@@ -99,6 +100,22 @@ class PipelineConfig(BaseModel):
             if s.name in seen:
                 raise ValueError(f"stage {s.name!r} appears twice; each stage runs once per run")
             seen.add(s.name)
+        return self
+
+    @model_validator(mode="after")
+    def _columns_flow(self) -> "PipelineConfig":
+        """Each stage's `reads` are there when it runs: the reader's columns plus what an earlier
+        stage `writes`. Checked before any work starts (NeMo Curator's inputs()/outputs())."""
+        available = set(DOCUMENT_SCHEMA.names)
+        for spec in self.stages:
+            stage = stage_class(spec.name)
+            missing = [c for c in stage.reads if c not in available]
+            if missing:
+                writers = sorted({n for n in STAGES if set(missing) & set(stage_class(n).writes)})
+                hint = f" (add {' or '.join(writers)} before it)" if writers else ""
+                raise ValueError(f"stage {spec.name!r} reads {', '.join(missing)}, which neither the reader "
+                                 f"nor an earlier stage writes{hint}")
+            available.update(stage.writes)
         return self
 
     def dump(self) -> dict[str, Any]:

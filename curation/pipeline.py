@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow import fs as pafs
 
 from contract.atomic import write_json_atomic
 from contract.layout import CurationRun, join
@@ -32,7 +33,7 @@ from curation.io.reader import read_documents
 from curation.io.unique_ids import enforce_unique_ids
 from curation.stages import stage_class
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage
-from curation.stats import StageStats, RunStats
+from curation.stats import RunStats, StageStats
 
 REJECT_COLUMNS = ["id", "stage", "reason", "detail", "domain", "source", "n_tokens", "text"]
 READ_METHOD = "JSONL/Parquet reader"
@@ -164,7 +165,6 @@ class Pipeline:
     def _prepare_output(self) -> None:
         """An empty, writable output folder, checked before any work (a probe file is written
         and removed: a folder can exist on a read-only or full filesystem)."""
-        from pyarrow import fs as pafs
 
         try:
             info = self.fs.get_file_info(self.root)

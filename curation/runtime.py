@@ -20,8 +20,8 @@ _INIT_LOCK = threading.Lock()
 
 def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
     """Start (or join) Ray once per process and set the Ray Data defaults runs rely on."""
-    import ray
-    import ray.data
+    import ray  # Ray (~1 s): imported by the first run, not by the CLI or the service
+    import ray.data  # as above
 
     with _INIT_LOCK:  # the service calls this from request threads and its reaper at once
         _init_once(ray, num_cpus, object_store_mb)
@@ -57,7 +57,7 @@ def _init_once(ray, num_cpus: int | None, object_store_mb: int | None) -> None:
 
 
 def cluster_cpus() -> int:
-    import ray
+    import ray  # Ray, as above
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -78,7 +78,7 @@ def per_block(ds, fn, *args: Any) -> list:
     NOTE: a Ray Data execution costs ~0.4 s to start here whatever its size; a task ~10 ms.
     The pipeline's per-stage bookkeeping (tallies, rejects, summaries) runs this way.
     """
-    import ray
+    import ray  # Ray, as above
 
     task = _per_block_task()
     return ray.get([task.remote(fn, ref, i, *args) for i, ref in enumerate(block_refs(ds))])
@@ -86,7 +86,7 @@ def per_block(ds, fn, *args: Any) -> list:
 
 @functools.cache
 def _per_block_task():
-    import ray
+    import ray  # Ray, as above
 
     @ray.remote(max_retries=3)
     def apply(fn, block, index, *args):

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import pyarrow.compute as pc
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from contract.tokenizer import SpecialTokens
 
 # Llama 3's pre-tokenisation pattern (tiktoken cl100k's, without possessive quantifiers).
@@ -30,7 +33,6 @@ def train_bpe(texts: Iterable[list[str]], vocab_size: int, special: SpecialToken
     """Train a byte-level BPE on batches of texts (streamed: memory grows with distinct
     pre-tokens, not with text). The vocabulary may come out smaller than `vocab_size` when the
     sample has fewer distinct merges."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -52,7 +54,6 @@ def train_bpe(texts: Iterable[list[str]], vocab_size: int, special: SpecialToken
 def batched_texts(batches: Iterator, max_docs: int, max_bytes: int) -> Iterator[list[str]]:
     """Lists of texts from Arrow batches with a `text` column, up to `max_docs` / `max_bytes`
     (whichever comes first; a document is never cut)."""
-    import pyarrow.compute as pc
 
     docs = nbytes = 0
     for batch in batches:

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from api.cli import TERMINAL, call, client_for, jobs_stats, jobs_watch
 from contract.console import console, err_console, fail
 
 
 def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -60,7 +61,6 @@ DEMO_TRAINING = {"preset": "tiny", "steps": 30, "seq_len": 128, "global_batch_to
 def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
     """Submit DEMO_TRAINING on the manifest as a training job, follow it, print its loss curve's
     ends; 0 if it succeeded."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     job = call(client, "POST", "/v1/training-jobs", json={"manifest_id": manifest_id, "config": DEMO_TRAINING})
     console.print(f"training job {job['id']} submitted on manifest {manifest_id} "

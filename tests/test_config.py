@@ -62,3 +62,18 @@ def test_load_config_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("inputs: data/\noutput: out\nstages:\n  - name: exact_dedup\n    strip_punctuation: true\n")
     assert load_config(good).stages[0].params.strip_punctuation is True
+
+
+def test_stage_columns_are_checked_before_any_work(monkeypatch):
+    """A stage that reads a column no earlier stage writes is a config error naming the fix."""
+    from curation.stages import STAGES, stage_class
+    from curation.stages.heuristics import HeuristicFilter
+
+    available = {"id", "text", "url", "domain", "metadata", "source", "n_tokens"}
+    for name in STAGES:  # the registry's order is a valid pipeline
+        assert set(stage_class(name).reads) <= available, name
+        available |= set(stage_class(name).writes)
+    monkeypatch.setattr(HeuristicFilter, "reads", ("id", "text", "lang"))
+    assert parse_config(base(stages=["language", "heuristics"])).stages[1].name == "heuristics"
+    with pytest.raises(ConfigError, match=r"stage 'heuristics' reads lang, .* \(add language before it\)"):
+        parse_config(base(stages=["heuristics", "language"]))

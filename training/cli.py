@@ -19,8 +19,12 @@ import torch
 
 from contract.layout import TrainingRun
 from training.config import ModelConfig, count_params
+from training.config import preset as preset_config
+from training.launch import launch_local, launch_ray, read_manifest
 from training.parallel import accumulation, plan_layout
+from training.planner import GB, PlanSpec, make_plan
 from training.train_config import TrainConfig, load_train_config
+from training.trainer import read_metrics
 
 
 def describe_shapes(model_cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], int]]:
@@ -44,8 +48,6 @@ def plan_report(cfg: TrainConfig, vocab_size: int | None, workers: int, gpu: str
     trainer would use (`plan_layout`: FSDP over every rank, ep dividing the experts and the
     ranks), without activation checkpointing (the trainer does not recompute).
     """
-    from training.config import preset as preset_config
-    from training.planner import GB, PlanSpec, make_plan
 
     vocab = vocab_size or preset_config(cfg.preset, 128_000).vocab_size
     model_cfg = cfg.build_model_config(vocab)
@@ -107,7 +109,6 @@ def train_command(
     if dry_run:
         vocab = None
         if cfg.manifest is not None:
-            from training.launch import read_manifest
 
             vocab = read_manifest(cfg.manifest).tokenizer.vocab_size
         text = plan_report(cfg, vocab, cfg.workers)
@@ -117,9 +118,6 @@ def train_command(
         raise ValueError("seed-67b is for planning only here: use --dry-run")
     if cfg.manifest is None:
         raise ValueError("give --manifest (a manifest.json path or URL) or `manifest:` in the config")
-
-    from training.launch import launch_local, launch_ray
-    from training.trainer import read_metrics
 
     if local:
         launch_local(cfg)

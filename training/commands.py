@@ -30,7 +30,7 @@ def plan(
     tokens: str = typer.Option("2T", help="Training tokens (e.g. 2T, 500B)."),
 ) -> None:
     """Capacity plan: memory per GPU, step time, MFU, days, GPU-days, work lost to failures."""
-    from training.planner import PlanError, plan_command
+    from training.planner import PlanError, plan_command  # the training client: flywheel[train]
 
     try:
         plan_command(config, gpus, gpu=gpu, tokens=tokens, console=console)
@@ -40,7 +40,7 @@ def plan(
 @commands.command("validate-manifest")
 def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file:// or http(s):// URL")) -> None:
     """Check a manifest's schema, every shard's size and sha256; exit 1 naming the first problem."""
-    from training.data.validate import validate_manifest_cli
+    from training.data.validate import validate_manifest_cli  # flywheel[train]
 
     raise typer.Exit(validate_manifest_cli(target))
 
@@ -60,7 +60,7 @@ def train(
     micro_batch: Optional[int] = typer.Option(None),
 ) -> None:
     """Train the MoE on a manifest's shards (FSDP2 + expert parallel, elastic Ray Train workers)."""
-    from training.cli import train_command
+    from training.cli import train_command  # torch and Ray Train: flywheel[train]
 
     try:
         summary = train_command(config, manifest, preset, steps, workers, out, local=local, dry_run=dry_run,
@@ -79,7 +79,7 @@ def export_hf(
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
 ) -> None:
     """Export a checkpoint as a transformers Qwen2-MoE model (AutoModelForCausalLM, no remote code)."""
-    from training.export_hf import export_hf as export
+    from training.export_hf import export_hf as export  # torch and transformers: flywheel[train]
 
     try:
         summary = export(checkpoint, out, tokenizer=tokenizer, config=config, dtype=dtype)
@@ -120,7 +120,7 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Loss, perplexity and bits per byte of a checkpoint on held-out text, per file and domain."""
-    from training.evaluate import evaluate_checkpoint
+    from training.evaluate import evaluate_checkpoint  # torch: flywheel[train]
 
     try:
         report = evaluate_checkpoint(checkpoint, eval_files, tokenizer=tokenizer, seq_len=seq_len,

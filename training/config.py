@@ -115,7 +115,7 @@ class ModelConfig(BaseModel):
         return layer_id >= self.moe.n_dense_layers
 
     def build(self) -> Transformer:
-        from training.model import Transformer
+        from training.model import Transformer  # torch: configs are validated without it (the service does)
 
         return Transformer(self)
 

@@ -34,8 +34,10 @@ from contract.layout import CurationRun
 from contract.locations import resolve
 from contract.manifest import Manifest, parse_manifest
 from contract.tokenizer import SpecialTokens, load_tokenizer
+from training.checkpoint import read_meta
 from training.data.dataset import Batch
 from training.data.fetch import Fetcher
+from training.export_hf import load_checkpoint_model, resolve_checkpoint
 
 IGNORE_INDEX = -100  # causal_lm_loss's: targets the loss skips (window padding)
 
@@ -312,8 +314,6 @@ def evaluate_checkpoint(
 
     The tokenizer is `tokenizer` (a tokenizer.json) or that of the manifest the checkpoint was
     trained on (meta.json's `manifest`); seq_len defaults to the run's."""
-    from training.checkpoint import read_meta
-    from training.export_hf import load_checkpoint_model, resolve_checkpoint
 
     step_dir = resolve_checkpoint(checkpoint)
     meta = read_meta(step_dir)

@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from tokenizers import Tokenizer
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from contract.layout import CurationRun, TrainingRun
 from contract.tokenizer import SpecialTokens
@@ -63,8 +67,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def checkpoint_tensor_shapes(step_dir: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Model tensor name -> (global shape, dtype), read from DCP's .metadata alone."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = FileSystemReader(str(step_dir)).read_metadata().state_dict_metadata
     return {
@@ -102,7 +104,6 @@ def load_model_state(step_dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor
     Shapes are checked against `cfg` first (built on the meta device: nothing allocated), so a
     config that does not describe this checkpoint fails with the offending tensor named.
     """
-    import torch.distributed.checkpoint as dcp
 
     with torch.device("meta"):
         expected = cfg.build().state_dict()
@@ -155,7 +156,7 @@ def check_exportable(cfg: ModelConfig) -> None:
 
 def hf_config(cfg: ModelConfig, dtype: str = "float32", special_ids: dict[str, int] | None = None) -> dict[str, Any]:
     """config.json for `Qwen2MoeForCausalLM` (validated by transformers' Qwen2MoeConfig)."""
-    from transformers import Qwen2MoeConfig
+    from transformers import Qwen2MoeConfig  # transformers (~2 s): export only
 
     moe = cfg.moe
     hf = Qwen2MoeConfig(
@@ -231,7 +232,6 @@ def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch
 def write_tokenizer(source: str | Path, out: Path, cfg: ModelConfig) -> dict[str, int]:
     """Copy a `tokenizers` tokenizer.json (a file, or a folder holding one) and describe it for
     AutoTokenizer; returns the ids of the special tokens it has (curation's names)."""
-    from tokenizers import Tokenizer
 
     source = Path(source)
     path = source / CurationRun.TOKENIZER if source.is_dir() else source
@@ -266,7 +266,7 @@ def export_hf(
     Raises ExportError when the model is not exactly a Qwen2-MoE (`hf_export_problems`), when
     the config does not match the checkpoint, or when no config can be found.
     """
-    from huggingface_hub import save_torch_state_dict
+    from huggingface_hub import save_torch_state_dict  # huggingface_hub, with transformers: export only
 
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")

@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from contract.layout import TrainingRun
 from contract.manifest import Manifest, parse_manifest
 from training.checkpoint import CheckpointManager, read_meta
+from training.data.dataset import ManifestDataset
 from training.data.fetch import Fetcher
 from training.parallel import Layout, build_meshes, plan_layout
 from training.train_config import TrainConfig
@@ -65,7 +67,6 @@ def build_worker(cfg: TrainConfig) -> tuple[Trainer | None, Callable[[bool, bool
     Uses the default process group when one is initialised (Ray Train, torchrun, spawn),
     otherwise trains alone. Collective: every process of the group must call it.
     """
-    from training.data.dataset import ManifestDataset
 
     if cfg.manifest is None:
         raise ValueError("a training run needs a manifest")
@@ -166,7 +167,6 @@ def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | 
             dist.destroy_process_group()
     if nprocs == 1:
         return run_worker(cfg, on_step=on_step)
-    import torch.multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     mp.spawn(_spawned, args=(nprocs, free_port(), cfg.model_dump_json(), on_step, threads), nprocs=nprocs, join=True)
@@ -181,9 +181,9 @@ def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | 
 def _ray_train_loop(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: resume from the latest reported checkpoint, report each
     new one (every rank, the same number of times: spares report None)."""
-    import ray.train
-    from ray.train import Checkpoint
-    from ray.train.v2.api.report_config import CheckpointUploadMode
+    import ray.train  # Ray Train: --local runs without Ray
+    from ray.train import Checkpoint  # Ray Train, as above
+    from ray.train.v2.api.report_config import CheckpointUploadMode  # Ray Train, as above
 
     cfg = TrainConfig.model_validate(config["train"])
 
@@ -219,9 +219,9 @@ def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
     checkpoints/), which on a cluster must be a shared filesystem. Starts a local Ray unless
     one is running or RAY_ADDRESS names a cluster.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    import ray  # Ray Train: --local runs without Ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # Ray Train, as above
+    from ray.train.torch import TorchConfig, TorchTrainer  # Ray Train, as above
 
     out = Path(cfg.out_dir).resolve()
     manifest = cfg.manifest

@@ -279,12 +279,3 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Te
     for group in by_mesh.values():
         torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
     return total
-
-
-def all_reduce_mean(values: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """Mean over `group` (identity outside torch.distributed)."""
-    if group is None or not dist.is_initialized():
-        return values
-    out = values.clone()
-    dist.all_reduce(out, group=group)
-    return out / dist.get_world_size(group)

@@ -26,7 +26,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rich.console import Console
+from rich.table import Table
 
 from training.config import PRESETS, ModelConfig, count_params, preset
 
@@ -487,8 +490,6 @@ def load_model_config(spec: str, vocab_size: int | None = None) -> ModelConfig:
     path = Path(spec)
     if not path.is_file():
         raise PlanError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-    import yaml
-    from pydantic import ValidationError
 
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
@@ -526,8 +527,6 @@ def parse_count(text: str | float | int) -> float:
 
 def print_plan(plan: Plan, console=None) -> None:
     """The plan as rich tables: layout, memory per GPU, time, failures, reference runs."""
-    from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     s, p, g = plan.spec, plan.params, plan.gpu
@@ -616,7 +615,6 @@ def plan_command(config: str, gpus: int, gpu: str = "h100", tokens: str | float 
     `options` are further PlanSpec fields (fsdp, ep, seq_len, mfu, mtbf_hours, ...). Raises
     PlanError (and pydantic's ValidationError for bad option values) before printing anything.
     """
-    from pydantic import ValidationError
 
     cfg = load_model_config(config, vocab_size)
     try:

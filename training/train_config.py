@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.config import ModelConfig, preset
-from training.optim import ROUTER_LR_RATIO, OptimizerConfig, ScheduleConfig
+from training.recipe import ROUTER_LR_RATIO, OptimizerConfig, ScheduleConfig
 
 # Batch geometry a preset implies unless the config says otherwise. seed-67b: the article's
 # 4,096-token sequences and "4 million"-token batches (1,024 sequences), one per GPU forward.
@@ -152,7 +153,6 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
         if str(path).endswith(".json"):
             data = json.loads(text)
         else:
-            import yaml
 
             data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -48,13 +49,12 @@ def ablate(
     parallel: Optional[int] = typer.Option(None, min=1, help="Variants trained at once."),
 ) -> None:
     """Curate each variant, train the same model on each, compare held-out loss per domain."""
-    import logging
-
+    # flywheel[curate]: the CLI also runs where only flywheel[train] is installed
     from curation.config import ConfigError
-    from curation.io.files import InputError
-    from curation.pipeline import OutputError
-    from workflows.ablation.config import load_ablation_config
-    from workflows.ablation.runner import run_ablation
+    from curation.io.files import InputError  # flywheel[curate]
+    from curation.pipeline import OutputError  # flywheel[curate]
+    from workflows.ablation.config import load_ablation_config  # Ray, the curation stages and torch: flywheel[all]
+    from workflows.ablation.runner import run_ablation  # as above
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:

@@ -20,6 +20,7 @@ from api.run_files import thin
 from api.schemas import Problem, TrainingJobCreate, TrainingJobList, TrainingJobOut, TrainingJobSummary
 from api.training_jobs import eval_curve, read_progress
 from contract.locations import local_path
+from training.train_config import TrainConfig
 
 router = APIRouter(tags=["training"])
 # TrainConfig fields the service sets: where the data is, where the run writes, and one process.
@@ -81,8 +82,6 @@ def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str,
     """The TrainConfig of the run as JSON, checked as far as possible before anything starts:
     its fields, the model it builds for the manifest's vocabulary, and its eval files (which
     must lie under `roots`). 422 (403 for a file outside the roots) with one line if not."""
-    from training.train_config import TrainConfig
-
     given = [k for k in SERVICE_KEYS if k in body.config]
     if given:
         raise HTTPException(422, detail=f"config: {', '.join(given)} are set by the service")

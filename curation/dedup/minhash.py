@@ -60,7 +60,7 @@ def scheme_id(scheme: Scheme) -> str:
     changes R-MinHash is caught as an incompatible index, not silently compared."""
     if scheme == "datasketch":
         return f"datasketch-{DATASKETCH_SCHEME}"
-    import rensa
+    import rensa  # only the configured scheme's library is loaded
 
     return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}"
 
@@ -73,7 +73,7 @@ class MinHasher:
     scheme: Scheme = "rensa"
 
     def permutations(self) -> tuple[np.ndarray, np.ndarray]:
-        from datasketch import MinHash
+        from datasketch import MinHash  # only the configured scheme's library is loaded
 
         a, b = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=DATASKETCH_SCHEME).permutations
         return a.astype(np.uint32), b.astype(np.uint32)
@@ -99,7 +99,7 @@ class MinHasher:
         return self._datasketch(h, owner, len(counts)), counts
 
     def _rensa(self, h64: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        import rensa
+        import rensa  # only the configured scheme's library is loaded
 
         offsets = np.zeros(len(counts) + 1, np.uint64)
         np.cumsum(counts, out=offsets[1:])

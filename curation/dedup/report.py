@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.dedup.shuffle import map_partitions, runs
+from curation.runtime import per_block
 from curation.stages.base import REASON
 
 
@@ -29,7 +30,7 @@ def _status_kb(pid: int, field: str) -> int:
 
 def raylet_pid() -> int | None:
     """The pid of this node's raylet (the parent of its Ray workers), asked of a tiny task."""
-    import ray
+    import ray  # Ray: a report also runs on stats files alone
 
     @ray.remote(num_cpus=0)
     def parent() -> int:
@@ -97,7 +98,6 @@ def _rate_partials(batch: pa.Table, column: str, reasons: list[str]) -> pa.Table
 def duplicate_rates(out, column: str, reasons: list[str]) -> dict[str, dict[str, Any]]:
     """{value of `column`: {docs, duplicates, rate}} over a stage's (materialized) output:
     partial counts per block, summed here; one small row per (block, value) reaches the driver."""
-    from curation.runtime import per_block
 
     totals: dict[str, list[int]] = {}
     for part in per_block(out, _block_rates, column, reasons):
@@ -141,7 +141,6 @@ def cluster_summary(out, cluster_rows: Callable[[pa.Table], pa.Table], n_parts: 
     one per dropped item. Up to `local_rows` rows they are summarised on the driver (a Ray
     shuffle costs ~1 s to start), beyond it per hash partition of the cluster."""
     if rows <= local_rows:
-        from curation.runtime import per_block
 
         tables = [t for t in per_block(out, _apply_rows, cluster_rows) if t.num_rows]
         parts = [json.loads(_cluster_partials(pa.concat_tables(tables), top)["summary"][0].as_py())] if tables else []

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from curation.text_bytes import string_buffers, word_starts
 
@@ -167,7 +168,6 @@ def split_words(normalized: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def words(texts: pa.Array | pa.ChunkedArray, seed: int) -> Words:
     """Normalise, split and hash the words of every text (see the module docstring)."""
-    import xxhash
 
     flat, counts = split_words(normalize(texts))
     offsets = np.zeros(len(counts) + 1, np.int64)

@@ -113,14 +113,14 @@ class Broadcast:
     @classmethod
     def of_table(cls, table: pa.Table) -> "Broadcast":
         """A table the driver holds, put in the object store once."""
-        import ray
+        import ray  # Ray: started by the run, not by importing the stage
 
         self = cls.__new__(cls)
         self.refs, self.schema, self.token = [ray.put(table)], table.schema, uuid.uuid4().hex
         return self
 
     def table(self) -> pa.Table:
-        import ray
+        import ray  # Ray: started by the run, not by importing the stage
 
         cached = _BROADCAST_CACHE.get(self.token)
         if cached is None:

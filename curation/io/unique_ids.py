@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from curation.io.files import InputError
 from curation.io.records import POSITION
+from curation.runtime import per_block
 from curation.stages.base import DETAIL, REASON
 
 if TYPE_CHECKING:
@@ -50,8 +52,6 @@ def _keys(batch: pa.Table) -> pa.Table:
 
 
 def _id_hashes(batch: pa.Table, _index: int = 0) -> np.ndarray:
-    import xxhash
-
     if batch.num_rows == 0:
         return np.zeros(0, np.uint64)
     ids = _keys(batch)["id"].to_pylist()
@@ -73,8 +73,6 @@ def _repeated_rows(ds: "ray.data.Dataset", partitions: int) -> list[dict]:
                   .repartition(partitions, keys=["id"])
                   .map_batches(later_copies, batch_format="pyarrow", batch_size=None)
                   .take_all())  # fmt: skip
-    from curation.runtime import per_block
-
     hashes = np.concatenate([np.zeros(0, np.uint64), *per_block(ds, _id_hashes)])
     values, counts = np.unique(hashes, return_counts=True)
     repeated = values[counts > 1]

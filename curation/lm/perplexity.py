@@ -25,6 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import kenlm
+import pyarrow.fs as pafs
+
 from curation.lm.tokens import TOKENIZER_KINDS, TokenizerKind, default_kind, tokenize_lines
 from curation.lm.train import model_record_path
 
@@ -59,7 +62,6 @@ class DomainModel:
     """A KenLM model with the tokenizer kind it was trained with (from its record, if any)."""
 
     def __init__(self, path: str, domain: str, score: Score = "cc_net_digits"):
-        import kenlm
 
         local = fetch_local(path)
         self.path = path
@@ -91,7 +93,6 @@ def fetch_local(path: str) -> str:
     """
     if "://" not in path:
         return path
-    import pyarrow.fs as pafs
 
     fs, remote = pafs.FileSystem.from_uri(path)
     folder = tempfile.mkdtemp(prefix="flywheel-lm-")

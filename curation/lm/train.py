@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+
 from curation.lm.kneser_ney import estimate_arpa
 from curation.lm.tokens import TokenizerKind, default_kind, tokenize_lines
 
@@ -24,8 +27,6 @@ def model_record_path(model_path: str | Path) -> str:
 
 def read_texts(input_path: str, text_field: str = "text") -> Iterator[str]:
     """The `text_field` of each record of a JSONL file (local path or pyarrow.fs URI; .gz/.zst ok)."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
 
     if "://" in input_path:
         fs, path = pafs.FileSystem.from_uri(input_path)

@@ -62,8 +62,10 @@ class Stage(ABC):
     """One named step of a curation run. Subclasses live one per file in `curation/stages/`."""
 
     name: ClassVar[str]
-    method: ClassVar[str]  # how it works, for the seed-style table ("MinHash + LSH")
+    method: ClassVar[str]  # how it works, for the removal table ("MinHash + LSH")
     Params: ClassVar[type[StageParams]] = StageParams
+    # Columns the stage needs, and those it adds or rewrites: a config whose stage reads what
+    # neither the reader nor an earlier stage writes fails before any work (PipelineConfig).
     reads: ClassVar[tuple[str, ...]] = ("id", "text")
     writes: ClassVar[tuple[str, ...]] = ()
 
@@ -101,7 +103,7 @@ class MapStage(Stage):
     def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
         kwargs: dict[str, Any] = dict(batch_format="pyarrow", batch_size=self.batch_size, zero_copy_batch=True)
         if self.uses_actors:
-            from ray.data import ActorPoolStrategy
+            from ray.data import ActorPoolStrategy  # Ray Data: stages are configured without it
 
             return ds.map_batches(
                 _StageActor,

@@ -46,8 +46,17 @@ from contract.layout import CurationRun
 from curation import runtime
 from curation.dedup import report
 from curation.dedup.components import LABEL_SCHEMA, connected_components, connected_components_local
-from curation.dedup.minhash import MinHasher, Scheme, band_keys, lsh_errors, optimal_bands_rows, scheme_id, signature_type
+from curation.dedup.minhash import (
+    MinHasher,
+    Scheme,
+    band_keys,
+    lsh_errors,
+    optimal_bands_rows,
+    scheme_id,
+    signature_type,
+)
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
+from curation.io.files import filesystem_for, write_parquet
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
 
 log = logging.getLogger(__name__)
@@ -308,8 +317,7 @@ def _incompatible_index(corpus: str, meta: dict[str, Any], bad: list[str]) -> st
 
 
 def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
-    import ray.data
-    from curation.io.files import filesystem_for
+    import ray.data  # Ray Data: stages are configured without it
 
     fs, root = filesystem_for(corpus)
     meta_path = CurationRun(root).minhash_index_meta
@@ -337,7 +345,6 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
 
 
 def _write_index_block(batch: pa.Table, index: int, folder: str) -> None:
-    from curation.io.files import write_parquet
 
     if batch.num_rows:
         write_parquet(pa.table({"id": batch["node"], "sig": batch["sig"], "n_shingles": batch["n_shingles"]}),
@@ -479,7 +486,6 @@ class MinHashDedup(Stage):
                        left_schema=arrow_schema(rows), right_schema=VERDICT_SCHEMA)
 
     def _write_index(self, sigs, n_docs: int) -> None:
-        from curation.io.files import filesystem_for
 
         fs, root = filesystem_for(self.ctx.output)
         files, index = CurationRun(root), CurationRun(self.ctx.output).minhash_index
@@ -509,7 +515,7 @@ def _guard_report(verdicts: pa.Table) -> list[dict[str, Any]]:
 
 def _table_of(ds, schema: pa.Schema) -> pa.Table:
     """A materialized dataset as one table on the driver (small ones only)."""
-    import ray
+    import ray  # Ray: stages are configured without it
 
     tables = [t for t in ray.get(runtime.block_refs(ds)) if t.num_rows]
     if not tables:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from curation.lm.perplexity import Score
+from curation.lm.perplexity import DomainModel, Score
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 
 if TYPE_CHECKING:
@@ -107,7 +107,6 @@ class _Scorer:
     """Actor: loads every domain's model once, then adds `perplexity` to each batch."""
 
     def __init__(self, models: dict[str, str], score: Score):
-        from curation.lm.perplexity import DomainModel
 
         self.models = {domain: DomainModel(path, domain, score) for domain, path in models.items()}
 

@@ -66,6 +66,7 @@ class PiiRedaction(MapStage):
     params: PiiParams
 
     def setup(self) -> None:
+        # Presidio and spaCy (~2 s): loaded in each actor, not when the config is checked
         from curation.pii.engine import PiiEngine
 
         p = self.params

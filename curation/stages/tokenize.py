@@ -41,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from pyarrow import fs as pafs
 from pydantic import Field, model_validator
 
 from contract.layout import CurationRun
 from contract.manifest import build_manifest, installed_flywheel_version, write_manifest
 from contract.shards import ShardRecord, ShardWriter, dtype_for_vocab, sha256_file, shard_name
 from contract.tokenizer import SpecialTokens, load_tokenizer, special_ids, vocab_size_of
+from curation.io.files import filesystem_for
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 from curation.stages.mixture import REPEATS
 from curation.tokenizer import BYTE_ALPHABET_SIZE, batched_texts, train_bpe
@@ -81,9 +83,6 @@ class TokenizeParams(StageParams):
 
 
 def local_output_dir(output: str) -> Path:
-    from pyarrow import fs as pafs
-
-    from curation.io.files import filesystem_for
 
     fs, path = filesystem_for(output)
     if not isinstance(fs, pafs.LocalFileSystem):
@@ -357,7 +356,6 @@ class Tokenize(Stage):
         p: TokenizeParams = self.params
         path.parent.mkdir(parents=True, exist_ok=True)
         if p.tokenizer is not None:
-            from curation.io.files import filesystem_for
 
             fs, src = filesystem_for(p.tokenizer)
             with fs.open_input_stream(src) as f:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.optim import ROUTER_LR_RATIO
+from training.recipe import ROUTER_LR_RATIO
 from training.train_config import PRESET_OPTIMIZER, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

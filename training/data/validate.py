@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jsonschema
 import numpy as np
 from pydantic import ValidationError
 
@@ -68,11 +69,7 @@ def _validate(target: str) -> tuple[list[str], Manifest | None]:
 
 
 def schema_problems(document: Any) -> list[str]:
-    """JSON Schema violations, first the shallowest; [] also when jsonschema is not installed."""
-    try:
-        import jsonschema
-    except ImportError:  # the pydantic model states the same rules (tests keep them in sync)
-        return []
+    """JSON Schema violations, first the shallowest (jsonschema is a base dependency)."""
     validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(
         validator.iter_errors(document), key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path])

@@ -149,7 +149,7 @@ def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *
     """Draw, clean and write the held-out sets; write the training pool (Parquet) and the removed
     documents with their reasons (out_dir/removed/). `run_clean(candidates_parquet, clean_dir)`
     curates the candidates and returns the kept documents' folder."""
-    import ray.data
+    import ray.data  # Ray Data: held-out sets are configured without it
 
     docs = pq.read_table(read_dir, columns=["id", "domain"])
     drawn = draw_candidates(docs["id"].to_pylist(), docs["domain"].to_pylist(),

@@ -26,7 +26,12 @@ from typing import Any
 
 from contract.atomic import write_json_atomic
 from contract.layout import AblationRun, TrainingRun
+from contract.manifest import parse_manifest
+from curation import runtime
 from curation.config import PipelineConfig, StageSpec
+from curation.pipeline import Pipeline
+from curation.stages.tokenize import TokenizeParams, train_tokenizer_on
+from training.train_config import TrainConfig
 from workflows.ablation.config import AblationConfig
 from workflows.ablation.holdout import count_leaks, split_holdout
 
@@ -38,7 +43,6 @@ def variant_dir(out: Path, name: str) -> Path:
 
 
 def _run_pipeline(inputs: list, output: str, stages: list[StageSpec], cfg: AblationConfig) -> Any:
-    from curation.pipeline import Pipeline
 
     config = PipelineConfig(inputs=inputs, output=output, seed=cfg.seed, default_domain=cfg.default_domain,
                             stages=stages)
@@ -56,7 +60,6 @@ def shared_tokenize_stage(stages: list[StageSpec], tokenizer: Path) -> list[Stag
 
 def train_steps(cfg: AblationConfig) -> tuple[int, int]:
     """(steps, tokens per step): the budget rounded up to whole global batches."""
-    from training.train_config import TrainConfig
 
     per_step = TrainConfig.model_validate({**cfg.train, "optimizer": cfg.train.get("optimizer", {})}).global_batch_tokens
     return math.ceil(cfg.token_budget / per_step), per_step
@@ -69,11 +72,10 @@ def train_config(cfg: AblationConfig, manifest: Path, out_dir: Path, eval_files:
 
 def train_variant(config: dict[str, Any], threads: int) -> dict[str, Any]:
     """One variant's training run in this process (a Ray task); returns its final evaluation."""
-    import torch
+    import torch  # torch: loaded in each training task, not by the driver
 
-    from training.launch import launch_local
-    from training.train_config import TrainConfig
-    from training.trainer import read_metrics
+    from training.launch import launch_local  # torch, as above
+    from training.trainer import read_metrics  # torch, as above
 
     torch.set_num_threads(max(1, threads))
     cfg = TrainConfig.model_validate(config)
@@ -87,9 +89,7 @@ def train_variant(config: dict[str, Any], threads: int) -> dict[str, Any]:
 
 def _train_all(jobs: dict[str, dict], cfg: AblationConfig, progress: Progress) -> dict[str, dict]:
     """Train every variant as a Ray task, at most `parallel` at once."""
-    import ray
-
-    from curation import runtime
+    import ray  # Ray: started by the run
 
     runtime.init_ray()
     cpus = cfg.cpus_per_variant
@@ -115,11 +115,7 @@ def results_table(variants: list[dict], domains: list[str]) -> list[dict]:
 
 def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_dir: Path | None = None) -> dict:
     """Run the whole ablation; writes OUT/ablation.json last and returns its content."""
-    import ray.data
-
-    from contract.manifest import parse_manifest
-    from curation import runtime
-    from curation.stages.tokenize import TokenizeParams, train_tokenizer_on
+    import ray.data  # Ray Data: started by the run
 
     progress = progress or (lambda phase: None)
     out = Path(cfg.output).resolve()

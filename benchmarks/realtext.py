@@ -21,6 +21,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from curation.dedup.near_copies import edit_words
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "build" / "demo-corpus" / "reference"
 MEAN_DOC_BYTES = 3_300  # the issue's corpus: 30,000 documents in 100 MB
@@ -58,12 +60,6 @@ class BigramChain:
         return " ".join(parts).replace(" \n ", "\n").replace("\n ", "\n").strip()
 
 
-def near_copy(text: str, rng: random.Random) -> str:
-    words = text.split(" ")
-    rate = rng.uniform(0.005, 0.02)
-    return " ".join(w + "x" if rng.random() < rate else w for w in words)
-
-
 def documents(n: int, seed: int, chain: BigramChain | None = None):
     """(id, text) for n documents: lognormal sizes around MEAN_DOC_BYTES, 10% near-copies."""
     chain = chain or BigramChain(source_text())
@@ -71,7 +67,7 @@ def documents(n: int, seed: int, chain: BigramChain | None = None):
     kept: list[str] = []
     for i in range(n):
         if kept and rng.random() < DUPLICATE_SHARE:
-            text = near_copy(rng.choice(kept), rng)
+            text, _ = edit_words(rng.choice(kept), rng.uniform(0.005, 0.02), rng, in_runs=False)
         else:
             text = chain.document(rng, int(rng.lognormvariate(7.9, 0.6)))  # median ~2.7 KB, mean ~3.3 KB
             if len(kept) < 5_000 or rng.random() < 0.05:

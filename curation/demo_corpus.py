@@ -80,6 +80,8 @@ from pydoc_data import topics
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from curation.dedup.near_copies import edit_words
+from curation.dedup.similarity import text_jaccard
 from curation.urls import canonicalize_url
 
 DOMAINS = ("web", "code", "books", "wiki", "math")
@@ -595,69 +597,6 @@ def _fill_template(template: str, rng: random.Random) -> tuple[str, list[dict[st
 
 # ----------------------------------------------------------------------------- edits
 
-_SPLIT = re.compile(r"(\s+)")
-
-
-def _edit(text: str, fraction: float, rng: random.Random, *, in_runs: bool) -> tuple[str, float]:
-    """`text` with `fraction` of its words edited; returns (new text, edited fraction).
-
-    Light edits are scattered single words and may be pure casing/whitespace changes; heavy
-    edits come in runs of 2-8 words (a rewritten clause), which keeps more 5-grams intact than
-    the same number of scattered edits would.
-    """
-    parts = _SPLIT.split(text)  # words at even indices, separators at odd ones
-    words = [i for i in range(0, len(parts), 2) if parts[i]]
-    vocab = [parts[i] for i in words]
-    n_edits = max(1, round(fraction * len(words)))
-    if in_runs:
-        targets: set[int] = set()
-        while len(targets) < n_edits:
-            start = rng.randrange(len(words))
-            for t in range(start, min(len(words), start + rng.randint(2, 8))):
-                if len(targets) < n_edits:
-                    targets.add(t)
-        chosen = sorted(targets)
-    else:
-        chosen = sorted(rng.sample(range(len(words)), n_edits))
-    ops = ("substitute", "delete", "insert", "case") + (() if in_runs else ("whitespace",))
-    for t in chosen:
-        i = words[t]
-        word = parts[i]
-        op = rng.choice(ops)
-        if op == "case":
-            changed = next((w for w in (word.capitalize(), word.lower(), word.upper()) if w != word), None)
-            if changed is None:  # no letters to re-case: insert instead
-                op = "insert"
-            else:
-                parts[i] = changed
-        if op == "substitute":
-            parts[i] = next((w for w in (rng.choice(vocab) for _ in range(5)) if w != word), word + "s")
-        elif op == "delete":
-            parts[i] = ""
-            if i + 1 < len(parts):
-                parts[i + 1] = ""
-        elif op == "insert":
-            parts[i] = f"{word} {rng.choice(vocab)}"
-        elif op == "whitespace":
-            sep = parts[i + 1] if i + 1 < len(parts) else ""
-            if i + 1 < len(parts):
-                parts[i + 1] = "\n" if sep == " " else sep + " "
-            else:
-                parts[i] = word + " "
-    return "".join(parts), n_edits / len(words)
-
-
-def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
-    words = text.lower().split()
-    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
-
-
-def word_5gram_jaccard(a: str, b: str) -> float:
-    """Jaccard similarity of the lower-cased whitespace-word 5-gram sets of `a` and `b`."""
-    sa, sb = _shingles(a), _shingles(b)
-    return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
-
-
 # ----------------------------------------------------------------------------- URLs
 
 _MIRRORS = ("mirror.example-archive.net", "cache.example-search.com", "docs-copy.example.org")
@@ -783,14 +722,14 @@ def _inject(base: list[Doc], seed: int) -> tuple[list[Doc], dict[str, Any]]:
                 text, frac = original.text, 0.0
             else:
                 lo, hi = (0.02, 0.05) if level == "light" else (0.20, 0.30)
-                text, frac = _edit(original.text, rng.uniform(lo, hi), rng, in_runs=level == "heavy")
+                text, frac = edit_words(original.text, rng.uniform(lo, hi), rng, in_runs=level == "heavy")
                 if text == original.text:  # every op was a no-op: force one visible edit
                     text += " ."
             copy = Doc(f"{original.domain}-neardup-{made:06d}", text, _mirror_url(original.url, mirror), original.domain,
                        {**original.metadata, "injection": {"kind": "near_duplicate", "of": original.id, "level": level}})
             new.append(copy)
             copies.append({"id": copy.id, "level": level, "edit_fraction": round(frac, 4),
-                           "word_5gram_jaccard": round(word_5gram_jaccard(original.text, text), 4)})
+                           "word_5gram_jaccard": round(text_jaccard(original.text, text), 4)})
         groups.append({"group": f"nd-{g:05d}", "original": original.id, "copies": copies})
     spare = {d.id for d in originals[len(groups):]}  # picked but not needed: free for other roles
     used.difference_update(i for i in range(n) if base[i].id in spare)
@@ -832,7 +771,7 @@ def _inject(base: list[Doc], seed: int) -> tuple[list[Doc], dict[str, Any]]:
             break
         pool = [d for d in by_topic[key] if d.id not in {x for p in pairs for x in (p["a"], p["b"])}]
         for a, b in zip(pool[0::2], pool[1::2]):
-            sim = word_5gram_jaccard(a.text, b.text)
+            sim = text_jaccard(a.text, b.text)
             if sim < 0.1:
                 pairs.append({"a": a.id, "b": b.id, "domain": key[0], "topic": key[1], "word_5gram_jaccard": round(sim, 4)})
                 break

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from curation.dedup.similarity import text_jaccard
 from curation.demo_corpus import BOILERPLATE, LANGUAGE_DOCS, MAX_FILE_TEXT_BYTES, build_demo_corpus
 from curation.urls import canonicalize_url
 
@@ -34,16 +35,6 @@ def small(tmp_path_factory):
     summary = build_demo_corpus(out, **SMALL)
     docs, by_file, truth = load(out)
     return {"out": out, "summary": summary, "docs": docs, "by_file": by_file, "truth": truth}
-
-
-def shingles(text: str) -> set:
-    w = text.lower().split()
-    return {tuple(w[i:i + 5]) for i in range(max(1, len(w) - 4))}
-
-
-def jaccard(a: str, b: str) -> float:
-    sa, sb = shingles(a), shingles(b)
-    return len(sa & sb) / len(sa | sb)
 
 
 def test_two_builds_are_byte_identical(small, tmp_path):
@@ -155,7 +146,7 @@ def test_near_duplicates_are_copies_at_their_edit_level(small):
             copy = docs[c["id"]]
             assert copy["domain"] == original["domain"] and copy["id"] != original["id"]
             assert copy["metadata"]["injection"] == {"kind": "near_duplicate", "of": original["id"], "level": c["level"]}
-            sim = jaccard(original["text"], copy["text"])
+            sim = text_jaccard(original["text"], copy["text"])
             assert sim == pytest.approx(c["word_5gram_jaccard"], abs=1e-3)
             if c["level"] == "exact":
                 assert copy["text"] == original["text"]
@@ -175,7 +166,7 @@ def test_not_duplicate_pairs_share_a_topic_but_not_text(small):
         a, b = docs[p["a"]], docs[p["b"]]
         assert a["domain"] == b["domain"] == p["domain"]
         assert a["metadata"]["topic"] == b["metadata"]["topic"] == p["topic"]
-        assert jaccard(a["text"], b["text"]) < 0.1
+        assert text_jaccard(a["text"], b["text"]) < 0.1
 
 
 TRACKING = re.compile(r"^(utm_[a-z]+|fbclid|gclid)$")

@@ -23,28 +23,19 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 import pyarrow as pa
 
+from curation.dedup.near_copies import edit_words
 from curation.dedup.sentences import split_sentences
+from curation.dedup.similarity import jaccard, word_ngrams, words
 from curation.stages.base import DETAIL, REASON
 
 POSITIVE = ("exact", "light")
 NEGATIVE = ("heavy", "topic")
-_WORD = re.compile(r"\w+")
-
-
-def word_ngrams(text: str, n: int = 5) -> set[tuple[str, ...]]:
-    w = _WORD.findall(text.lower())
-    return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))} if w else set()
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
 
 
 def documents_table(ids: list[str], texts: list[str], domain: str = "web") -> pa.Table:
@@ -56,43 +47,6 @@ def documents_table(ids: list[str], texts: list[str], domain: str = "web") -> pa
         "source": pa.array([f"eval-{i % 4}.jsonl" for i in range(n)], pa.string()),
         "n_tokens": pa.array([len(t.split()) for t in texts], pa.int64()),
     })
-
-
-# -- edits -----------------------------------------------------------------------------------
-
-def _noise(rng: random.Random, word: str) -> str:
-    r = rng.random()
-    if r < 0.3:
-        return word.upper() if rng.random() < 0.5 else word.capitalize()
-    if r < 0.6:
-        return word + rng.choice([",", ";", ""])
-    return word
-
-
-def edit_words(text: str, fraction: float, rng: random.Random, run: tuple[int, int] = (1, 1),
-               noise: float = 0.0) -> str:
-    """Edit about `fraction` of the words (substitute, delete or insert, in runs of `run`
-    words), then add case/punctuation noise to a `noise` share of the words."""
-    words = text.split()
-    if not words:
-        return text
-    vocab = sorted(set(words))
-    budget = max(1, round(fraction * len(words)))
-    while budget > 0:
-        length = min(budget, rng.randint(*run))
-        at = rng.randrange(len(words))
-        op = rng.random()
-        if op < 0.5:
-            words[at:at + length] = [rng.choice(vocab) + rng.choice(["", "s", "ed"]) for _ in range(length)]
-        elif op < 0.75 and len(words) > length + 1:
-            del words[at:at + length]
-        else:
-            words[at:at] = [rng.choice(vocab) for _ in range(length)]
-        budget -= length
-    if noise:
-        words = [_noise(rng, w) if rng.random() < noise else w for w in words]
-    sep = [" ", " ", " ", "  ", "\n"]
-    return "".join(w + (rng.choice(sep) if noise else " ") for w in words).strip()
 
 
 # -- documents -------------------------------------------------------------------------------
@@ -127,15 +81,15 @@ def build_document_set(texts: list[str], seed: int, per_level: int = 40, topic_p
         for k, src in enumerate(rng.sample(range(len(originals)), min(per_level, len(originals)))):
             text = originals[src]
             if level == "light":
-                text = edit_words(text, rng.uniform(0.005, 0.02), rng, noise=0.1)
+                text, _ = edit_words(text, rng.uniform(0.005, 0.02), rng, in_runs=False)
             elif level == "heavy":
-                text = edit_words(text, rng.uniform(0.25, 0.4), rng, run=(2, 8))
+                text, _ = edit_words(text, rng.uniform(0.25, 0.4), rng, in_runs=True)
             cid = f"{level}-{k:05d}"
             out_ids.append(cid)
             out_texts.append(text)
             group[cid] = ids[src] if level in POSITIVE else cid
             copies.append((cid, ids[src], level, round(jaccard(word_ngrams(text), word_ngrams(originals[src])), 4)))
-    vocab = [set(_WORD.findall(t.lower())) for t in originals]
+    vocab = [word_ngrams(t, 1) for t in originals]
     scored = sorted(((jaccard(vocab[a], vocab[b]), a, b) for a, b in combinations(range(len(originals)), 2)), reverse=True)
     pairs = [(ids[a], ids[b], round(jaccard(word_ngrams(originals[a]), word_ngrams(originals[b])), 4))
              for _, a, b in scored[:topic_pairs]]
@@ -202,8 +156,8 @@ def build_sentence_set(texts: list[str], seed: int, n_docs: int = 150, lines: tu
     for t in texts:
         for a, b in split_sentences(t):
             s = t[a:b]
-            key = " ".join(_WORD.findall(s.lower()))
-            if len(s.split()) >= min_words and key not in seen and "\n" not in s and _one_sentence(s):
+            key = " ".join(words(s))
+            if len(key.split()) >= min_words and key not in seen and "\n" not in s and _one_sentence(s):
                 seen.add(key)
                 pool.append(s)
     rng.shuffle(pool)
@@ -222,7 +176,7 @@ def build_sentence_set(texts: list[str], seed: int, n_docs: int = 150, lines: tu
                 lvl = rng.choice(("exact", "light", "heavy"))
                 src = rng.choice(used)
                 line = src if lvl == "exact" else _light_sentence(src, rng) if lvl == "light" else \
-                    edit_words(src, rng.uniform(0.3, 0.5), rng)
+                    edit_words(src, rng.uniform(0.3, 0.5), rng, in_runs=True)[0]
                 if not _one_sentence(line):
                     line, lvl = next(fresh), "fresh"
                 level[(doc_id, i)] = lvl

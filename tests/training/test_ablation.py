@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.dedup.evaluate import jaccard, word_ngrams
+from curation.dedup.similarity import jaccard, word_ngrams
 from flywheel.cli import app
 from tests.ablation_data import document, mini_corpus
 from workflows.ablation.config import parse_ablation_config

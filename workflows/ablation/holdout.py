@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.dedup.evaluate import jaccard, word_ngrams
 from curation.dedup.minhash import MinHasher, band_keys, optimal_bands_rows
+from curation.dedup.similarity import jaccard, word_ngrams
 
 if TYPE_CHECKING:
     import ray.data

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.config import ModelConfig, MoEConfig, count_params, preset, seed_67b, small, tiny
+from training.config import ModelConfig, MoEConfig, count_params, moe_67b, preset, small, tiny
 from training.model import Transformer, causal_lm_loss, doc_ids_from_starts
 from training.moe import MoE
 
@@ -48,11 +48,11 @@ def test_presets():
     assert count_params(tiny(VOCAB))["total"] < 1_000_000
     small_counts = count_params(small(32_768))
     assert 90e6 < small_counts["total"] < 110e6 and small_counts["active"] < 0.45 * small_counts["total"]
-    seed = count_params(seed_67b())
+    seed = count_params(moe_67b())
     # The article: 67B total, 16.7B active per token.
     assert seed["total"] == pytest.approx(67e9, rel=0.02)
     assert seed["active"] == pytest.approx(16.7e9, rel=0.01)
-    assert preset("seed-67b", 128_000) == seed_67b()
+    assert preset("moe-67b", 128_000) == moe_67b()
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("huge", VOCAB)
 

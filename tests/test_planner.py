@@ -1,4 +1,4 @@
-"""The capacity planner against hand arithmetic, the seed article and published training runs."""
+"""The capacity planner against hand arithmetic, the article and published training runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from training.config import MoEConfig, ModelConfig, count_params, preset, tiny
+from training.config import ModelConfig, MoEConfig, count_params, preset, tiny
 from training.planner import (
     GB,
     PlanError,
@@ -37,12 +37,12 @@ def llama2_70b() -> ModelConfig:
 
 
 def test_breakdown_adds_up_to_count_params():
-    for cfg in (tiny(1000), preset("small", 32_000), preset("seed-67b", 128_000)):
+    for cfg in (tiny(1000), preset("small", 32_000), preset("moe-67b", 128_000)):
         p = param_breakdown(cfg)
         n_dense = cfg.moe.n_dense_layers
         assert p.head + n_dense * p.dense_layer + (cfg.n_layers - n_dense) * (p.moe_layer_shared + p.moe_layer_routed) \
             == p.total == count_params(cfg)["total"]
-    seed = param_breakdown(preset("seed-67b", 128_000))
+    seed = param_breakdown(preset("moe-67b", 128_000))
     assert seed.routed == 60 * 64 * 3 * 7168 * 640
     assert seed.head == 2 * 128_000 * 7168 + 7168 and seed.embedding_lookup == 128_000 * 7168
     small = param_breakdown(preset("small", 32_000))  # tied embeddings, first layer dense
@@ -64,8 +64,8 @@ def test_seed_article_implies_single_digit_mfu():
     mfu = implied_mfu(flops, 2e12, 2048, 55, "a100-80g")
     assert 2048 * 55 == pytest.approx(112_000, rel=0.01)  # the article's "roughly 112,000 GPU-days"
     assert 0.06 < mfu < 0.09
-    # The repo's seed-67b preset agrees with the article's own figures within 5%.
-    preset_run = next(r for r in reference_runs() if r.name.startswith("seed-67b"))
+    # The repo's moe-67b preset agrees with the article's own figures within 5%.
+    preset_run = next(r for r in reference_runs() if r.name.startswith("moe-67b"))
     assert preset_run.mfu == pytest.approx(mfu, rel=0.05)
 
 
@@ -99,7 +99,7 @@ def test_activation_bytes_by_hand_for_tiny():
 
 
 def test_memory_items_and_activation_checkpointing():
-    cfg = preset("seed-67b", 128_000)
+    cfg = preset("moe-67b", 128_000)
     plan = make_plan(cfg, PlanSpec(gpus=64, gpu="h200", tokens=1e11, fsdp=64, ep=8))
     off, on = plan.memory[False].items, plan.memory[True].items
     # ZeRO (arXiv 1910.02054) section 3.1: mixed-precision Adam = 16 bytes per parameter, here
@@ -149,7 +149,7 @@ def test_communication_volumes_by_hand():
 
 
 def test_step_time_mfu_and_days_are_consistent():
-    cfg = preset("seed-67b", 128_000)
+    cfg = preset("moe-67b", 128_000)
     plan = make_plan(cfg, PlanSpec(gpus=2048, gpu="h100", tokens=2e12))
     for ac, t in plan.timing.items():
         assert t.step_s >= t.compute_s
@@ -175,13 +175,13 @@ def test_failure_cost_for_the_seed_numbers():
 
 
 def test_errors_are_plan_errors():
-    cfg = preset("seed-67b", 128_000)
+    cfg = preset("moe-67b", 128_000)
     with pytest.raises(PlanError, match="ep=3"):
         make_plan(cfg, PlanSpec(gpus=48, tokens=1e9, ep=3))
     with pytest.raises(PlanError, match="unknown GPU"):
-        plan_command("seed-67b", 8, "v100", "1T", console=Console(file=io.StringIO()))
+        plan_command("moe-67b", 8, "v100", "1T", console=Console(file=io.StringIO()))
     with pytest.raises(PlanError, match="fsdp"):
-        plan_command("seed-67b", 8, "h100", "1T", fsdp=3, console=Console(file=io.StringIO()))
+        plan_command("moe-67b", 8, "h100", "1T", fsdp=3, console=Console(file=io.StringIO()))
     with pytest.raises(PlanError, match="neither a preset"):
         load_model_config("no-such-model")
     assert parse_count("14.8T") == 14.8e12 and parse_count("500B") == 5e11 and parse_count("3e11") == 3e11
@@ -199,10 +199,10 @@ def test_yaml_model_config(tmp_path):
 
 def test_plan_command_prints_every_table():
     out = io.StringIO()
-    plan = plan_command("seed-67b", 2048, "a100-80g", "2T", console=Console(file=out, width=160))
+    plan = plan_command("moe-67b", 2048, "a100-80g", "2T", console=Console(file=out, width=160))
     text = out.getvalue()
     for title in ("Plan: 2,048 x A100-SXM-80GB", "Memory per GPU", "AC off", "AC on", "Time", "Failures",
-                  "implied MFU", "seed article, 67B MoE", "Llama 2 70B", "DeepSeek-V3", "this plan"):
+                  "implied MFU", "the article, 67B MoE", "Llama 2 70B", "DeepSeek-V3", "this plan"):
         assert title in text
     assert plan.ep == 8 and plan.fsdp == 2048
     assert plan.memory[True].total < 80 * GB
@@ -211,7 +211,7 @@ def test_plan_command_prints_every_table():
 def test_training_config_yaml_is_a_model_config(tmp_path):
     """`flywheel plan run.yaml` with the trainer's own config: preset + overrides + seq_len."""
     (tmp_path / "run.yaml").write_text(
-        "preset: seed-67b\nseq_len: 8192\nmodel: {n_layers: 30, moe: {n_routed_experts: 32}}\nsteps: 10\n")
+        "preset: moe-67b\nseq_len: 8192\nmodel: {n_layers: 30, moe: {n_routed_experts: 32}}\nsteps: 10\n")
     cfg = load_model_config(str(tmp_path / "run.yaml"))
     assert (cfg.n_layers, cfg.moe.n_routed_experts, cfg.max_seq_len, cfg.dim) == (30, 32, 8192, 7168)
     with pytest.raises(PlanError, match="unknown model preset"):

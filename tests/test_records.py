@@ -76,3 +76,37 @@ def test_parse_record_rejects_with_reason(rec, err):
 def test_non_object_record():
     with pytest.raises(RecordError, match="not_an_object"):
         parse_record([1, 2], default_id="x", default_domain="web", source="f")
+
+
+def naive_lines(data: bytes, start: int, end: int, max_line: int) -> list:
+    """What iter_lines means, spelled out: every line that starts in [start, end), blank lines
+    (ASCII whitespace only) left out, a line over `max_line` bytes as None."""
+    out, at = [], 0
+    for line in data.split(b"\n"):
+        if start <= at and (end < 0 or at < end):
+            if len(line) > max_line:
+                out.append((at, None))
+            elif line.strip():
+                out.append((at, line))
+        at += len(line) + 1
+    return out
+
+
+def test_iter_lines_matches_a_naive_split_for_any_read_size():
+    # Reads cut lines anywhere: lines joined across many reads, oversized lines reported once
+    # and skipped, blank and whitespace-only lines, a last line without a newline, CRs.
+    rng = random.Random(1)
+    pieces = [b"", b" ", b"\t \x0b\x0c", b"\r", b"{}", b"x" * 3, b"y" * 40, b"z" * 200]
+    for _ in range(1500):
+        data = b"\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        data += rng.choice([b"", b"\n", b"\n\n", b"tail"])
+        max_line = rng.choice([1, 5, 50, 1000])
+        cuts = sorted(rng.sample(range(1, len(data)), min(3, len(data) - 1))) if len(data) > 1 else []
+        bounds = [0, *cuts, len(data)]
+        for start, end in zip(bounds, bounds[1:]):
+            end = -1 if end == len(data) and rng.random() < 0.5 else end
+            stream = io.BytesIO(data)
+            stream.seek(max(0, start - 1))
+            got = list(iter_lines(stream, start=start, end=end, max_line_bytes=max_line,
+                                  block_bytes=rng.choice([1, 2, 7, 64, 1 << 20])))
+            assert got == naive_lines(data, start, end, max_line), (data, start, end, max_line)

@@ -1,13 +1,13 @@
 """`flywheel train`: the function behind the command, and its `--dry-run` planner.
 
-    flywheel train [CONFIG] --manifest URL_OR_PATH [--preset tiny|small|seed-67b] [--steps N]
+    flywheel train [CONFIG] --manifest URL_OR_PATH [--preset tiny|small|moe-67b] [--steps N]
                    [--workers N] [--out DIR] [--local] [--dry-run]
 
 Writes DIR/metrics.jsonl (one JSON object per optimiser step) and DIR/checkpoints/. Without
 `--local` the ranks are Ray Train workers (elastic between min_workers and workers, restarted
 from the latest checkpoint on failure); with it they are local processes. `--dry-run` builds
 the model on the meta device (nothing allocated) and prints its shapes and the memory each rank
-would need, for any preset including seed-67b.
+would need, for any preset including moe-67b.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def train_command(
         text = plan_report(cfg, vocab, cfg.workers)
         print(text)
         return {"dry_run": True, "preset": cfg.preset}
-    if cfg.preset == "seed-67b":
-        raise ValueError("seed-67b is for planning only here: use --dry-run")
+    if cfg.preset == "moe-67b":
+        raise ValueError("moe-67b is for planning only here: use --dry-run")
     if cfg.manifest is None:
         raise ValueError("give --manifest (a manifest.json path or URL) or `manifest:` in the config")
 

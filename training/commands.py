@@ -24,7 +24,7 @@ commands = typer.Typer(add_completion=False)
 
 @commands.command()
 def plan(
-    config: str = typer.Argument(..., help="Model preset (tiny, small, seed-67b) or a model/training YAML."),
+    config: str = typer.Argument(..., help="Model preset (tiny, small, moe-67b) or a model/training YAML."),
     gpus: int = typer.Option(..., help="Number of GPUs."),
     gpu: str = typer.Option("h100", help="a100-80g | h100 | h200 | h800"),
     tokens: str = typer.Option("2T", help="Training tokens (e.g. 2T, 500B)."),
@@ -48,7 +48,7 @@ def validate_manifest(target: str = typer.Argument(..., help="manifest.json path
 def train(
     config: Optional[Path] = typer.Argument(None, help="Training config (YAML/JSON); options override it."),
     manifest: Optional[str] = typer.Option(None, help="Manifest path or URL (file://, http(s)://, s3://)."),
-    preset: Optional[str] = typer.Option(None, help="tiny | small | seed-67b"),
+    preset: Optional[str] = typer.Option(None, help="tiny | small | moe-67b"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (snapped to a valid FSDP x EP layout)."),
     out: Optional[Path] = typer.Option(None, help="Output folder: metrics.jsonl, checkpoints/."),

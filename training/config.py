@@ -12,6 +12,7 @@ export conditions are listed on `ModelConfig.hf_export_problems`.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -195,8 +196,8 @@ def small(vocab_size: int) -> ModelConfig:
     )  # fmt: skip
 
 
-def seed_67b(vocab_size: int = 128_000) -> ModelConfig:
-    """The seed article's model: 60 layers, hidden 7168, 64 experts top-2 + 1 shared, 128k vocab.
+def moe_67b(vocab_size: int = 128_000) -> ModelConfig:
+    """The article's model: 60 layers, hidden 7168, 64 experts top-2 + 1 shared, 128k vocab.
 
     The article gives 67B total and 16.7B active but no expert width. With hidden 7168 as the
     model width and multi-head attention (56 heads of 128), an expert width of 640 gives
@@ -209,12 +210,23 @@ def seed_67b(vocab_size: int = 128_000) -> ModelConfig:
     )  # fmt: skip
 
 
-PRESETS = {"tiny": tiny, "small": small, "seed-67b": seed_67b}
+PRESETS = {"tiny": tiny, "small": small, "moe-67b": moe_67b}
+# Earlier names, still accepted with a warning: "seed-67b" named the article by a word no user
+# could decode.
+PRESET_ALIASES = {"seed-67b": "moe-67b"}
+
+
+def canonical_preset(name: str) -> str:
+    """The preset's current name; an alias warns (FutureWarning, shown to users) and maps."""
+    if name in PRESET_ALIASES:
+        warnings.warn(f"preset {name!r} is deprecated: use {PRESET_ALIASES[name]!r}", FutureWarning, stacklevel=3)
+        return PRESET_ALIASES[name]
+    return name
 
 
 def preset(name: str, vocab_size: int) -> ModelConfig:
     """A named preset with the tokenizer's vocabulary size."""
     try:
-        return PRESETS[name](vocab_size)
+        return PRESETS[canonical_preset(name)](vocab_size)
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None

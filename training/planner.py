@@ -1,7 +1,7 @@
 """Capacity planner: memory per GPU, step time, MFU, days and failure cost of a training run.
 
     spec = PlanSpec(gpus=2048, gpu="a100-80g", tokens=2e12)
-    plan = make_plan(preset("seed-67b", 128_000), spec)
+    plan = make_plan(preset("moe-67b", 128_000), spec)
     print_plan(plan)                        # rich tables; `flywheel plan` = plan_command(...)
 
 The layout is the trainer's (training/parallel.py): FSDP2 shards every parameter over `fsdp`
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 from rich.table import Table
 
-from training.config import PRESETS, ModelConfig, count_params, preset
+from training.config import PRESET_ALIASES, PRESETS, ModelConfig, canonical_preset, count_params, preset
 
 GB = 1e9
 SECONDS_PER_DAY = 86_400.0
@@ -92,7 +92,7 @@ class PlanSpec(BaseModel):
     gpu: str = "h100"
     tokens: float = Field(gt=0, description="training tokens")
     seq_len: int | None = Field(default=None, ge=1, description="None: the model's max_seq_len")
-    # The seed article's batch: "4 million" tokens (1,024 sequences of 4,096).
+    # The article's batch: "4 million" tokens (1,024 sequences of 4,096).
     global_batch_tokens: int = Field(default=4 * 1024 * 1024, ge=1)
     micro_batch_seqs: int = Field(default=1, ge=1, description="sequences per GPU per forward")
     fsdp: int | None = Field(default=None, ge=1, description="sharding degree; None: all GPUs")
@@ -446,12 +446,12 @@ class ReferenceRun:
 
 
 def reference_runs() -> list[ReferenceRun]:
-    seed = preset("seed-67b", 128_000)
+    seed = preset("moe-67b", 128_000)
     return [
-        # "About 55 days on 2,048 A100 GPUs", 2T tokens, 16.7B active (the seed article).
-        ReferenceRun("seed article, 67B MoE", "a100-80g", 2048 * 55 * 24, 2e12,
+        # "About 55 days on 2,048 A100 GPUs", 2T tokens, 16.7B active (the article).
+        ReferenceRun("the article, 67B MoE", "a100-80g", 2048 * 55 * 24, 2e12,
                      matmul_flops_per_token(16.7e9) + attention_flops_per_token(60, 56, 128, 4096),
-                     "seed article (its model: seed-67b preset, seq 4096 assumed)"),
+                     "the article (its model: moe-67b preset, seq 4096 assumed)"),
         # Llama 2 paper (arXiv 2307.09288) Table 2: 70B, 1,720,320 A100-80GB GPU-hours, 2T
         # tokens; 80 layers, 64 heads of 128, context 4,096. Dense: all 70B are active.
         ReferenceRun("Llama 2 70B (dense)", "a100-80g", 1_720_320, 2e12,
@@ -463,9 +463,9 @@ def reference_runs() -> list[ReferenceRun]:
         ReferenceRun("DeepSeek-V3 pre-training", "h800", 2_664_000, 14.8e12,
                      matmul_flops_per_token(37e9) + attention_flops_per_token(61, 128, 192, 4096, v_head_dim=128),
                      "arXiv 2412.19437 Table 1"),
-        # This repository's seed-67b preset at the article's budget, from its own config.
-        ReferenceRun("seed-67b preset (this repo)", "a100-80g", 2048 * 55 * 24, 2e12,
-                     model_flops_per_token(seed, 4096), "training/config.py seed_67b"),
+        # This repository's moe-67b preset at the article's budget, from its own config.
+        ReferenceRun("moe-67b preset (this repo)", "a100-80g", 2048 * 55 * 24, 2e12,
+                     model_flops_per_token(seed, 4096), "training/config.py moe_67b"),
     ]  # fmt: skip
 
 
@@ -475,17 +475,18 @@ def reference_runs() -> list[ReferenceRun]:
 
 
 def _preset(name: str, vocab_size: int | None) -> ModelConfig:
+    name = canonical_preset(name)
     if name not in PRESETS:
         raise PlanError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if vocab_size is None:  # seed-67b has the article's 128k; the small presets get 32k
-        return PRESETS[name]() if name == "seed-67b" else preset(name, 32_000)
+    if vocab_size is None:  # moe-67b has the article's 128k; the small presets get 32k
+        return PRESETS[name]() if name == "moe-67b" else preset(name, 32_000)
     return preset(name, vocab_size)
 
 
 def load_model_config(spec: str, vocab_size: int | None = None) -> ModelConfig:
-    """A preset name (`seed-67b`) or a YAML file: a ModelConfig (bare or under `model:`), or a
+    """A preset name (`moe-67b`) or a YAML file: a ModelConfig (bare or under `model:`), or a
     training config (`preset:` plus `model:` overrides and `seq_len`, as TrainConfig reads it)."""
-    if spec in PRESETS:
+    if spec in PRESETS or spec in PRESET_ALIASES:
         return _preset(spec, vocab_size)
     path = Path(spec)
     if not path.is_file():

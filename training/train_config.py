@@ -16,16 +16,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.config import ModelConfig, preset
+from training.config import ModelConfig, canonical_preset, preset
 from training.recipe import ROUTER_LR_RATIO, OptimizerConfig, ScheduleConfig
 
-# Batch geometry a preset implies unless the config says otherwise. seed-67b: the article's
+# Batch geometry a preset implies unless the config says otherwise. moe-67b: the article's
 # 4,096-token sequences and "4 million"-token batches (1,024 sequences), one per GPU forward.
-PRESET_BATCH = {"seed-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 1024, "micro_batch": 1}}
+PRESET_BATCH = {"moe-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 1024, "micro_batch": 1}}
 
 # Peak LR and warmup steps a preset implies unless the config gives them (the router's LR is
 # ROUTER_LR_RATIO x the peak unless given; warmup is capped at a tenth of the run, see _defaults).
-# seed-67b: the article's 1e-4 and 3,000 steps (OptimizerConfig's and ScheduleConfig's defaults).
+# moe-67b: the article's 1e-4 and 3,000 steps (OptimizerConfig's and ScheduleConfig's defaults).
 # small and tiny: Adam's best LR grows as models shrink. Two independent rules agree on the scale:
 # - muP (Yang et al. 2022, arXiv 2203.03466): hidden-matrix LR ~ 1/width; from the article's
 #   anchor (1e-4 at width 7168) that is 1.4e-3 at width 512 (small) and 1.1e-2 at 64 (tiny);
@@ -43,7 +43,7 @@ PRESET_BATCH = {"seed-67b": {"seq_len": 4096, "global_batch_tokens": 4 * 1024 * 
 _ARTICLE_LR = OptimizerConfig.model_fields["lr"].default
 _ARTICLE_WARMUP = ScheduleConfig.model_fields["warmup_steps"].default
 PRESET_OPTIMIZER = {
-    "seed-67b": {"lr": _ARTICLE_LR, "warmup_steps": _ARTICLE_WARMUP},
+    "moe-67b": {"lr": _ARTICLE_LR, "warmup_steps": _ARTICLE_WARMUP},
     "small": {"lr": 1e-3, "warmup_steps": 2000},
     "tiny": {"lr": 3e-3, "warmup_steps": 2000},
 }
@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # -- model and data ---------------------------------------------------------------------
-    preset: Literal["tiny", "small", "seed-67b"] = "tiny"
+    preset: Literal["tiny", "small", "moe-67b"] = "tiny"
     # Overrides of the preset's ModelConfig fields (a nested "moe" dict overrides MoEConfig).
     model: dict[str, Any] = Field(default_factory=dict)
     manifest: str | None = Field(default=None, description="manifest.json path or URL")
@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     global_batch_tokens: int = Field(default=16_384, ge=1)
     micro_batch: int = Field(default=8, ge=1, description="most sequences per rank per forward")
     # False: FSDP reduce-scatters once per step, after the last micro-batch (the unsharded
-    # gradients of every block stay resident meanwhile: 43 GB per GPU for seed-67b on 256 GPUs).
+    # gradients of every block stay resident meanwhile: 43 GB per GPU for moe-67b on 256 GPUs).
     # True: after every micro-batch (more traffic, sharded gradients only).
     reduce_every_micro_batch: bool = False
     seed: int = 0
@@ -106,9 +106,9 @@ class TrainConfig(BaseModel):
         `steps` whose warmup is the preset's, capped at a tenth of the run so short runs still decay."""
         if not isinstance(data, dict):
             return data
-        name = data.get("preset", cls.model_fields["preset"].default)
-        data = {**PRESET_BATCH.get(name, {}), **data}
-        defaults = PRESET_OPTIMIZER.get(name, PRESET_OPTIMIZER["seed-67b"])
+        name = canonical_preset(data.get("preset", cls.model_fields["preset"].default))
+        data = {**PRESET_BATCH.get(name, {}), **data, "preset": name}
+        defaults = PRESET_OPTIMIZER.get(name, PRESET_OPTIMIZER["moe-67b"])
         steps = int(data.get("steps", cls.model_fields["steps"].default))
         optimizer = dict(data.get("optimizer") or {})
         optimizer.setdefault("lr", defaults["lr"])

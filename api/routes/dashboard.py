@@ -1,7 +1,7 @@
 """The dashboard: server-rendered HTML over the same database and stats.json as the JSON API.
 
     GET /                corpora and jobs, with live state and per-stage progress
-    GET /jobs/{id}       one job: the seed-style funnel table and charts from its stats.json
+    GET /jobs/{id}       one job: the removal table and charts from its stats.json
     GET /ablations/{id}  one ablation: the variants' loss curves, the result table, the leakage check
 
 Sign-in: open any page once with `?token=<token>` (a `read` token is enough). The token is

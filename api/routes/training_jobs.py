@@ -91,8 +91,8 @@ def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str,
         raise HTTPException(422, detail=f"config: {one_line(e.errors())}") from None
     except TypeError as e:  # TrainConfig's before-validator meets e.g. `"steps": [1]` (not a ValidationError)
         raise HTTPException(422, detail=f"config: {e}") from None
-    if cfg.preset == "seed-67b":
-        raise HTTPException(422, detail="config: preset seed-67b is for planning only (flywheel train --dry-run)")
+    if cfg.preset == "moe-67b":
+        raise HTTPException(422, detail="config: preset moe-67b is for planning only (flywheel train --dry-run)")
     if cfg.eval_files:
         cfg = cfg.model_copy(update={"eval_files": validated_eval_files(cfg.eval_files, roots)})
     try:

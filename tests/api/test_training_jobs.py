@@ -102,7 +102,7 @@ def test_the_curve_is_thinned_and_the_list_summarises(trained, reader):
     ({"stepz": 3}, "stepz"),
     ({"out_dir": "/tmp/elsewhere"}, "set by the service"),
     ({"workers": 4}, "set by the service"),
-    ({"preset": "seed-67b"}, "planning only"),
+    ({"preset": "moe-67b"}, "planning only"),
     ({"model": {"n_layers": 0}}, "config.model"),
     ({"model": 5}, "model"),
     ({"steps": [1]}, "config"),

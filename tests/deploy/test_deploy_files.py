@@ -332,7 +332,7 @@ def test_rayjob_runs_flywheel_train_on_shared_checkpoints(kuberay, tmp_path):
     plan = make_plan(model, PlanSpec(gpus=gpus, gpu="h100", tokens=2e12, seq_len=cfg.seq_len, ep=cfg.ep,
                                      global_batch_tokens=cfg.global_batch_tokens, micro_batch_seqs=cfg.micro_batch))
     assert plan.memory[True].total < plan.gpu.memory_gb * 1e9
-    assert plan.accumulation == 8  # the seed's "8 micro-batches"
+    assert plan.accumulation == 8  # the article's "8 micro-batches"
 
 
 def test_kubernetes_objects_match_the_api_schemas(kuberay):

@@ -13,7 +13,6 @@ from training.cli import train_command
 from training.trainer import read_metrics
 
 
-
 def test_train_command_writes_metrics_and_checkpoints(tmp_path):
     manifest = write_tiny_manifest(tmp_path / "data")
     config = tmp_path / "run.json"
@@ -39,9 +38,9 @@ def test_train_command_writes_metrics_and_checkpoints(tmp_path):
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 9))
 
 
-def test_seed_67b_dry_run_plans_without_allocating(capsys):
+def test_moe_67b_dry_run_plans_without_allocating(capsys):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    train_command(None, preset="seed-67b", workers=256, ep=8, dry_run=True)
+    train_command(None, preset="moe-67b", workers=256, ep=8, dry_run=True)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     text = capsys.readouterr().out
     assert "67.87B total, 16.67B active" in text
@@ -51,6 +50,6 @@ def test_seed_67b_dry_run_plans_without_allocating(capsys):
     assert grown_mb < 200, f"a dry run must not allocate the model ({grown_mb:.0f} MB grew)"
 
 
-def test_seed_67b_refuses_to_train(tmp_path):
+def test_moe_67b_refuses_to_train(tmp_path):
     with pytest.raises(ValueError, match="dry-run"):
-        train_command(None, manifest=str(tmp_path / "m.json"), preset="seed-67b", out=tmp_path, local=True)
+        train_command(None, manifest=str(tmp_path / "m.json"), preset="moe-67b", out=tmp_path, local=True)

@@ -1,5 +1,5 @@
 """Per-preset optimiser defaults (training.train_config.PRESET_OPTIMIZER): the article's numbers
-for seed-67b, larger LRs for the small presets, and explicit values always winning."""
+for moe-67b, larger LRs for the small presets, and explicit values always winning."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def _config(**data) -> TrainConfig:
     return TrainConfig.model_validate({"manifest": "m.json", "out_dir": "out", **data})
 
 
-def test_seed_67b_keeps_the_articles_lr_and_warmup():
-    opt = _config(preset="seed-67b", steps=100_000).optimizer
+def test_moe_67b_keeps_the_articles_lr_and_warmup():
+    opt = _config(preset="moe-67b", steps=100_000).optimizer
     assert (opt.lr, opt.router_lr, opt.schedule.warmup_steps) == (1e-4, 2e-4, 3000)
 
 
@@ -51,3 +51,10 @@ def test_shipped_configs_need_no_lr_override():
     from flywheel.demo import DEMO_TRAINING
 
     assert "optimizer" not in DEMO_TRAINING
+
+
+def test_the_old_preset_name_still_works_with_a_warning():
+    """`seed-67b` (the article's 67B MoE, before it was named for what it is) maps to `moe-67b`."""
+    with pytest.warns(FutureWarning, match="'seed-67b' is deprecated: use 'moe-67b'"):
+        cfg = _config(preset="seed-67b", steps=100_000)
+    assert cfg.preset == "moe-67b" and cfg.optimizer.lr == _config(preset="moe-67b", steps=100_000).optimizer.lr

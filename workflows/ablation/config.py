@@ -16,7 +16,7 @@
 What is held equal across variants (so the only difference is the data): the held-out sets, the
 tokenizer (trained once, on the training pool), the model preset and overrides, batch geometry,
 optimiser recipe, seed, and the number of tokens trained on. A variant whose curated data holds
-fewer tokens than the budget repeats it (more epochs): that is the trade the seed article makes.
+fewer tokens than the budget repeats it (more epochs): that is the trade the article makes.
 
 Every variant's `tokenize` stage is replaced by one that uses the shared tokenizer; a `tokenize`
 stage in a variant's list only contributes its other parameters (shard size, add_bos).

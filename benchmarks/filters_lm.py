@@ -53,15 +53,14 @@ import lm_garbage  # noqa: E402  (benchmarks/lm_garbage.py: the labelled set)
 from curation.lm import train_lm  # noqa: E402
 from curation.lm.perplexity import DomainModel, perplexity  # noqa: E402
 from curation.lm.tokens import tokenize_lines  # noqa: E402
-from curation.stages.perplexity import Marker, PerplexityParams, calibrate_domain  # noqa: E402
 from curation.stages.base import RunContext  # noqa: E402
 from curation.stages.heuristics import HeuristicFilter, HeuristicParams  # noqa: E402
+from curation.stages.perplexity import Marker, PerplexityParams, calibrate_domain  # noqa: E402
 
 
 def stdlib_prose() -> str:
     """English shipped with the interpreter: the reference topics and stdlib docstrings (~1.8 MB)."""
     import ast
-
     import pydoc_data.topics
 
     parts = [" ".join(t.split()) for _, t in sorted(pydoc_data.topics.topics.items())]
@@ -263,7 +262,8 @@ def separation_tables(results: dict[str, dict]) -> list[str]:
 def default_lms(corpus: Path, tmp: Path) -> list[LM]:
     """The demo's web and books LMs (trained from the corpus builder's reference text first if
     missing), and one trained here on 3 MB of GNU info manuals (so its set has no info chunks)."""
-    from curation.demo_corpus import _info_nodes, build_reference_texts
+    from curation.demo_corpus import build_reference_texts
+    from curation.demo_corpus.sources import info_nodes
 
     lms = []
     for domain in ("web", "books"):
@@ -275,7 +275,7 @@ def default_lms(corpus: Path, tmp: Path) -> list[LM]:
         lms.append(LM(f"{domain} (demo)", str(model), str(reference), domain=domain))
     reference, size = tmp / "info.jsonl", 0
     with reference.open("w") as f:
-        for raw in _info_nodes():
+        for raw in info_nodes():
             f.write(json.dumps({"text": raw.text}) + "\n")
             size += len(raw.text)
             if size > 3_000_000:
@@ -379,7 +379,7 @@ def main() -> None:
         print(f"{label:36} {n:7d} {s:8.2f} {rate(n, s):>9}  {note}")
     if args.markdown:
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        md = [f"# Perplexity filter vs plain KenLM; LM and heuristic filter throughput", "",
+        md = ["# Perplexity filter vs plain KenLM; LM and heuristic filter throughput", "",
               f"Measured by `benchmarks/filters_lm.py` on {when}, {os.cpu_count()} CPUs (shared), "
               f"{time.perf_counter() - started:.0f} s wall. Throughput is docs per CPU second of one process.", "",
               *intro, *quality, "", "Throughput (synthetic ~2 KB prose from a bigram chain, stdlib code; "

@@ -11,7 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from curation.dedup.similarity import text_jaccard
-from curation.demo_corpus import BOILERPLATE, LANGUAGE_DOCS, MAX_FILE_TEXT_BYTES, build_demo_corpus
+from curation.demo_corpus import build_demo_corpus
+from curation.demo_corpus.injections import BOILERPLATE, LANGUAGE_DOCS
+from curation.demo_corpus.sources import MAX_FILE_TEXT_BYTES
 from curation.urls import canonicalize_url
 
 SMALL = {"seed": 7, "min_bytes": 0, "max_docs_per_source": 15}

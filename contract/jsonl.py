@@ -4,11 +4,15 @@
 A run may be writing the very line or file being read: a torn last line is left out, and a
 missing or half-written document reads as absent, so a poll never fails on a run in progress.
 The trainer, the ablation runner and the service all read through here.
+
+JSON Lines a user gives (reference text for an n-gram model, held-out evaluation sets) are read
+the other way, strictly: `numbered_records` names the file and line of anything that is not JSON.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +44,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def numbered_records(lines: Iterable[str | bytes], where: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line; a ValueError `where:N: not valid JSON`."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}:{number}: not valid JSON ({e.msg})") from None

@@ -19,7 +19,6 @@ evaluates every set, same batches in the same order, and ends with the same repo
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.jsonl import numbered_records
 from contract.layout import CurationRun
 from contract.locations import resolve
 from contract.manifest import Manifest, parse_manifest
@@ -82,13 +82,7 @@ def read_jsonl(path: Path) -> list[tuple[str, str | None]]:
         raise FileNotFoundError(f"{path}: no such evaluation file")
     docs = []
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        for number, record in numbered_records(f, str(path)):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise ValueError(f"{path}:{number}: an evaluation line is an object with a string `text`")
             domain = record.get("domain")

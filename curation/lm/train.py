@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from contract.jsonl import numbered_records
 from curation.lm.kneser_ney import estimate_arpa
 from curation.lm.tokens import TokenizerKind, default_kind, tokenize_lines
 
@@ -35,13 +36,7 @@ def read_texts(input_path: str, text_field: str = "text") -> Iterator[str]:
         stream = pa.input_stream(input_path, compression="detect")
     with stream:
         buffered = pa.BufferedInputStream(stream, 1 << 20)
-        for number, raw in enumerate(_lines(buffered), start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{input_path}:{number}: not JSON ({e.msg})") from None
+        for _, record in numbered_records(_lines(buffered), input_path):
             text = record.get(text_field) if isinstance(record, dict) else None
             if isinstance(text, str):
                 yield text

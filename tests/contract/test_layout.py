@@ -10,8 +10,8 @@ import pytest
 
 from contract.layout import AblationRun, CurationRun, TrainingRun, join
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("curation", "training", "api")
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("curation", "training", "workflows", "api", "flywheel")
 
 
 def _file_names() -> set[str]:

@@ -15,7 +15,7 @@ from curation.dedup.simhash_index import block_values, hamming, repeats_in_parti
 from curation.stages.base import DETAIL, REASON, RunContext
 from curation.stages.simhash_sentence_dedup import (EMPTIED, SimHashSentenceDedup, SimHashSentenceDedupParams,
                                                     remove_sentences)
-from tests.test_minhash_dedup import as_blocks, given_texts, to_table
+from tests.curation.test_minhash_dedup import as_blocks, given_texts, to_table
 
 
 def sentences(text: str) -> list[str]:

@@ -133,7 +133,7 @@ class LossyStage(Stage):
 def test_a_stage_that_loses_documents_fails_the_run(ray_local, tmp_path, monkeypatch):
     from curation import stages
 
-    monkeypatch.setitem(stages.STAGES, "lossy", "tests.test_pipeline:LossyStage")
+    monkeypatch.setitem(stages.STAGES, "lossy", "tests.curation.test_pipeline:LossyStage")
     corpus(tmp_path)
     with pytest.raises(AccountingError, match="stage 'lossy'"):
         run_pipeline(config(tmp_path, stages=["lossy"]))

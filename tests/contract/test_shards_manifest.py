@@ -32,7 +32,7 @@ from contract.shards import ShardWriter, dtype_for_vocab, open_index, open_token
 from training.data.synthetic import write_synthetic_dataset
 from training.data.validate import validate_manifest, validate_manifest_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def random_docs(n: int, seed: int, vocab: int = 1000, mean: int = 40) -> list[np.ndarray]:

@@ -70,10 +70,14 @@ class TrainingRun:
 
     CONFIG: ClassVar[str] = "train_config.json"  # the job's config, as the service submitted it
     METRICS: ClassVar[str] = "metrics.jsonl"  # one line per logged step
-    ROLLED_BACK: ClassVar[str] = "metrics.rolled_back.jsonl"  # lines past a resumed checkpoint
     EVAL: ClassVar[str] = "eval.jsonl"  # one line per evaluation
     CHECKPOINTS: ClassVar[str] = "checkpoints"  # step-NNNNNNN/ DCP folders
     CHECKPOINT_META: ClassVar[str] = "meta.json"  # inside each checkpoint folder
+
+    @staticmethod
+    def rolled_back(log: str) -> str:
+        """Where a log's lines past a resumed checkpoint go: metrics.jsonl -> metrics.rolled_back.jsonl."""
+        return log.removesuffix(".jsonl") + ".rolled_back.jsonl"
 
     @property
     def metrics(self) -> str:

@@ -153,7 +153,7 @@ class MetricsLog:
 
     def __init__(self, out_dir: Path, enabled: bool, name: str = TrainingRun.METRICS):
         self.path = out_dir / name
-        self.rolled_back = out_dir / f"{Path(name).stem}.rolled_back.jsonl"  # metrics: TrainingRun.ROLLED_BACK
+        self.rolled_back = out_dir / TrainingRun.rolled_back(name)
         self.enabled = enabled
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def test_resume_on_other_world_sizes_continues_data_and_loss(tmp_path):
 
     assert [r["step"] for r in got] == list(range(1, TOTAL + 1))
     assert [(r["world"], r["ep"]) for r in got] == [(2, 2)] * 6 + [(1, 1)] * 2
-    assert not (out / TrainingRun.ROLLED_BACK).exists()
+    assert not (out / TrainingRun.rolled_back(TrainingRun.METRICS)).exists()
     # The cursor runs on without gap or overlap, and every step read the same sequences as the
     # uninterrupted run (the digest is over each step's (epoch, sequence) set, all ranks).
     assert [(r["consumed_start"], r["consumed"]) for r in got] == [(8 * i, 8 * (i + 1)) for i in range(TOTAL)]
@@ -74,5 +74,5 @@ def test_metrics_after_the_checkpoint_are_rolled_back_on_resume(tmp_path):
     (out / "checkpoints" / "step_00000005" / "meta.json").unlink()  # as if the last save crashed
     run_worker(config(manifest, out, TOTAL, resume=True, checkpoint_every_steps=2, keep_checkpoints=3))
     assert [r["step"] for r in read_metrics(out)] == list(range(1, TOTAL + 1))
-    rolled_back = [json.loads(line)["step"] for line in (out / TrainingRun.ROLLED_BACK).read_text().splitlines()]
+    rolled_back = [json.loads(line)["step"] for line in (out / TrainingRun.rolled_back(TrainingRun.METRICS)).read_text().splitlines()]
     assert rolled_back == [5]

@@ -77,7 +77,7 @@ def test_killed_worker_run_resumes_from_checkpoint_and_finishes(tmp_path, ray_cl
     )
     # Work after the last checkpoint before the kill was thrown away and redone from it: the
     # same data and, since training resumed from the checkpoint, the same loss.
-    rolled_back = [json.loads(line) for line in (out / TrainingRun.ROLLED_BACK).read_text().splitlines()]
+    rolled_back = [json.loads(line) for line in (out / TrainingRun.rolled_back(TrainingRun.METRICS)).read_text().splitlines()]
     assert [r["step"] for r in rolled_back] == [KILL_AT]  # the step-4 checkpoint was used
     redone = got[KILL_AT - 1]
     assert rolled_back[0]["data_digest"] == redone["data_digest"]

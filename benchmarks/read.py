@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from curation.demo_corpus import LANGUAGE_DOCS  # noqa: E402
+from curation.demo_corpus.injections import LANGUAGE_DOCS  # noqa: E402
 from curation.io.files import plan_reads  # noqa: E402
 from curation.io.reader import read_task_tables  # noqa: E402
 
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=100, help="size of the JSONL file, MB")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default="build/bench-read")
-    ap.add_argument("--repeat", type=int, default=2, help="best of N (page cache warm after the first)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N (page cache warm after the first)")
     ap.add_argument("--ray", action="store_true", help="also time the read step through Ray")
     ap.add_argument("--markdown", type=Path, help="also write the table here (benchmarks/read.md)")
     args = ap.parse_args()
@@ -129,7 +129,9 @@ def main() -> None:
           f"{raw / MB:.0f} MB of JSONL ({files['jsonl.gz'].stat().st_size / MB:.0f} MB .gz, "
           f"{files['parquet'].stat().st_size / MB:.0f} MB Parquet), ~3 KB documents of real text; MB of JSONL per "
           f"CPU second of one process, best of {args.repeat}. `reference` is `fast=False` (json.loads per line, "
-          "dict per Parquet row) on the same code; both give identical tables (tests/test_reader_fast_path.py).",
+          "dict per Parquet row) on the same code; `fast` decodes JSONL lines with msgspec and reads Parquet "
+          "batches of string fields a column at a time; both give identical tables "
+          "(tests/test_reader_fast_path.py).",
           "", "| format | docs | reference MB/s/core | fast MB/s/core | speed-up |", "|---|---:|---:|---:|---:|"]
     for fmt, path in files.items():
         old, n_old = cpu_rate(path, raw, fast=False, repeat=args.repeat)

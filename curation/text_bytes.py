@@ -27,8 +27,10 @@ def word_starts(space: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Byte positions where a word starts: a non-space after a space, or at the start of a text
     (a word never runs across two texts). `space` is one bool per byte."""
     start = np.empty(len(space), bool)
-    start[:1] = True
-    np.greater(space[:-1], space[1:], out=start[1:])  # space -> non-space
-    start[offsets[:-1][offsets[:-1] < len(space)]] = True
-    start &= ~space
+    np.greater(space[:-1], space[1:], out=start[1:])  # space -> non-space: a non-space already
+    # Only a text's first byte (and the first byte of all) has no space before it to test; setting
+    # those few alone saves two passes over every byte (a `~space` copy and an and).
+    heads = offsets[:-1][offsets[:-1] < len(space)]
+    start[:1] = ~space[:1]
+    start[heads] = ~space[heads]
     return np.flatnonzero(start)

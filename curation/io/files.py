@@ -94,7 +94,7 @@ def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) ->
 def write_parquet(table, uri: str) -> None:
     """One Parquet file at `uri` (any pyarrow.fs URI or local path); the folder must exist
     where the filesystem has folders."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # Parquet support loads only for a Parquet write
 
     fs, path = filesystem_for(uri)
     pq.write_table(table, path, filesystem=fs)

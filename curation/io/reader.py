@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 import pyarrow as pa
@@ -23,6 +23,7 @@ try:
 except ImportError:  # optional: pyarrow's zlib stream then
     _igzip = _igzip_lib = None
 
+from curation.io.batches import batch_table, cut_tables, plain_batch
 from curation.io.files import ReadTask, filesystem_for
 from curation.io.records import (
     TEXT_AT,
@@ -140,52 +141,100 @@ def _document_or_reject(rec: Any, raw: str | bytes | None, default_id: str, task
                              domain=task.domain)
 
 
-def _parquet_rows(task: ReadTask, fast: bool = True):
-    """Documents and malformed rows of one Parquet file.
-
-    Fast path: columns convert to Python once per batch (not a dict per row), and a `metadata`
-    string is decoded by msgspec; where msgspec refuses it (NaN, infinities, lone surrogates,
-    not JSON) the string goes to `record_row` as it is, which decides as the reference path
-    (`RecordBatch.to_pylist`, json.loads) does.
-    """
+def _parquet_rows(task: ReadTask):
+    """Documents and malformed rows of one Parquet file, the reference way: a dict per row
+    (`RecordBatch.to_pylist`), metadata strings read by json.loads."""
     fs, path = filesystem_for(task.uri)
-    decode = msgspec.json.Decoder().decode if fast else None
     with fs.open_input_file(path) as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            yield malformed_row(doc_id=f"{task.source}@0", raw="", error=f"bad_parquet: {str(e)[:200]}",
-                                source=task.source, offset=0, domain=task.domain)
+        pf, bad = _open_parquet(f, task)
+        if bad is not None:
+            yield bad
             return
         row = 0
         for batch in pf.iter_batches(batch_size=ROWS_PER_TABLE):
-            if decode is None:
-                for rec in batch.to_pylist():
-                    yield _document_or_reject(rec, None, f"{task.source}#{row}", task, row)
-                    row += 1
-                continue
-            names = batch.schema.names
-            meta_at = names.index("metadata") if "metadata" in names else -1
-            # Extra columns go into metadata as Python values (a float column may hold NaN).
-            only_fields = RECORD_FIELDS.issuperset(names)
-            for values in zip(*(column.to_pylist() for column in batch.columns)):
-                rec = original = dict(zip(names, values))
-                finite = only_fields
-                if meta_at >= 0 and type(values[meta_at]) is str:
-                    try:
-                        rec = {**original, "metadata": decode(values[meta_at])}
-                    except (msgspec.MsgspecError, RecursionError, ValueError):
-                        finite = False
-                elif meta_at >= 0 and values[meta_at] is not None:
-                    finite = False  # a struct or list column: Python values, checked the long way
-                yield _document_or_reject(rec, None, f"{task.source}#{row}", task, row, finite=finite, original=original)
+            for rec in batch.to_pylist():
+                yield _document_or_reject(rec, None, f"{task.source}#{row}", task, row)
                 row += 1
+
+
+def _open_parquet(f, task: ReadTask) -> tuple[pq.ParquetFile | None, tuple | None]:
+    """(the ParquetFile, None), or (None, the malformed row of a file that is not Parquet)."""
+    try:
+        return pq.ParquetFile(f), None
+    except (pa.ArrowInvalid, OSError) as e:
+        return None, malformed_row(doc_id=f"{task.source}@0", raw="", error=f"bad_parquet: {str(e)[:200]}",
+                                   source=task.source, offset=0, domain=task.domain)
+
+
+def _parquet_tables(task: ReadTask):
+    """READ_SCHEMA tables of one Parquet file, one per record batch (`read_task_tables` cuts
+    them to size).
+
+    Fast path: a batch of string record fields is read a column at a time (`batch_table`);
+    any other batch converts to Python once per column (not a dict per row). Either way a
+    `metadata` string is decoded by msgspec; where msgspec refuses it (NaN, infinities, lone
+    surrogates, not JSON) the string goes to `record_row` as it is, which decides as the
+    reference path (`_parquet_rows`) does.
+    """
+    decode = msgspec.json.Decoder().decode
+    fs, path = filesystem_for(task.uri)
+    with fs.open_input_file(path) as f:
+        pf, bad = _open_parquet(f, task)
+        if bad is not None:
+            yield rows_to_table([bad])
+            return
+        row = 0
+        for batch in pf.iter_batches(batch_size=ROWS_PER_TABLE):
+            row_of = _batch_rows(batch, row, task, decode)
+            if plain_batch(batch):
+                yield batch_table(batch, source=task.source, domain=task.domain, first_row=row, decode=decode,
+                                  row_of=row_of)
+            else:
+                yield rows_to_table([row_of(i) for i in range(batch.num_rows)])
+            row += batch.num_rows
+
+
+def _batch_rows(batch: pa.RecordBatch, first_row: int, task: ReadTask, decode) -> Callable[[int], tuple]:
+    """Row i of a Parquet batch by the per-row path; the columns convert to Python once, on first
+    use (a plain batch may need no row at all)."""
+    columns: list[list] = []
+
+    def row_of(i: int) -> tuple:
+        if not columns:
+            columns.extend(column.to_pylist() for column in batch.columns)
+        return _parquet_row(batch.schema.names, [c[i] for c in columns], first_row + i, task, decode)
+
+    return row_of
+
+
+def _parquet_row(names: list[str], values: list, row: int, task: ReadTask, decode) -> tuple:
+    """Row `row` of a Parquet file from its column values, a metadata string read by msgspec
+    where msgspec can (else by `record_row`, with json.loads)."""
+    rec = original = dict(zip(names, values))
+    # Extra columns go into metadata as Python values (a float column may hold NaN).
+    finite = RECORD_FIELDS.issuperset(names)
+    meta = rec.get("metadata")
+    if type(meta) is str:
+        try:
+            value = decode(meta)
+        except (msgspec.MsgspecError, RecursionError, ValueError):
+            value = None
+        if type(value) is dict:
+            rec = {**original, "metadata": value}
+        else:  # not an object ("null", "[1]", "\"x\""): record_row's json.loads words the reject
+            finite = False
+    elif meta is not None:
+        finite = False  # a struct or list column: Python values, checked the long way
+    return _document_or_reject(rec, None, f"{task.source}#{row}", task, row, finite=finite, original=original)
 
 
 def read_task_tables(task: ReadTask, max_record_bytes: int = MAX_RECORD_BYTES, fast: bool = True):
     """Documents of one read task as Arrow tables of at most ROWS_PER_TABLE rows (and about
     TABLE_CHARS characters of text); `fast=False` takes the reference path for every line."""
-    rows = _jsonl_rows(task, max_record_bytes, fast) if task.fmt == "jsonl" else _parquet_rows(task, fast)
+    if task.fmt == "parquet" and fast:
+        yield from cut_tables(_parquet_tables(task), ROWS_PER_TABLE, TABLE_CHARS)
+        return
+    rows = _jsonl_rows(task, max_record_bytes, fast) if task.fmt == "jsonl" else _parquet_rows(task)
     batch: list[tuple] = []
     produced = False
     size = 0
@@ -206,7 +255,7 @@ def _read_batch(tasks: pa.Table):
 
 def read_documents(tasks: list[ReadTask]) -> "ray.data.Dataset":
     """A lazy Ray Dataset of every record in `tasks` (documents and malformed rows)."""
-    import ray.data
+    import ray.data  # Ray Data: started by the run, not by a scan or a config check
 
     plan = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=max(1, len(tasks)))
     # batch_size=1: one read task per call, so tasks spread over the cluster's CPUs.

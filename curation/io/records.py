@@ -6,9 +6,11 @@ A document is an Arrow row of `DOCUMENT_SCHEMA`. Fields the schema does not name
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
+from itertools import accumulate
 from typing import Any, Iterator
 
 import msgspec
@@ -83,7 +85,7 @@ READ_NAMES = tuple(READ_SCHEMA.names)
 _DOMAINS: dict[str, str | None] = {}  # a record's domain -> its lower-case form (None: not a domain)
 
 
-def _domain(value: str) -> str | None:
+def domain_name(value: str) -> str | None:
     """The lower-cased domain, or None when `value` is not a domain name (cached: a corpus has few)."""
     try:
         return _DOMAINS[value]
@@ -106,7 +108,8 @@ def record_row(rec: Any, *, default_id: str, default_domain: str, source: str, p
                                                rec.get("metadata"))  # fmt: skip
         if (type(text) is str and (type(doc_id) is str and doc_id or doc_id is None)
                 and (url is None or type(url) is str) and (type(metadata) is dict or metadata is None)
-                and (domain is None or type(domain) is str and (domain == "" or (domain := _domain(domain)) is not None))):
+                and (domain is None or type(domain) is str
+                     and (domain == "" or (domain := domain_name(domain)) is not None))):
             return _row(doc_id or default_id, text, url, domain or default_domain, metadata or {}, source, position,
                         finite, count_tokens)  # fmt: skip
     if not isinstance(rec, dict):
@@ -123,7 +126,7 @@ def record_row(rec: Any, *, default_id: str, default_domain: str, source: str, p
     domain = rec.get("domain")
     if domain is None or domain == "":
         domain = default_domain
-    elif not isinstance(domain, str) or _domain(domain) is None:
+    elif not isinstance(domain, str) or domain_name(domain) is None:
         raise RecordError(f"bad_domain: {str(domain)[:40]!r} is not a domain name")
     metadata = rec.get("metadata")
     if metadata is None:
@@ -187,61 +190,104 @@ def rows_to_table(rows: list[tuple]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=READ_SCHEMA)
 
 
+# Bytes per read of a JSONL stream: 1 MB keeps a block's lines in cache while they are decoded
+# (~5% faster than 8 MB reads).
+READ_BLOCK_BYTES = 1024 * 1024
+
+
 def iter_lines(stream, *, start: int, end: int, max_line_bytes: int,
-               block_bytes: int = 8 * 1024 * 1024) -> Iterator[tuple[int, bytes | None]]:
+               block_bytes: int = READ_BLOCK_BYTES) -> Iterator[tuple[int, bytes | None]]:
     """(offset, line) for each line that *starts* in [start, end) (end < 0: to EOF).
 
     `stream` is positioned at `start`. A line longer than `max_line_bytes` is yielded as
     (offset, None) and skipped without being held in memory: a 50 GB line costs one block.
     """
+    for offsets, lines in iter_line_blocks(stream, start=start, end=end, max_line_bytes=max_line_bytes,
+                                           block_bytes=block_bytes):
+        yield from zip(offsets, lines)
+
+
+def _line_offsets(lines: list[bytes], pos: int) -> list[int]:
+    """The file offset of each line of a block starting at `pos`, and of the byte after the last
+    (accumulate runs the loop in C)."""
+    return list(accumulate(map(len, lines), lambda at, n: at + n + 1, initial=pos))
+
+
+def _plain(lines: list[bytes], max_line_bytes: int) -> bool:
+    """No blank and no oversized line in `lines`: the block can be yielded as it is (the common
+    case; isspace stops at a line's first non-blank byte)."""
+    return not (b"" in lines or any(map(bytes.isspace, lines)) or max(map(len, lines), default=0) > max_line_bytes)
+
+
+def iter_line_blocks(stream, *, start: int, end: int, max_line_bytes: int,
+                     block_bytes: int = READ_BLOCK_BYTES) -> Iterator[tuple[list[int], list[bytes | None]]]:
+    """`iter_lines` a block at a time: (offsets, lines) of the lines of one read that *start* in
+    [start, end), blank lines left out, a line over `max_line_bytes` as None.
+
+    One `bytes.split` per block and no per-line Python on a clean block: cutting lines one at a
+    time (or copying the block into a bytearray and out again) cost ~30% of a fast read.
+    """
     # When start > 0 the caller positions the stream one byte early (start - 1): if that byte
     # is a newline, `start` begins a line; otherwise the line under `start` belongs to the
     # previous range and is skipped.
-    pos = start - 1 if start > 0 else 0  # file offset of buf[0]
-    buf = bytearray()
+    pos = start - 1 if start > 0 else 0  # file offset of the next unread byte
+    partial: list[bytes] = []  # pieces of a line that runs past the reads so far (joined once: linear)
+    partial_bytes = 0
     skipping: bool | None = None if start > 0 else False
-    eof = False
-    while not eof:
+    while True:
         data = stream.read(block_bytes)
         eof = not data
-        buf += data
         if skipping is None:
-            if not buf:
+            if eof:
                 return
-            skipping = buf[0:1] != b"\n"
-            del buf[:1]
-            pos += 1
+            skipping = data[:1] != b"\n"
+            data, pos = data[1:], pos + 1
         if skipping:  # dropping a partial or oversized line until its newline
-            nl = buf.find(b"\n")
+            nl = data.find(b"\n")
             if nl < 0:
-                pos += len(buf)
-                buf.clear()
+                if eof:
+                    return
+                pos += len(data)
                 continue
-            del buf[: nl + 1]
-            pos += nl + 1
-            skipping = False
-        last = buf.rfind(b"\n")
-        # Every complete line of the block at once: bytes.split runs in C, where finding and
-        # cutting one line at a time cost ~30% of a fast read.
-        lines = bytes(buf[:last]).split(b"\n") if last >= 0 else []
-        del buf[: last + 1]
-        if eof and buf:
-            lines.append(bytes(buf))  # the last line has no newline
-            buf.clear()
-        for line in lines:
-            if end >= 0 and pos >= end:
+            data, pos, skipping = data[nl + 1:], pos + nl + 1, False
+        lines = data.split(b"\n")  # at EOF [b""]: the partial line, if any, is the last line
+        tail = b"" if eof else lines.pop()  # after the last newline: the start of a partial line
+        if partial and lines:
+            lines[0] = b"".join([*partial, lines[0]])
+        line_start = pos - partial_bytes
+        if lines:
+            partial, partial_bytes = [], 0
+        offsets = _line_offsets(lines, line_start)
+        pos += len(data)
+        if end >= 0 and offsets[-2:-1] and offsets[-2] >= end:
+            cut = bisect.bisect_left(offsets, end, hi=len(lines))
+            yield from _yieldable(offsets[:cut], lines[:cut], max_line_bytes)
+            return
+        yield from _yieldable(offsets[:-1], lines, max_line_bytes)
+        if eof:
+            return
+        if tail:
+            partial.append(tail)
+            partial_bytes += len(tail)
+        # A partial line past the limit is reported once and then dropped read by read until
+        # its newline.
+        if partial_bytes > max_line_bytes:
+            at = pos - partial_bytes
+            if end >= 0 and at >= end:
                 return
-            if len(line) > max_line_bytes:
-                yield pos, None
-            elif line and not line.isspace():  # (isspace stops at the first non-blank; strip would copy)
-                yield pos, line
-            pos += len(line) + 1
-        # A partial line is left in buf. Past the limit it is reported once and then dropped
-        # block by block until its newline.
-        if len(buf) > max_line_bytes:
-            if end >= 0 and pos >= end:
-                return
-            yield pos, None
+            yield [at], [None]
             skipping = True
-            pos += len(buf)
-            buf.clear()
+            partial, partial_bytes = [], 0
+
+
+def _yieldable(offsets: list[int], lines: list[bytes], max_line_bytes: int) -> Iterator[tuple[list, list]]:
+    """The block as it is when plain, else without blank lines and with oversized ones as None."""
+    if not lines:
+        return
+    if _plain(lines, max_line_bytes):
+        yield offsets, lines
+        return
+    kept = [(at, None if len(line) > max_line_bytes else line) for at, line in zip(offsets, lines)
+            if len(line) > max_line_bytes or line and not line.isspace()]
+    if kept:
+        yield [at for at, _ in kept], [line for _, line in kept]

@@ -170,3 +170,131 @@ def test_a_corrupt_gzip_is_an_oserror_as_before(tmp_path, kind):
     (tmp_path / "bad.jsonl.gz").write_bytes(data)
     with pytest.raises(OSError, match="gzip"):
         _read(tmp_path / "bad.jsonl.gz", True)
+
+
+# Values that a column-at-a-time read could get wrong: domains Python and Arrow lower-case
+# differently (Kelvin sign, dotted I, a trailing newline `$` lets through), empty ids and urls,
+# metadata msgspec refuses or reads as a non-object, and texts with odd whitespace.
+_DOMAINS = ["Web", "BOOKS", "", None, "bad domain!", "\u212a", "\u0130", "books\n", "x" * 40, "code", "é"]
+_IDS = [None, "", "a", "é", " ", "7"]
+_URLS = [None, "", "https://x.org/a?b=c#d"]
+_METAS = ['{"a": 1}', '{"v": NaN}', '{"v": -Infinity}', "[1, 2]", "not json", '{"s": "\\ud800"}', None, "{}",
+          '{"b": 2, "a": [1, {"z": 1e300}]}', '{"a": 1, "a": 2}', '{"n": 123456789012345678901234567890}',
+          '{"f": 1e400}', '"a string"', "null", '{"d": ' + "[" * 300 + "]" * 300 + "}", '{"x": "\\u0000é"}',
+          '  {"padded": true}  ', '{"a": 1} {"b": 2}', "\ufeff{}"]
+
+
+def _hostile_parquet_rows(rng: random.Random, n: int) -> list[dict]:
+    texts = [None, "", "hello world", " \u3000 two\u00a0words\x1c", "中文 text", "\x00nul", "tab\there"]
+    return [{"id": rng.choice(_IDS), "text": rng.choice(texts), "url": rng.choice(_URLS),
+             "domain": rng.choice(_DOMAINS), "metadata": rng.choice(_METAS)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("columns", [("id", "text", "url", "domain", "metadata"), ("text",), ("metadata", "text"),
+                                     ("text", "domain", "id")])
+def test_parquet_column_path_agrees_with_reference_on_hostile_values(tmp_path, columns):
+    import pyarrow.parquet as pq
+
+    rows = _hostile_parquet_rows(random.Random(len(columns)), 2000)
+    table = pa.Table.from_pylist([{k: r[k] for k in columns} for r in rows],
+                                 schema=pa.schema([(k, pa.string()) for k in columns]))
+    pq.write_table(table, tmp_path / "h.parquet", row_group_size=333)
+    fast, slow = _read(tmp_path / "h.parquet", True), _read(tmp_path / "h.parquet", False)
+    assert fast.num_rows == 2000 and fast.equals(slow)
+    if "text" in columns and len(columns) > 1:
+        reasons = fast["_reason"].to_pylist()
+        assert 100 < reasons.count("") < 1900  # both documents and rejects, interleaved
+
+
+@pytest.mark.parametrize("kind", ["int_id", "large_text", "extra_column", "struct_metadata"])
+def test_parquet_batches_off_the_column_path_agree_too(tmp_path, kind):
+    import pyarrow.parquet as pq
+
+    rows = _hostile_parquet_rows(random.Random(5), 500)
+    table = pa.Table.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in rows[0]]))
+    if kind == "int_id":
+        table = table.set_column(0, "id", pa.array([i if i % 5 else None for i in range(500)], pa.int64()))
+    elif kind == "large_text":
+        table = table.set_column(1, "text", table["text"].cast(pa.large_string()))
+    elif kind == "extra_column":
+        table = table.append_column("score", pa.array([0.5, float("nan"), None, 2.0, -1.0] * 100))
+    else:
+        table = table.set_column(4, "metadata", pa.array([{"k": i} if i % 3 else None for i in range(500)]))
+    pq.write_table(table, tmp_path / "o.parquet", row_group_size=128)
+    fast, slow = _read(tmp_path / "o.parquet", True), _read(tmp_path / "o.parquet", False)
+    assert fast.num_rows == 500 and fast.equals(slow)
+
+
+def test_parquet_invalid_utf8_fails_as_the_reference_does(tmp_path):
+    import pyarrow.parquet as pq
+
+    text = pa.array([b"fine", b"\xff\xfe broken"], pa.binary()).view(pa.string())  # Parquet does not check
+    pq.write_table(pa.table({"text": text}), tmp_path / "u.parquet")
+    for fast in (True, False):
+        with pytest.raises(UnicodeDecodeError):
+            _read(tmp_path / "u.parquet", fast)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_tables_are_cut_alike_on_every_path(tmp_path, monkeypatch, suffix):
+    import pyarrow.parquet as pq
+
+    import curation.io.reader as reader
+
+    monkeypatch.setattr(reader, "ROWS_PER_TABLE", 7)
+    monkeypatch.setattr(reader, "TABLE_CHARS", 60)
+    rng = random.Random(2)
+    rows = [{"id": f"c{i}", "text": "é" * rng.choice([0, 1, 5, 30, 59, 60, 61, 200])} for i in range(300)]
+    rows[17]["text"] = None  # a reject (its raw JSON is its text) between documents
+    path = tmp_path / f"cut{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=50)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = plan_reads(str(path), "web")[0]
+    fast, slow = list(read_task_tables(task, fast=True)), list(read_task_tables(task, fast=False))
+    assert [t.num_rows for t in fast] == [t.num_rows for t in slow]
+    assert pa.concat_tables(fast).equals(pa.concat_tables(slow))
+
+
+def test_cut_tables_regroups_any_split_like_the_row_rule():
+    from curation.io.batches import cut_tables
+    from curation.io.records import READ_SCHEMA
+
+    rng = random.Random(4)
+    for _ in range(200):
+        texts = ["ü" * rng.choice([0, 1, 3, 9, 10, 25]) for _ in range(rng.randint(0, 60))]
+        whole = pa.table({f.name: pa.array(texts if f.name == "text" else [None] * len(texts), f.type)
+                          for f in READ_SCHEMA}, schema=READ_SCHEMA)  # fmt: skip
+        bounds = sorted({0, len(texts), *(rng.randint(0, len(texts)) for _ in range(rng.randint(0, 6)))})
+        pieces = [whole.slice(a, b - a) for a, b in zip(bounds, bounds[1:])]
+        rows, chars = rng.randint(1, 12), rng.randint(1, 40)
+        expected, n, size = [], 0, 0  # read_task_tables' rule, a row at a time
+        for t in texts:
+            n, size = n + 1, size + len(t)
+            if n >= rows or size >= chars:
+                expected.append(n)
+                n = size = 0
+        if n or not expected:
+            expected.append(n)
+        got = list(cut_tables(pieces, rows, chars))
+        assert [t.num_rows for t in got] == expected
+        assert pa.concat_tables(got).equals(whole)
+
+
+def test_lines_longer_than_a_read(tmp_path):
+    # Lines joined from several 1 MB reads, and one over the record limit, reported and skipped.
+    lines = [json.dumps({"id": "a", "text": "w " * 700_000}), json.dumps({"id": "b", "text": "short"}),
+             json.dumps({"id": "c", "text": "x" * 2_500_000}), '{"id": "d", "text": "' + "y" * 1_200_000,
+             json.dumps({"id": "e", "text": "last"})]
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines))
+    task = plan_reads(str(path), "web")[0]
+    fast = pa.concat_tables(read_task_tables(task, max_record_bytes=2_000_000, fast=True))
+    slow = pa.concat_tables(read_task_tables(task, max_record_bytes=2_000_000, fast=False))
+    assert fast.equals(slow)
+    got = {r["id"]: (r["_reason"], json.loads(r["_detail"]).get("error", "")[:16]) for r in fast.to_pylist()}
+    at_c = len(lines[0]) + len(lines[1]) + 2
+    at_d = at_c + len(lines[2]) + 1
+    assert got == {"a": ("", ""), "b": ("", ""), f"long.jsonl@{at_c}": ("malformed", "record_too_large"),
+                   f"long.jsonl@{at_d}": ("malformed", "bad_json: Unterm"), "e": ("", "")}

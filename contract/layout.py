@@ -33,7 +33,7 @@ class CurationRun:
     STATS: ClassVar[str] = "stats.json"  # per-stage accounting, written last but the manifest
     MANIFEST: ClassVar[str] = "manifest.json"  # the contract with the trainer (tokenize stage)
     TOKENIZER: ClassVar[str] = "tokenizer.json"  # Hugging Face `tokenizers` file
-    SHARDS: ClassVar[str] = "shards"  # shard-NNNNN.bin / .idx
+    SHARDS: ClassVar[str] = "shards"  # shard-<key>-<n>-<hash>.bin / .idx
     MINHASH_INDEX: ClassVar[str] = "index/minhash"  # signatures and bands, for dedup_against
     MINHASH_INDEX_META: ClassVar[str] = "index/minhash.json"
 
@@ -52,6 +52,14 @@ class CurationRun:
     @property
     def manifest(self) -> str:
         return join(self.root, self.MANIFEST)
+
+    @property
+    def tokenizer(self) -> str:
+        return join(self.root, self.TOKENIZER)
+
+    @property
+    def shards(self) -> str:
+        return join(self.root, self.SHARDS)
 
     @property
     def minhash_index(self) -> str:

@@ -5,6 +5,7 @@ the manifest's own location. Standard library only: the service and both halves 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
@@ -35,3 +36,23 @@ def resolve(base: str, relative: str) -> str:
     if path is not None:
         return str(path.parent / relative)
     return base.rsplit("/", 1)[0] + "/" + relative
+
+
+def relative_location(location: str, base_dir: str) -> str:
+    """`location` as a POSIX path relative to the folder `base_dir` (both local, or both URIs of
+    one store): how a manifest names the files beside it."""
+    local, base = local_path(location), local_path(base_dir)
+    if local is not None and base is not None:
+        return Path(os.path.relpath(local.resolve(), base.resolve())).as_posix()
+    prefix = base_dir.rstrip("/") + "/"
+    if local is not None or base is not None or not location.startswith(prefix):
+        raise ValueError(f"{location} is not inside {base_dir}")
+    return location[len(prefix):]
+
+
+def parent_location(location: str) -> str:
+    """The folder holding the file at `location` (a local path or a URI)."""
+    local = local_path(location)
+    if local is not None and scheme_of(location) == "":
+        return str(local.parent)
+    return location.rstrip("/").rsplit("/", 1)[0]

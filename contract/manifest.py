@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
 
 from contract.atomic import write_atomic
+from contract.locations import local_path, parent_location, relative_location
 from contract.shards import UINT16_MAX_VOCAB, ShardRecord, token_dtype
 
 FORMAT_VERSION = 1
@@ -175,18 +176,19 @@ class Manifest(_Strict):
 
 
 def shard_entries(records: list[ShardRecord], manifest_dir: str | os.PathLike) -> list[ShardEntry]:
-    """Manifest entries for writer records, with paths relative to the manifest's folder."""
-    base = Path(manifest_dir).resolve()
+    """Manifest entries for writer records, with paths relative to the manifest's folder (a
+    local folder or a URI of the store the shards are in)."""
+    base = os.fspath(manifest_dir)
     entries = []
     for r in records:
         entries.append(
             ShardEntry(
-                path=Path(os.path.relpath(Path(r.path).resolve(), base)).as_posix(),
+                path=relative_location(os.fspath(r.path), base),
                 sha256=r.sha256,
                 bytes=r.bytes,
                 tokens=r.tokens,
                 documents=r.documents,
-                index_path=Path(os.path.relpath(Path(r.index_path).resolve(), base)).as_posix(),
+                index_path=relative_location(os.fspath(r.index_path), base),
                 index_sha256=r.index_sha256,
                 domains=dict(r.domains),
                 continues_previous=r.continues_previous,
@@ -206,7 +208,7 @@ def build_manifest(
     provenance: Provenance | dict[str, Any],
 ) -> Manifest:
     """A validated Manifest for shards written by `ShardWriter`(s), totals computed."""
-    shards = shard_entries(records, Path(manifest_path).parent)
+    shards = shard_entries(records, parent_location(os.fspath(manifest_path)))
     return Manifest(
         version=FORMAT_VERSION,
         dataset_id=dataset_id,
@@ -219,12 +221,22 @@ def build_manifest(
     )
 
 
-def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write `manifest` as JSON to `path` atomically (temporary sibling + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, manifest.to_json().encode())
-    return path
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path | str:
+    """Write `manifest` as JSON to `path` (a local path or any `pyarrow.fs` URI) all at once: a
+    temporary sibling and a rename locally, one whole object on a store. Written last, it is
+    the commit point of a dataset: its shards are already in place. Returns where it went (a Path
+    when local)."""
+    location = os.fspath(path)
+    local = local_path(location)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(local, manifest.to_json().encode())
+        return local
+    from pyarrow import fs as pafs  # pyarrow.fs (and its S3 client) only for a remote manifest
+
+    fs, where = pafs.FileSystem.from_uri(location)
+    write_atomic(where, manifest.to_json().encode(), fs)
+    return location
 
 
 def installed_flywheel_version() -> str:

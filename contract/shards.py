@@ -95,8 +95,8 @@ def index_problem(idx: np.ndarray, tokens: int, documents: int) -> str | None:
 class ShardRecord:
     """What the writer knows about one finished shard: everything its manifest entry needs."""
 
-    path: Path  # the .bin
-    index_path: Path  # the .idx
+    path: str | Path  # the .bin (a local path, or a URI once published to a store)
+    index_path: str | Path  # the .idx
     bytes: int
     tokens: int
     documents: int  # pieces in this shard: a continued document counts once per shard it spans

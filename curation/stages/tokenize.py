@@ -1,8 +1,8 @@
 """`tokenize`: train (or load) a byte-level BPE, encode every document, write token shards.
 
     OUTPUT/tokenizer.json            the tokenizer (trained on a seeded sample, or copied)
-    OUTPUT/shards/shard-NNNNN.bin    token ids (uint16 when the vocabulary fits, else uint32)
-    OUTPUT/shards/shard-NNNNN.idx    document starts (see contract/shards.py)
+    OUTPUT/shards/shard-<key>-<n>-<hash>.bin   token ids (uint16 when the vocabulary fits, else uint32)
+    OUTPUT/shards/shard-<key>-<n>-<hash>.idx   document starts (see contract/shards.py)
     OUTPUT/manifest.json             written by `finalize(run_stats)` once the run's stats exist
 
 1. Tokenizer: `tokenizer: PATH` is copied byte for byte; otherwise a BPE is trained on the
@@ -19,12 +19,16 @@
    key spreads repeats over the stream. The key is uniform on [0, 2^62), so the sort is given
    exact boundaries for P equal ranges, P = ceil(tokens / (0.9 * shard_tokens)): each range then
    fills about one shard (the 0.9 leaves room for the ranges' sampling noise).
-4. Write: one `ShardWriter` per key range (as Ray hands the sorted blocks over), into a folder
-   named after its first key; the driver then numbers the shards in key order by renaming them
-   (contents and hashes do not change). Output is identical for any block count of the input.
+4. Write: one `ShardWriter` per key range (as Ray hands the sorted blocks over), into local
+   scratch; each finished shard is then published under its final name, `shard-<first key of
+   its range>-<n>-<content hash>`: a rename on local disk, one upload on an object store (no
+   shared disk: the worker writes straight to the output). The manifest lists them in key
+   order. Output is identical for any block count of the input.
 
-Shards are plain local files: the run's output must be a local path that every Ray worker
-sees (one machine, or a shared mount).
+OUTPUT is a local path or any `pyarrow.fs` URI (`s3://`: the standard AWS_* variables give the
+endpoint and credentials). An object store has no atomic rename, so the names carry the key
+range and the content hash, and `manifest.json`, written last, is the commit point: a failed run
+publishes none, and a manifest never names a shard of another run.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import shutil
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,9 +50,10 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 from pydantic import Field, model_validator
 
-from contract.layout import CurationRun
+from contract.atomic import write_atomic
+from contract.layout import CurationRun, join
 from contract.manifest import build_manifest, installed_flywheel_version, write_manifest
-from contract.shards import ShardRecord, ShardWriter, dtype_for_vocab, sha256_file, shard_name
+from contract.shards import ShardRecord, ShardWriter, dtype_for_vocab
 from contract.tokenizer import SpecialTokens, load_tokenizer, special_ids, vocab_size_of
 from curation.io.files import filesystem_for
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
@@ -82,13 +89,22 @@ class TokenizeParams(StageParams):
         return self
 
 
-def local_output_dir(output: str) -> Path:
+def _publish(local: Path, fs: pafs.FileSystem, dest: str) -> None:
+    """A finished local file to `dest` on `fs`: a rename on local disk (scratch lies in the same
+    folder tree), one upload elsewhere (an object appears whole or not at all)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.replace(local, dest)
+        return
+    with fs.open_output_stream(dest) as out, open(local, "rb") as f:
+        shutil.copyfileobj(f, out, 8 << 20)
+    local.unlink()
 
-    fs, path = filesystem_for(output)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        raise ValueError(f"tokenize writes shards as local files: output {output!r} must be a local path "
-                         "(or a shared mount every Ray node sees)")
-    return Path(path)
+
+def published_name(part: int, local: int, record: ShardRecord) -> str:
+    """A shard's final name: unique within a run (its key range and place in it) and naming its
+    content, so no stale object of an earlier run on the same output can pass for it."""
+    content = hashlib.sha256(f"{record.sha256}:{record.index_sha256}".encode()).hexdigest()[:16]
+    return f"shard-{part:016x}-{local:04d}-{content}"
 
 
 def _hash_key(data: bytes, person: bytes) -> int:
@@ -108,10 +124,10 @@ class _TrainSample:
         return batch.filter(pa.array(keep, pa.bool_()))
 
 
-def train_tokenizer_on(ds: "ray.data.Dataset", n_docs: int, p: TokenizeParams, seed: int, path: Path) -> dict[str, Any]:
-    """Train the BPE on a seeded sample of `ds` (id, text), save it at `path`; returns how it was
-    trained. The sample streams to the driver with `iter_batches`: the driver holds the BPE
-    trainer's pre-token counts, never the corpus."""
+def train_tokenizer_on(ds: "ray.data.Dataset", n_docs: int, p: TokenizeParams, seed: int) -> tuple[str, dict[str, Any]]:
+    """Train the BPE on a seeded sample of `ds` (id, text); returns its tokenizer.json text and
+    how it was trained. The sample streams to the driver with `iter_batches`: the driver holds
+    the BPE trainer's pre-token counts, never the corpus."""
     rate = min(1.0, p.train_sample_docs / max(n_docs, 1))
     sample = ds.select_columns(["id", "text"]).map_batches(_TrainSample(seed, rate), batch_format="pyarrow")
     counted = {"docs": 0, "bytes": 0}
@@ -124,9 +140,7 @@ def train_tokenizer_on(ds: "ray.data.Dataset", n_docs: int, p: TokenizeParams, s
             yield chunk
 
     tok = train_bpe(texts(), p.vocab_size, p.special_tokens, p.min_frequency)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return {"trained": True, "requested_vocab_size": p.vocab_size, "sample_docs": counted["docs"],
+    return tok.to_str(), {"trained": True, "requested_vocab_size": p.vocab_size, "sample_docs": counted["docs"],
             "sample_bytes": counted["bytes"]}
 
 
@@ -210,8 +224,8 @@ class _PartWriter:
     the batch is cut at the sort boundaries here, so which documents share a shard depends only
     on the ranges, never on how blocks were bundled."""
 
-    def __init__(self, parts_dir: str, dtype: str, shard_tokens: int, boundaries: list[int]):
-        self.parts_dir = Path(parts_dir)
+    def __init__(self, shards_uri: str, dtype: str, shard_tokens: int, boundaries: list[int]):
+        self.shards_uri = shards_uri
         self.dtype = dtype
         self.shard_tokens = shard_tokens
         self.boundaries = np.asarray(boundaries, dtype=np.int64)
@@ -229,16 +243,29 @@ class _PartWriter:
         domains = batch["domain"].to_pylist()
         ranges = np.searchsorted(self.boundaries, keys, side="right")
         cuts = np.flatnonzero(np.diff(ranges)) + 1
+        fs, root = filesystem_for(self.shards_uri)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        if local:
+            fs.create_dir(root)
+        # Scratch beside the output on local disk (a rename publishes), else this node's temp.
+        scratch = Path(tempfile.mkdtemp(prefix=".parts-", dir=root if local else None))
         rows = []
-        for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(keys)]):
-            first = int(keys[start])
-            with ShardWriter(self.parts_dir / f"{first:016x}", self.dtype, target_tokens=self.shard_tokens) as writer:
-                for i in range(start, end):
-                    writer.add(values[offsets[i]:offsets[i + 1]], domains[i])
-            rows += [{"part": first, "local": k, "path": str(r.path), "index_path": str(r.index_path),
-                      "bytes": r.bytes, "tokens": r.tokens, "documents": r.documents, "sha256": r.sha256,
-                      "index_sha256": r.index_sha256, "domains": json.dumps(r.domains),
-                      "continues_previous": r.continues_previous} for k, r in enumerate(writer.records)]
+        try:
+            for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(keys)]):
+                first = int(keys[start])
+                with ShardWriter(scratch / f"{first:016x}", self.dtype, target_tokens=self.shard_tokens) as writer:
+                    for i in range(start, end):
+                        writer.add(values[offsets[i]:offsets[i + 1]], domains[i])
+                for k, r in enumerate(writer.records):
+                    name = published_name(first, k, r)
+                    _publish(r.index_path, fs, f"{root}/{name}.idx")
+                    _publish(r.path, fs, f"{root}/{name}.bin")  # .bin last: a listed .bin has its .idx
+                    rows.append({"part": first, "local": k, "path": f"{name}.bin", "index_path": f"{name}.idx",
+                                 "bytes": r.bytes, "tokens": r.tokens, "documents": r.documents,
+                                 "sha256": r.sha256, "index_sha256": r.index_sha256,
+                                 "domains": json.dumps(r.domains), "continues_previous": r.continues_previous})
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         return pa.Table.from_pylist(rows, schema=_PART_SCHEMA)
 
 
@@ -262,32 +289,27 @@ def token_totals(encoded: "ray.data.Dataset") -> dict[str, int]:
     return totals
 
 
-def write_shards(encoded: "ray.data.Dataset", shards_dir: Path, dtype: str, shard_tokens: int, seed: int,
+def write_shards(encoded: "ray.data.Dataset", shards_uri: str, dtype: str, shard_tokens: int, seed: int,
                  total_tokens: int) -> list["ShardRecord"]:
-    """Every copy of every document of `encoded`, in hash order, as numbered shards."""
+    """Every copy of every document of `encoded`, in hash order, as shards under `shards_uri`
+    (a local folder or a URI), written by the workers; their records in stream order."""
 
     partitions = max(1, math.ceil(total_tokens / (FILL * shard_tokens)))
     # The last boundary is the end of the key space (no key reaches it): the list is never
     # empty, which would make Ray sample boundaries instead.
     boundaries = [(i << KEY_BITS) // partitions for i in range(1, partitions + 1)]
     columns = ["id", "domain", TOKENS] + ([REPEATS] if REPEATS in encoded.columns() else [])
-    parts_dir = shards_dir / ".parts"
     rows = (encoded.select_columns(columns)
             .map_batches(_Copies(seed), batch_format="pyarrow", batch_size=1024)
             .sort(ORDER, boundaries=boundaries)
-            .map_batches(_PartWriter(str(parts_dir), dtype, shard_tokens, boundaries), batch_format="pyarrow",
+            .map_batches(_PartWriter(shards_uri, dtype, shard_tokens, boundaries), batch_format="pyarrow",
                          batch_size=None)
             .take_all())
-    records = []
-    for k, row in enumerate(sorted(rows, key=lambda r: (r["part"], r["local"]))):
-        bin_path, idx_path = shards_dir / f"{shard_name(k)}.bin", shards_dir / f"{shard_name(k)}.idx"
-        os.replace(row["index_path"], idx_path)
-        os.replace(row["path"], bin_path)
-        records.append(ShardRecord(path=bin_path, index_path=idx_path, bytes=row["bytes"], tokens=row["tokens"],
-                                   documents=row["documents"], sha256=row["sha256"], index_sha256=row["index_sha256"],
-                                   domains=json.loads(row["domains"]), continues_previous=row["continues_previous"]))
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    return records
+    return [ShardRecord(path=join(shards_uri, row["path"]), index_path=join(shards_uri, row["index_path"]),
+                        bytes=row["bytes"], tokens=row["tokens"], documents=row["documents"], sha256=row["sha256"],
+                        index_sha256=row["index_sha256"], domains=json.loads(row["domains"]),
+                        continues_previous=row["continues_previous"])
+            for row in sorted(rows, key=lambda r: (r["part"], r["local"]))]
 
 
 class Tokenize(Stage):
@@ -301,20 +323,25 @@ class Tokenize(Stage):
         super().__init__(params, ctx)
         self.records: list[ShardRecord] = []
         self.summary: dict[str, Any] = {}
+        self.tokenizer_sha256 = ""
 
     @property
-    def out_dir(self) -> Path:
-        return local_output_dir(self.ctx.output)
+    def run_files(self) -> CurationRun:
+        return CurationRun(self.ctx.output)
 
     def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
 
         p: TokenizeParams = self.params
-        out_dir = self.out_dir
+        run = self.run_files
         started = time.perf_counter()
         n_docs = ds.count()
         if n_docs == 0:
             raise ValueError("tokenize: no documents reached this stage, so there is nothing to tokenize")
-        tokenizer_json, training = self._tokenizer(ds, n_docs, out_dir / CurationRun.TOKENIZER)
+        tokenizer_json, training = self._tokenizer(ds, n_docs)
+        fs, tokenizer_path = filesystem_for(run.tokenizer)
+        fs.create_dir(tokenizer_path.rsplit("/", 1)[0])
+        write_atomic(tokenizer_path, tokenizer_json.encode(), None if isinstance(fs, pafs.LocalFileSystem) else fs)
+        self.tokenizer_sha256 = hashlib.sha256(tokenizer_json.encode()).hexdigest()
         tok = load_tokenizer(tokenizer_json)
         ids = special_ids(tok, p.special_tokens)
         if p.add_bos and ids.bos is None:
@@ -328,8 +355,7 @@ class Tokenize(Stage):
         totals = token_totals(encoded)
         encoded_at = time.perf_counter()
 
-        self.records = write_shards(encoded, out_dir / CurationRun.SHARDS, dtype, p.shard_tokens, self.ctx.seed,
-                                    totals["bpe_out"])
+        self.records = write_shards(encoded, run.shards, dtype, p.shard_tokens, self.ctx.seed, totals["bpe_out"])
         written_at = time.perf_counter()
         self.summary = {
             "tokenizer": {**training, "file": CurationRun.TOKENIZER, "vocab_size": vocab,
@@ -351,35 +377,31 @@ class Tokenize(Stage):
     def summarize(self, out: "ray.data.Dataset") -> dict[str, Any]:
         return dict(self.summary)
 
-    def _tokenizer(self, ds: "ray.data.Dataset", n_docs: int, path: Path) -> tuple[str, dict[str, Any]]:
-        """The tokenizer.json text (also saved at `path`) and how it was obtained."""
+    def _tokenizer(self, ds: "ray.data.Dataset", n_docs: int) -> tuple[str, dict[str, Any]]:
+        """The tokenizer.json text and how it was obtained (copied byte for byte, or trained)."""
         p: TokenizeParams = self.params
-        path.parent.mkdir(parents=True, exist_ok=True)
         if p.tokenizer is not None:
-
             fs, src = filesystem_for(p.tokenizer)
             with fs.open_input_stream(src) as f:
                 raw = f.read()
-            path.write_bytes(raw)
             return raw.decode(), {"trained": False, "source": p.tokenizer}
-        info = train_tokenizer_on(ds, n_docs, p, self.ctx.seed, path)
-        return path.read_text(), info
+        return train_tokenizer_on(ds, n_docs, p, self.ctx.seed)
 
-    def finalize(self, run_stats: dict[str, Any]) -> Path:
+    def finalize(self, run_stats: dict[str, Any]) -> Path | str:
         """Write OUTPUT/manifest.json: shards, tokenizer, mixture, provenance (the run's
         `RunStats.to_json()`). The pipeline calls it once the run's stats are complete."""
 
         if not self.records:
             raise RuntimeError("tokenize.finalize: no shards were written (run() has not run)")
-        out_dir = self.out_dir
+        run = self.run_files
         tok = self.summary["tokenizer"]
         config = run_stats.get("config", {})
-        manifest_path = out_dir / CurationRun.MANIFEST
+        folder = posixpath.basename(self.ctx.output.rstrip("/")) or "dataset"
         manifest = build_manifest(
-            manifest_path=manifest_path,
-            dataset_id=self.params.dataset_id or f"{out_dir.name}-{run_stats['config_sha256'][:12]}",
+            manifest_path=run.manifest,
+            dataset_id=self.params.dataset_id or f"{folder}-{run_stats['config_sha256'][:12]}",
             dtype=self.summary["dtype"],
-            tokenizer={"path": CurationRun.TOKENIZER, "sha256": sha256_file(out_dir / CurationRun.TOKENIZER),
+            tokenizer={"path": CurationRun.TOKENIZER, "sha256": self.tokenizer_sha256,
                        "vocab_size": tok["vocab_size"], "special_ids": tok["special_ids"]},
             records=self.records,
             mixture=manifest_mixture(run_stats, self.records),
@@ -392,7 +414,7 @@ class Tokenize(Stage):
                 "flywheel_version": installed_flywheel_version(),
             },
         )
-        return write_manifest(manifest_path, manifest)
+        return write_manifest(run.manifest, manifest)
 
 
 def manifest_mixture(run_stats: dict[str, Any], records: list["ShardRecord"]) -> dict[str, Any]:

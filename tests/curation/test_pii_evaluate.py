@@ -15,7 +15,7 @@ import pytest
 
 from curation.pii.evaluate import ALL, Span, Tally, as_span, from_presidio, score_document
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Call Jane Doe at +1 415 555 0132 today."
 #       0    5    10   15   20   25   30   35
 JANE = Span("PERSON", 5, 13)

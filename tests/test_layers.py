@@ -9,6 +9,7 @@ fresh interpreter actually loads when it imports the training client or starts t
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -73,3 +74,31 @@ def test_the_cli_starts_without_engines():
     """`flywheel --help` registers every command without loading Ray, torch or the service."""
     code = "from typer.testing import CliRunner\nfrom flywheel.cli import app\nassert CliRunner().invoke(app, ['--help']).exit_code == 0"
     assert _loaded_after(code, ("torch", "ray", "fastapi", "sqlalchemy", "presidio_analyzer", "spacy")) == []
+
+
+PACKAGES = ("contract", "curation", "training", "workflows", "api", "flywheel")
+
+
+def _function_level_imports() -> list[tuple[str, int, str, str]]:
+    """(file, line, the import's line, the line above) of every import inside a function."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            source = path.read_text()
+            lines = source.splitlines()
+            for fn in ast.walk(ast.parse(source)):
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for node in ast.walk(fn):
+                        if isinstance(node, (ast.Import, ast.ImportFrom)):
+                            found.append((str(path.relative_to(REPO)), node.lineno, lines[node.lineno - 1],
+                                          lines[node.lineno - 2]))
+    return sorted(set(found))
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function is for a heavy or optional dependency (Ray, torch, Presidio,
+    an extra the process may lack), and says which in a comment on its line or the line above.
+    One that only dodges a cycle is a layering bug: the contracts above make it unnecessary."""
+    silent = [f"{path}:{line}: {text.strip()}" for path, line, text, above in _function_level_imports()
+              if "#" not in text and not above.strip().startswith("#")]
+    assert not silent, "function-level imports without a reason:\n" + "\n".join(silent)

@@ -131,6 +131,20 @@ def measure(trees: list[tuple[str, Path]], data: Path, cpus: int, rounds: int, e
     return out
 
 
+def _rounds_table(rounds: list[dict], labels: tuple[str, str], key: str, unit: str, mb_per_core: float) -> list[str]:
+    """A markdown table of `key` seconds per round for both trees, their ratio and MB/s per core
+    (`mb_per_core` MB over those seconds), then the medians."""
+    new, old = labels
+    med = statistics.median
+    lines = [f"| round | {new} {unit} | {old} {unit} | ratio | {new} MB/s per core | {old} MB/s per core |",
+             "|---|---|---|---|---|---|"]
+    rows = [(str(k), r[new][key], r[old][key], r[old][key] / r[new][key]) for k, r in enumerate(rounds, 1)]
+    rows.append(("median", med(r[1] for r in rows), med(r[2] for r in rows), med(r[3] for r in rows)))
+    for name, a, b, ratio in rows:
+        lines.append(f"| {name} | {a:.1f} | {b:.1f} | {ratio:.1f}x | {mb_per_core / a:.3f} | {mb_per_core / b:.3f} |")
+    return lines
+
+
 def report(rounds: list[dict], labels: list[str], docs: int, mb: float, cpus: int, every: int, sub_mb: float) -> str:
     new, old = labels
     med = statistics.median
@@ -142,13 +156,7 @@ def report(rounds: list[dict], labels: list[str], docs: int, mb: float, cpus: in
              "interleaved (the order alternates by round); a ratio is taken within its round, and the "
              "median of the rounds' ratios is the result.", "",
              "## Stage wall time (whole input)", "",
-             f"| round | {new} s | {old} s | ratio | {new} MB/s per core | {old} MB/s per core |",
-             "|---|---|---|---|---|---|"]
-    for k, r in enumerate(rounds, 1):
-        a, b = r[new]["stage_s"], r[old]["stage_s"]
-        lines.append(f"| {k} | {a:.1f} | {b:.1f} | {b / a:.1f}x | {mb / a / cpus:.3f} | {mb / b / cpus:.3f} |")
-    a, b = med(r[new]["stage_s"] for r in rounds), med(r[old]["stage_s"] for r in rounds)
-    lines.append(f"| median | {a:.1f} | {b:.1f} | {med(wall):.1f}x | {mb / a / cpus:.3f} | {mb / b / cpus:.3f} |")
+             *_rounds_table(rounds, labels, "stage_s", "s", mb / cpus)]
     lines += ["", f"Speed-up, median of the rounds' ratios: **{med(wall):.1f}x** "
               f"(range {min(wall):.1f}-{max(wall):.1f}x; target 10x).", "",
               "Stage seconds also hold what the engine does not set: Ray's actor pool start, the pass that "
@@ -162,13 +170,7 @@ def report(rounds: list[dict], labels: list[str], docs: int, mb: float, cpus: in
                   "(model loading and a warm-up document apart). Ray, reading and writing are left out, so "
                   "this is the engine's MB/s per core, which other work on the machine disturbs less than "
                   "wall time.", "",
-                  f"| round | {new} CPU s | {old} CPU s | ratio | {new} MB/s per core | {old} MB/s per core |",
-                  "|---|---|---|---|---|---|"]
-        for k, r in enumerate(rounds, 1):
-            a, b = r[new]["cpu_s"], r[old]["cpu_s"]
-            lines.append(f"| {k} | {a:.1f} | {b:.1f} | {b / a:.1f}x | {sub_mb / a:.3f} | {sub_mb / b:.3f} |")
-        a, b = med(r[new]["cpu_s"] for r in rounds), med(r[old]["cpu_s"] for r in rounds)
-        lines.append(f"| median | {a:.1f} | {b:.1f} | {med(cpu):.1f}x | {sub_mb / a:.3f} | {sub_mb / b:.3f} |")
+                  *_rounds_table(rounds, labels, "cpu_s", "CPU s", sub_mb)]
         lines += ["", f"Engine speed-up, median of the rounds' ratios: **{med(cpu):.1f}x** "
                   f"(range {min(cpu):.1f}-{max(cpu):.1f}x)."]
     return "\n".join(lines) + "\n"

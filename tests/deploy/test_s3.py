@@ -169,6 +169,15 @@ def test_curate_to_tokens_and_train_reads_with_nothing_but_s3(ray_with_s3_env, t
     assert seen >= manifest.totals.tokens - dataset.sequences_per_epoch  # every token reached the reader
     dataset.close()
 
+    # `flywheel train --manifest s3://...`: the trainer reads the manifest and shards from the store.
+    from training.cli import train_command
+
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({"seq_len": 16, "global_batch_tokens": 64, "micro_batch": 4}))
+    summary = train_command(config_file, manifest=f"{out}/manifest.json", preset="tiny", steps=2, workers=1,
+                            out=tmp_path / "train", local=True)
+    assert summary["steps"] == 2 and summary["loss_last"] > 0
+
     # A rerun over the same output republishes the same names; the new manifest validates.
     from curation.pipeline import Pipeline
 

@@ -49,6 +49,7 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pii_eval_set  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from curation.pii import PRESIDIO_TYPE  # noqa: E402
 from curation.pii.evaluate import ALL, Span, Tally, as_span, from_presidio, score_document  # noqa: E402
@@ -210,7 +211,7 @@ def run(args) -> dict[str, Any]:
                  # Same digest = same documents and labels (the real set follows the machine's packages).
                  "set_digests": {s: hashlib.sha256(json.dumps(by_set[s], sort_keys=True).encode()).hexdigest()[:16]
                                  for s in sets},
-                 "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpu_name(),
+                 "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_name(),
                  "versions": _versions()},
         "engines": {}, "breakdown": {}, "examples": {},
     }
@@ -294,16 +295,6 @@ def run(args) -> dict[str, Any]:
                               "flywheel_sets_mb_per_s": {s: v["mb_per_s"] for s, v in
                                                          base["engines"]["flywheel"]["sets"].items()}}
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _versions() -> dict[str, str]:

@@ -5,8 +5,10 @@ metadata, shard indexes, ablation results) goes through here. The data goes to a
 sibling first and is then renamed over the target; a failure on the way (a full disk, a killed
 process) removes the temporary.
 
-`fs` is a `pyarrow.fs.FileSystem` for paths in any store Arrow opens. Without it, `path` is
-local and the bytes are fsync'ed before the rename, so a crash cannot publish an empty file.
+`fs` is a `pyarrow.fs.FileSystem` for paths in any store Arrow opens. Without it, or with
+Arrow's local filesystem, `path` is local and the bytes are fsync'ed before the rename, so a crash
+cannot publish an empty file. An object store shows an uploaded object whole or not at all, and
+its "rename" is a copy: there the bytes go straight to `path`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})  # pyarrow.fs type names
+
 
 def write_atomic(path: str | Path, data: bytes, fs: Any = None) -> None:
-    """Write `data` to `path` through a temporary sibling and a rename."""
-    if fs is None:
+    """Write `data` to `path` through a temporary sibling and a rename (one upload on a store)."""
+    kind = getattr(fs, "type_name", None)
+    if kind in OBJECT_STORES:
+        with fs.open_output_stream(str(path)) as f:
+            f.write(data)
+        return
+    if fs is None or kind == "local":
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
         try:

@@ -95,8 +95,7 @@ def _publish(local: Path, fs: pafs.FileSystem, dest: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         os.replace(local, dest)
         return
-    with fs.open_output_stream(dest) as out, open(local, "rb") as f:
-        shutil.copyfileobj(f, out, 8 << 20)
+    pafs.copy_files(str(local), dest, destination_filesystem=fs)
     local.unlink()
 
 
@@ -340,7 +339,7 @@ class Tokenize(Stage):
         tokenizer_json, training = self._tokenizer(ds, n_docs)
         fs, tokenizer_path = filesystem_for(run.tokenizer)
         fs.create_dir(tokenizer_path.rsplit("/", 1)[0])
-        write_atomic(tokenizer_path, tokenizer_json.encode(), None if isinstance(fs, pafs.LocalFileSystem) else fs)
+        write_atomic(tokenizer_path, tokenizer_json.encode(), fs)
         self.tokenizer_sha256 = hashlib.sha256(tokenizer_json.encode()).hexdigest()
         tok = load_tokenizer(tokenizer_json)
         ids = special_ids(tok, p.special_tokens)

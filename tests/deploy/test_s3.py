@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -164,9 +165,16 @@ def test_curate_to_tokens_and_train_reads_with_nothing_but_s3(ray_with_s3_env, t
     named = sorted(p.rsplit("/", 1)[1] for s in manifest.shards for p in (s.path, s.index_path))
     assert listed == named  # nothing else was left in the store (no scratch, no temporaries)
 
+    # The reader's windows, laid end to end, are the shards' tokens as they lie in the store.
+    stored = []
+    for shard in manifest.shards:
+        with fs.open_input_file(f"{BUCKET}/runs/tok/{shard.path}") as f:
+            stored.append(np.frombuffer(f.read(), dtype=manifest.dtype))
+    stream = np.concatenate(stored)
     dataset = ManifestDataset(f"{out}/manifest.json", seq_len=32, seed=0, cache_dir=tmp_path / "cache")
-    seen = sum(len(dataset.window(i)[0]) for i in range(dataset.sequences_per_epoch))
-    assert seen >= manifest.totals.tokens - dataset.sequences_per_epoch  # every token reached the reader
+    windows = [dataset.window(i)[0] for i in range(dataset.sequences_per_epoch)]
+    read = np.concatenate([w[:-1] for w in windows] + [windows[-1][-1:]])
+    assert len(stream) == manifest.totals.tokens and np.array_equal(read, stream[:len(read)])
     dataset.close()
 
     # `flywheel train --manifest s3://...`: the trainer reads the manifest and shards from the store.

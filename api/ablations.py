@@ -30,7 +30,6 @@ from api.run_files import finite, thin
 from contract.jsonl import read_json, read_jsonl
 from contract.layout import AblationRun
 from workflows.ablation.config import parse_ablation_config
-from workflows.ablation.runner import run_ablation
 
 MAX_CURVE_POINTS = 500
 
@@ -42,6 +41,8 @@ def execute_ablation_job(database_url: str, job_id: str) -> str:
     """
 
     def ablate(db: Database, ablation: Ablation) -> None:
+        # The runner (curation stages, MinHash, training) loads in the ablation's actor, not with the web process.
+        from workflows.ablation.runner import run_ablation
 
         with db.session() as s:
             corpus = s.get(Corpus, ablation.corpus_id)

@@ -34,7 +34,6 @@ from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import ACTIVE_STATES, Job, JobLifecycle, JobStage, utcnow
 from curation import runtime
 from curation.config import parse_config
-from curation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +160,9 @@ def execute_job(database_url: str, job_id: str) -> str:
     it directly)."""
 
     def curate(db: Database, job: Job) -> None:
+        # The reader and the stages load in the job's actor, not with the web process.
+        from curation.pipeline import Pipeline
+
         Pipeline(parse_config(job.config), overwrite=True, progress=ProgressRecorder(db, job_id)).run()
 
     def publish(s: Session, job: Job) -> dict[str, Any]:

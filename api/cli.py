@@ -93,13 +93,11 @@ def token_create(
 # --- client side -----------------------------------------------------------------------------
 
 def client_for(url: str, token: str | None, timeout: float = 60.0):
-
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
 
 def call(client, method: str, path: str, **kwargs: Any) -> Any:
-
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:

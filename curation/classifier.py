@@ -30,7 +30,6 @@ _DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
 def _train_and_save(train_file: str, out_model: str, options: dict[str, Any], quantize: bool) -> None:
-
     model = fasttext.train_supervised(input=train_file, **options)
     if quantize:  # .ftz: ~10x smaller, slightly less accurate
         model.quantize(input=train_file, retrain=True, qnorm=True, thread=1, verbose=0)

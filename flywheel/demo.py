@@ -26,7 +26,6 @@ from contract.console import console, err_console, fail
 
 
 def _wait_healthy(client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -127,7 +127,6 @@ def _stdlib_code() -> Iterator[_Raw]:
 
 
 def _pydoc_topics() -> Iterator[_Raw]:
-
     for name in sorted(topics.topics):
         yield _Raw(topics.topics[name], f"https://docs.python.org/3.11/topics/{name}.html",
                    f"{topics.__file__}::{name}", "PSF-2.0", "python-reference")

@@ -62,7 +62,6 @@ class DomainModel:
     """A KenLM model with the tokenizer kind it was trained with (from its record, if any)."""
 
     def __init__(self, path: str, domain: str, score: Score = "cc_net_digits"):
-
         local = fetch_local(path)
         self.path = path
         self.score = score

@@ -345,7 +345,6 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
 
 
 def _write_index_block(batch: pa.Table, index: int, folder: str) -> None:
-
     if batch.num_rows:
         write_parquet(pa.table({"id": batch["node"], "sig": batch["sig"], "n_shingles": batch["n_shingles"]}),
                       f"{folder}/part-{index:05}.parquet")
@@ -486,7 +485,6 @@ class MinHashDedup(Stage):
                        left_schema=arrow_schema(rows), right_schema=VERDICT_SCHEMA)
 
     def _write_index(self, sigs, n_docs: int) -> None:
-
         fs, root = filesystem_for(self.ctx.output)
         files, index = CurationRun(root), CurationRun(self.ctx.output).minhash_index
         fs.create_dir(files.minhash_index, recursive=True)

@@ -107,7 +107,6 @@ class _Scorer:
     """Actor: loads every domain's model once, then adds `perplexity` to each batch."""
 
     def __init__(self, models: dict[str, str], score: Score):
-
         self.models = {domain: DomainModel(path, domain, score) for domain, path in models.items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -230,7 +230,6 @@ class _PartWriter:
         self.boundaries = np.asarray(boundaries, dtype=np.int64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-
         if batch.num_rows == 0:
             return _PART_SCHEMA.empty_table()
         keys = batch[ORDER].to_numpy(zero_copy_only=False)
@@ -329,7 +328,6 @@ class Tokenize(Stage):
         return CurationRun(self.ctx.output)
 
     def run(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
-
         p: TokenizeParams = self.params
         run = self.run_files
         started = time.perf_counter()

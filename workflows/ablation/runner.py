@@ -43,7 +43,6 @@ def variant_dir(out: Path, name: str) -> Path:
 
 
 def _run_pipeline(inputs: list, output: str, stages: list[StageSpec], cfg: AblationConfig) -> Any:
-
     config = PipelineConfig(inputs=inputs, output=output, seed=cfg.seed, default_domain=cfg.default_domain,
                             stages=stages)
     return Pipeline(config, overwrite=True).run()

@@ -58,7 +58,7 @@ def serve(
     import uvicorn  # uvicorn and the app: flywheel[service], loaded by `serve` only
 
     from api.app import create_app  # FastAPI and SQLAlchemy: flywheel[service], loaded by `serve` only
-    from api.settings import Settings  # flywheel[service], loaded by `serve` only
+    from api.settings import Settings  # pydantic: loaded by `serve` only (fast --help)
 
     settings = Settings.from_env(auth=False if no_auth else None)
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
@@ -75,7 +75,7 @@ def token_create(
     from api.auth import create_token  # SQLAlchemy: flywheel[service], loaded by `token create` only
     from api.db import Database  # flywheel[service]
     from api.models import SCOPES  # flywheel[service]
-    from api.settings import Settings  # flywheel[service]
+    from api.settings import Settings  # pydantic: loaded by `token create` only (fast --help)
 
     if scope not in SCOPES:
         fail(f"--scope must be one of {', '.join(SCOPES)}")

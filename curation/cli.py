@@ -48,8 +48,8 @@ def curate(
     """Run a curation pipeline and print the per-stage table."""
     # flywheel[curate]: the CLI also runs where only flywheel[train] is installed
     from curation.config import ConfigError, load_config
-    from curation.io.files import InputError  # flywheel[curate]
-    from curation.pipeline import OutputError, Pipeline  # flywheel[curate] (Ray Data, the stage libraries)
+    from curation.io.files import InputError  # pyarrow.fs: loaded when the command runs (fast --help)
+    from curation.pipeline import OutputError, Pipeline  # flywheel[curate]: Ray Data, msgspec, the stages
 
     try:
         cfg = load_config(config, inputs=list(input) if input else None, output=output)
@@ -82,10 +82,11 @@ def curate(
     if "tokenize" in result.extra:
         console.print(f"manifest:       {result.extra['tokenize']}", highlight=False, soft_wrap=True)
 
+
 @commands.command()
 def stats(output: str = typer.Argument(..., help="Output folder of a curation run.")) -> None:
     """Print the per-stage table of a finished run (its stats.json)."""
-    from curation.io.files import filesystem_for  # flywheel[curate]
+    from curation.io.files import filesystem_for  # pyarrow.fs: loaded when the command runs (fast --help)
 
     fs, root = filesystem_for(output)
     try:
@@ -95,6 +96,7 @@ def stats(output: str = typer.Argument(..., help="Output folder of a curation ru
         fail(f"no stats.json in {output}")
     print_stats_table(RunStats.from_json(data))
 
+
 @commands.command()
 def inspect(
     output: str = typer.Argument(..., help="Output folder of a curation run."),
@@ -103,7 +105,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
 ) -> None:
     """Why is a document gone: stage, reason, detail, and the kept copy's text side by side."""
-    from curation.explain import explain  # flywheel[curate]
+    from curation.explain import explain  # pyarrow and pandas: loaded when the command runs (fast --help)
 
     answer = explain(output, doc_id)
     if as_json:
@@ -129,6 +131,7 @@ def inspect(
     grid.add_row(*panels)
     console.print(grid)
 
+
 @commands.command("train-lm")
 def train_lm(
     domain: str = typer.Option(..., help="Domain the model scores (web, code, books, ...)."),
@@ -139,13 +142,14 @@ def train_lm(
     tokenizer: Optional[str] = typer.Option(None, help="prose|code (default: code for the code domain)."),
 ) -> None:
     """Estimate a modified Kneser-Ney n-gram model (ARPA, loaded by kenlm) for one domain."""
-    from curation.lm import train_lm as train  # KenLM training: flywheel[curate]
+    from curation.lm import train_lm as train  # pyarrow: loaded when the command runs (fast --help)
 
     try:
         stats = train(domain, input, str(out), order=order, text_field=text_field, kind=tokenizer)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     console.print_json(json.dumps(stats, default=str))
+
 
 @commands.command("train-classifier")
 def train_classifier(
@@ -168,6 +172,7 @@ def train_classifier(
         fail(str(e))
     console.print_json(json.dumps(stats, default=str))
 
+
 @commands.command("mixture-plan")
 def mixture_plan(
     output: str = typer.Argument(..., help="Output folder of a curation run (reads data/*.parquet)."),
@@ -178,7 +183,7 @@ def mixture_plan(
     unit: str = typer.Option("tokens", help="tokens|documents"),
 ) -> None:
     """Print the temperature-sampling plan for a finished run without running it."""
-    from curation.mixture_plan import mixture_plan_cli  # flywheel[curate]
+    from curation.mixture_plan import mixture_plan_cli  # pyarrow: loaded when the command runs (fast --help)
 
     multipliers = {}
     for item in multiplier or []:
@@ -192,6 +197,7 @@ def mixture_plan(
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 
+
 @commands.command("demo-corpus")
 def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),
@@ -200,7 +206,7 @@ def demo_corpus(
     reference: bool = typer.Option(True, help="Also write reference/<domain>.jsonl for train-lm."),
 ) -> None:
     """Build the offline multi-domain demo corpus from text this machine already has."""
-    from curation.demo_corpus import build_demo_corpus, build_reference_texts  # flywheel[curate]
+    from curation.demo_corpus import build_demo_corpus, build_reference_texts  # reads the disk: only when asked
 
     summary = build_demo_corpus(out, seed=seed, min_bytes=min_bytes)
     if reference:

@@ -30,19 +30,21 @@ def plan(
     tokens: str = typer.Option("2T", help="Training tokens (e.g. 2T, 500B)."),
 ) -> None:
     """Capacity plan: memory per GPU, step time, MFU, days, GPU-days, work lost to failures."""
-    from training.planner import PlanError, plan_command  # the training client: flywheel[train]
+    from training.planner import PlanError, plan_command  # pydantic, yaml: loaded when the command runs
 
     try:
         plan_command(config, gpus, gpu=gpu, tokens=tokens, console=console)
     except PlanError as e:
         fail(str(e))
 
+
 @commands.command("validate-manifest")
 def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file:// or http(s):// URL")) -> None:
     """Check a manifest's schema, every shard's size and sha256; exit 1 naming the first problem."""
-    from training.data.validate import validate_manifest_cli  # flywheel[train]
+    from training.data.validate import validate_manifest_cli  # numpy, httpx, jsonschema: when it runs
 
     raise typer.Exit(validate_manifest_cli(target))
+
 
 @commands.command()
 def train(
@@ -69,6 +71,7 @@ def train(
     except ValueError as e:
         fail(str(e).splitlines()[0] if str(e) else repr(e))
     console.print_json(json.dumps(summary, default=str))
+
 
 @commands.command("export-hf")
 def export_hf(

@@ -51,8 +51,8 @@ def ablate(
     """Curate each variant, train the same model on each, compare held-out loss per domain."""
     # flywheel[curate]: the CLI also runs where only flywheel[train] is installed
     from curation.config import ConfigError
-    from curation.io.files import InputError  # flywheel[curate]
-    from curation.pipeline import OutputError  # flywheel[curate]
+    from curation.io.files import InputError  # pyarrow.fs: loaded when the command runs (fast --help)
+    from curation.pipeline import OutputError  # flywheel[curate]: Ray Data, msgspec, the stages
     from workflows.ablation.config import load_ablation_config  # Ray, the curation stages and torch: flywheel[all]
     from workflows.ablation.runner import run_ablation  # as above
 

@@ -30,7 +30,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _TEST_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages"})
 
 
-
 # ----------------------------------------------------------------------------- documents
 
 @dataclass

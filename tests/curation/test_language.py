@@ -98,7 +98,6 @@ def test_predict_handles_newlines_and_missing_text():
     assert langid.predict(model, []) == ([], [])
 
 
-
 CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(add(i, 1))"
 MIXED_ROWS = [
     (SENTENCES["en"][0], "web"),

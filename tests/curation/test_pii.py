@@ -142,7 +142,6 @@ def test_engine_is_offline(monkeypatch):
     assert sorted(f.type for f in found) == ["EMAIL", "PERSON"]
 
 
-
 def _stage(seed: int = 0, **params) -> PiiRedaction:
     stage = PiiRedaction(PiiParams(**params), RunContext(seed=seed, output="/tmp/unused"))
     stage.setup()

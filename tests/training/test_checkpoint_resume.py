@@ -25,7 +25,6 @@ from training.trainer import read_metrics
 TOTAL = 8
 
 
-
 def _run(rank: int, world: int, cfg_json: str) -> None:
     run_worker(TrainConfig.model_validate_json(cfg_json))
 

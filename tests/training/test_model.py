@@ -13,7 +13,6 @@ from training.moe import MoE
 VOCAB = 96
 
 
-
 def counted(model: Transformer) -> dict[str, int]:
     """Total from the real parameters; active = total minus the unchosen routed experts."""
     total = sum(p.numel() for p in model.parameters())

@@ -24,7 +24,6 @@ from training.moe import (
 )
 
 
-
 def naive_experts(x_sorted_ND, gate_EFD, up_EFD, down_EDF, counts_E):
     """The reference: one SwiGLU per expert over its slice of the sorted rows."""
     outs, start = [], 0

@@ -15,7 +15,6 @@ SCHED = ScheduleConfig(total_steps=1000, warmup_steps=100, final_fraction=0.1, m
 PEAK = 1e-4
 
 
-
 def test_seed_defaults():
     cfg = OptimizerConfig(schedule=ScheduleConfig(total_steps=100_000))
     assert (cfg.lr, cfg.router_lr, cfg.betas, cfg.max_grad_norm) == (1e-4, 2e-4, (0.9, 0.95), 1.0)

@@ -19,6 +19,7 @@ from workflows.ablation.holdout import HeldOutIndex, draw_candidates
 
 pytestmark = pytest.mark.slow
 
+
 def ablation_yaml(tmp_path: Path, corpus: Path) -> Path:
     config = {
         "corpus": [str(corpus)], "output": str(tmp_path / "ablation"), "seed": 3, "token_budget": 24_576,

@@ -66,10 +66,11 @@ def test_load_config_errors(tmp_path):
 
 def test_stage_columns_are_checked_before_any_work(monkeypatch):
     """A stage that reads a column no earlier stage writes is a config error naming the fix."""
+    from curation.io.records import DOCUMENT_SCHEMA
     from curation.stages import STAGES, stage_class
     from curation.stages.heuristics import HeuristicFilter
 
-    available = {"id", "text", "url", "domain", "metadata", "source", "n_tokens"}
+    available = set(DOCUMENT_SCHEMA.names)
     for name in STAGES:  # the registry's order is a valid pipeline
         assert set(stage_class(name).reads) <= available, name
         available |= set(stage_class(name).writes)

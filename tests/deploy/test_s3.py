@@ -1,10 +1,7 @@
-"""The `s3://` storage path, for real, against moto's S3 server on loopback.
+"""The `s3://` storage path, for real, against moto's S3 server on loopback (`tests/s3.py`).
 
 The deploy files point the service and the curation workers at object storage with the standard
-AWS variables only (AWS_ENDPOINT_URL_S3 + keys): `pyarrow.fs.FileSystem.from_uri` honours
-AWS_ENDPOINT_URL (Arrow 14, apache/arrow#36791) and AWS_ENDPOINT_URL_S3 (Arrow 15,
-apache/arrow#39160), so `curation/io/files.py` needs no S3 options of its own. Note that a bare
-`S3FileSystem()` does not read them (apache/arrow#49643): code must go through `from_uri`.
+AWS variables only, so `curation/io/files.py` needs no S3 options of its own.
 """
 
 from __future__ import annotations
@@ -18,30 +15,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import free_port
+from tests.s3 import BUCKET, KEY, REGION, SECRET, local_s3
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
-
-KEY, SECRET, REGION, BUCKET = "flywheel-test", "flywheel-test-secret", "us-east-1", "flywheel-test"
+pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 on 127.0.0.1 with the AWS variables a pod would get; one bucket created."""
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
+    with local_s3() as s3, pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env.items():
             mp.setenv(k, v)
-        admin = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key=KEY,
-                                  secret_key=SECRET, region=REGION, allow_bucket_creation=True)
-        admin.create_dir(BUCKET)
-        yield endpoint
-    server.stop()
+        yield s3.endpoint
 
 
 def test_s3filesystem_reads_writes_lists_and_deletes(s3_endpoint):
@@ -97,7 +82,7 @@ def ray_with_s3_env(s3_endpoint):
     ray.shutdown()
     if was_running:
         with pytest.MonkeyPatch.context() as mp:
-            for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
                 mp.delenv(k, raising=False)
             runtime.init_ray(num_cpus=2, object_store_mb=200)
 

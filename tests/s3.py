@@ -1,0 +1,58 @@
+"""moto's S3 server on loopback, configured the way a pod is: through the standard AWS variables.
+
+    with local_s3() as s3:             # s3.env: AWS_ENDPOINT_URL_S3, keys, region
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{s3.bucket}/")
+
+`pyarrow.fs.FileSystem.from_uri` honours AWS_ENDPOINT_URL (Arrow 14, apache/arrow#36791) and
+AWS_ENDPOINT_URL_S3 (Arrow 15, apache/arrow#39160); a bare `S3FileSystem()` does not
+(apache/arrow#49643), so Flywheel's code goes through `from_uri` and needs no S3 options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+
+from tests.helpers import free_port
+
+KEY, SECRET, REGION, BUCKET = "flywheel-test", "flywheel-test-secret", "us-east-1", "flywheel-test"
+
+
+@dataclass
+class LocalS3:
+    endpoint: str  # http://127.0.0.1:PORT
+    bucket: str = BUCKET
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.removeprefix("http://")
+
+    def admin(self) -> pafs.S3FileSystem:
+        """A filesystem with explicit options (for test set-up only: the code under test must
+        find the store through the environment)."""
+        return pafs.S3FileSystem(endpoint_override=self.host, scheme="http", access_key=KEY, secret_key=SECRET,
+                                 region=REGION, allow_bucket_creation=True)  # fmt: skip
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str = BUCKET) -> Iterator[LocalS3]:
+    """Start moto on a free loopback port, create `bucket`, stop it on exit. Sets nothing in
+    os.environ: callers apply `env` where they need it (a monkeypatch, a subprocess's env)."""
+    from moto.server import ThreadedMotoServer  # moto[server] is a dev dependency
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    s3 = LocalS3(endpoint, bucket, env)
+    try:
+        s3.admin().create_dir(bucket)
+        yield s3
+    finally:
+        server.stop()

@@ -86,7 +86,7 @@ def curate(
 @commands.command()
 def stats(output: str = typer.Argument(..., help="Output folder of a curation run.")) -> None:
     """Print the per-stage table of a finished run (its stats.json)."""
-    from curation.io.files import filesystem_for  # pyarrow.fs: loaded when the command runs (fast --help)
+    from contract.stores import filesystem_for  # pyarrow.fs: loaded when the command runs (fast --help)
 
     fs, root = filesystem_for(output)
     try:

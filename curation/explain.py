@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
-from curation.io.files import filesystem_for
+from contract.stores import filesystem_for
 
 
 def _dataset(output: str, sub: str) -> pads.Dataset | None:

@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 from rich.console import Console
 from rich.table import Table
 
-from curation.io.files import filesystem_for
+from contract.stores import filesystem_for
 
 Unit = Literal["tokens", "documents"]
 

@@ -26,9 +26,10 @@ from pyarrow import fs as pafs
 
 from contract.atomic import write_json_atomic
 from contract.layout import CurationRun, join
+from contract.stores import filesystem_for
 from curation import runtime
 from curation.config import PipelineConfig
-from curation.io.files import InputError, filesystem_for, plan_reads, write_parquet
+from curation.io.files import InputError, plan_reads, write_parquet
 from curation.io.reader import read_documents
 from curation.io.unique_ids import enforce_unique_ids
 from curation.stages import stage_class

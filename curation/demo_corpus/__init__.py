@@ -80,7 +80,6 @@ from curation.demo_corpus.sources import (
     read_source,
 )
 
-
 # ----------------------------------------------------------------------------- writing
 
 def _exact_groups(docs: list[Doc]) -> list[list[str]]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from contract.stores import filesystem_for
+
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -33,13 +35,6 @@ class ReadTask:
     end: int
     domain: str  # default domain for records without one
     source: str  # short, stable name of the file for ids and stats
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it; plain paths are local and made absolute."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def file_format(path: str) -> tuple[str, str | None] | None:

@@ -23,11 +23,12 @@ try:
 except ImportError:  # optional: pyarrow's zlib stream then
     _igzip = _igzip_lib = None
 
+from contract.stores import filesystem_for
 from curation.io.batches import batch_table, cut_tables, plain_batch
-from curation.io.files import ReadTask, filesystem_for
+from curation.io.files import ReadTask
 from curation.io.records import (
-    TEXT_AT,
     RECORD_FIELDS,
+    TEXT_AT,
     RecordError,
     iter_lines,
     malformed_row,

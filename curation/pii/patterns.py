@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import re
-from types import SimpleNamespace
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import phonenumbers
 import tldextract

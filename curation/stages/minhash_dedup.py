@@ -43,6 +43,7 @@ from pydantic import Field, model_validator
 
 from contract.atomic import write_json_atomic
 from contract.layout import CurationRun
+from contract.stores import filesystem_for
 from curation import runtime
 from curation.dedup import report
 from curation.dedup.components import LABEL_SCHEMA, connected_components, connected_components_local
@@ -56,7 +57,7 @@ from curation.dedup.minhash import (
     signature_type,
 )
 from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
-from curation.io.files import filesystem_for, write_parquet
+from curation.io.files import write_parquet
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
 
 log = logging.getLogger(__name__)

@@ -54,8 +54,8 @@ from contract.atomic import write_atomic
 from contract.layout import CurationRun, join
 from contract.manifest import build_manifest, installed_flywheel_version, write_manifest
 from contract.shards import ShardRecord, ShardWriter, dtype_for_vocab
+from contract.stores import filesystem_for
 from contract.tokenizer import SpecialTokens, load_tokenizer, special_ids, vocab_size_of
-from curation.io.files import filesystem_for
 from curation.stages.base import KEPT, RunContext, Stage, StageParams, set_column, with_verdicts
 from curation.stages.mixture import REPEATS
 from curation.tokenizer import BYTE_ALPHABET_SIZE, batched_texts, train_bpe

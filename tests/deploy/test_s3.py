@@ -51,8 +51,8 @@ def test_s3filesystem_reads_writes_lists_and_deletes(s3_endpoint):
 
 
 def test_from_uri_uses_the_endpoint_from_the_environment(s3_endpoint):
-    """What `curation.io.files.filesystem_for` does with an s3:// URI in a configured pod."""
-    from curation.io.files import filesystem_for
+    """What `contract.stores.filesystem_for` does with an s3:// URI in a configured pod."""
+    from contract.stores import filesystem_for
 
     fs, path = filesystem_for(f"s3://{BUCKET}/env/hello.txt")
     assert isinstance(fs, pafs.S3FileSystem) and path == f"{BUCKET}/env/hello.txt"
@@ -163,13 +163,26 @@ def test_curate_to_tokens_and_train_reads_with_nothing_but_s3(ray_with_s3_env, t
     dataset.close()
 
     # `flywheel train --manifest s3://...`: the trainer reads the manifest and shards from the store.
+    from training.checkpoint import read_meta
     from training.cli import train_command
+    from training.metrics_log import read_metrics
 
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps({"seq_len": 16, "global_batch_tokens": 64, "micro_batch": 4}))
+    train_out = f"s3://{BUCKET}/runs/train"  # `--out s3://...`: checkpoints and metrics.jsonl in the store
     summary = train_command(config_file, manifest=f"{out}/manifest.json", preset="tiny", steps=2, workers=1,
-                            out=tmp_path / "train", local=True)
+                            out=train_out, local=True)
     assert summary["steps"] == 2 and summary["loss_last"] > 0
+    assert summary["checkpoints"] == f"{train_out}/checkpoints"
+    # A second run to step 4 resumes from the step-2 checkpoint it reads back from the store.
+    summary = train_command(config_file, manifest=f"{out}/manifest.json", preset="tiny", steps=4, workers=1,
+                            out=train_out, local=True)
+    records = read_metrics(train_out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[2]["consumed_start"] == records[1]["consumed"]
+    assert read_meta(f"{train_out}/checkpoints/step_00000004")["step"] == 4
+    stored = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/train", recursive=True))}
+    assert {"metrics.jsonl", "meta.json", ".metadata", "__0_0.distcp"} <= stored
+    assert not (tmp_path / "train").exists() and not any(tmp_path.rglob("*.distcp"))  # nothing written locally
 
     # A rerun over the same output republishes the same names; the new manifest validates.
     from curation.pipeline import Pipeline

@@ -29,9 +29,9 @@ import torch  # noqa: E402
 from training.config import MoEConfig, small  # noqa: E402
 from training.data.synthetic import write_synthetic_dataset  # noqa: E402
 from training.launch import launch_local  # noqa: E402
-from training.moe import MoE, FeedForward  # noqa: E402
+from training.metrics_log import read_metrics  # noqa: E402
+from training.moe import FeedForward, MoE  # noqa: E402
 from training.train_config import TrainConfig  # noqa: E402
-from training.trainer import read_metrics  # noqa: E402
 
 
 def time_layer(layer: torch.nn.Module, x: torch.Tensor, seconds: float, windows: int = 5) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.cli import train_command  # noqa: E402
-from training.trainer import read_metrics  # noqa: E402
+from training.metrics_log import read_metrics  # noqa: E402
 
 TARGET = 0.15
 
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="train-defaults-"))
-    print(f"| lr | workers | seed | peak lr logged | loss step 1 | mean last 5 | drop |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("| lr | workers | seed | peak lr logged | loss step 1 | mean last 5 | drop |\n|---|---:|---:|---:|---:|---:|---:|")
     drops = []
     for lr in args.lr:
         for workers in args.workers:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from contract.locations import local_path
+
 
 def parse_jsonl_lines(lines: list[str]) -> list[dict[str, Any]]:
     """JSON objects of `lines`, less a final one the writer is still writing (no newline yet)."""
@@ -28,10 +30,21 @@ def parse_jsonl_lines(lines: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every whole JSON object in `path` ([] while the file does not exist)."""
+def read_text(location: str | Path) -> str:
+    """The text at a local path or a store URI (FileNotFoundError when absent)."""
+    local = local_path(str(location))
+    if local is not None:
+        return local.read_text(errors="replace")
+    from contract.stores import filesystem_for, read_bytes  # pyarrow.fs: only store locations need it
+
+    fs, path = filesystem_for(str(location))
+    return read_bytes(fs, path).decode(errors="replace")
+
+
+def read_jsonl(location: str | Path) -> list[dict[str, Any]]:
+    """Every whole JSON object at `location`, a local path or a store URI ([] while it does not exist)."""
     try:
-        text = path.read_text(errors="replace")
+        text = read_text(location)
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [r for r in parse_jsonl_lines([ln for ln in text.split("\n") if ln.strip()]) if isinstance(r, dict)]

@@ -1,12 +1,13 @@
 """Sharded, reshardable checkpoints with torch.distributed.checkpoint (DCP).
 
-    ckpts = CheckpointManager(out / "checkpoints", interval_s=600, every_steps=None, keep=2, group=pg)
+    ckpts = CheckpointManager(f"{out}/checkpoints", interval_s=600, every_steps=None, keep=2, group=pg)
     if ckpts.due(step, final):                 # rank 0's answer is the one that counts
-        path = ckpts.save(step, state)         # every rank; returns out/checkpoints/step_00000120
+        path = ckpts.save(step, state)         # every rank; returns OUT/checkpoints/step_00000120
     meta = ckpts.load(ckpts.latest(), state)   # any world size, any (efsdp x ep) layout
 
 A checkpoint is one directory: DCP's per-rank `.distcp` files and `.metadata`, then `meta.json`
-(written by rank 0 last, so a directory without it is incomplete and ignored). Parameters and
+(written by rank 0 last, so a directory without it is incomplete and ignored). OUT is a local
+folder or a store URI (`s3://bucket/run`, see training.checkpoint_storage). Parameters and
 optimizer moments are saved as DTensor shards with their global shapes, so DCP reshards them on
 load: FSDP over W ranks, experts over ep, or a plain single-process model.
 
@@ -18,7 +19,6 @@ seed. RNG needs no state: the trainer reseeds from (seed, step, rank) at every s
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -34,8 +35,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 
 from contract.atomic import write_atomic
-from contract.layout import TrainingRun
-
+from contract.layout import TrainingRun, join
+from contract.stores import filesystem_for, read_bytes
+from training.checkpoint_storage import storage_reader, storage_writer
 
 
 class TrainingState(Stateful):
@@ -67,12 +69,16 @@ class TrainingState(Stateful):
 class CheckpointManager:
     """When to save, where, and which checkpoint is the latest complete one.
 
-    root        the checkpoints folder (shared by every rank: a shared filesystem on clusters)
+    root        the checkpoints folder: a local path (shared by every rank) or a store URI
+                (`s3://bucket/run/checkpoints`: every rank writes its own files there, no
+                shared disk needed)
     interval_s  save when this many seconds passed since the last save (or the start)
     every_steps also save every N steps (None: wall clock only)
     keep        complete checkpoints kept after a save (None: keep all, e.g. when Ray Train's
                 CheckpointConfig prunes them)
     group       the training ranks' process group (None: the default group or no distribution)
+
+    Checkpoints are named by locations (strings): `path_for(120)` is `ROOT/step_00000120`.
     """
 
     def __init__(
@@ -83,7 +89,8 @@ class CheckpointManager:
         keep: int | None = 2,
         group: dist.ProcessGroup | None = None,
     ):
-        self.root = Path(root)
+        self.root = str(root).rstrip("/")
+        self.fs, self.base = filesystem_for(self.root)
         self.interval_s, self.every_steps, self.keep, self.group = interval_s, every_steps, keep, group
         self.last_save = time.monotonic()
         self.seconds_saving = 0.0
@@ -100,63 +107,86 @@ class CheckpointManager:
             return True
         return time.monotonic() - self.last_save >= self.interval_s
 
-    def path_for(self, step: int) -> Path:
-        return self.root / f"step_{step:08d}"
+    def path_for(self, step: int) -> str:
+        return join(self.root, step_name(step))
 
-    def save(self, step: int, state: TrainingState, meta: dict[str, Any] | None = None) -> Path:
+    def path_for_name(self, name: str) -> str:
+        """The location of the step folder called `name` under root."""
+        return join(self.root, name)
+
+    def save(self, step: int, state: TrainingState, meta: dict[str, Any] | None = None) -> str:
         """Collective over `group`: write the state, then rank 0 writes meta.json and prunes."""
         start = time.monotonic()
-        path = self.path_for(step)
+        location, folder = self.path_for(step), join(self.base, step_name(step))
         if self.rank == 0:
-            if path.exists():  # a partial save from a crashed attempt at this very step
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
+            self._delete(folder)  # a partial save from a crashed attempt at this very step
+            self.fs.create_dir(folder, recursive=True)
         self._barrier()
         with _single_process_ok():
-            dcp.save({"app": state}, checkpoint_id=str(path), process_group=self.group, no_dist=not dist.is_initialized())
+            dcp.save({"app": state}, storage_writer=storage_writer(location), process_group=self.group,
+                     no_dist=not dist.is_initialized())  # fmt: skip
         if self.rank == 0:
             record = {"step": step, "saved_at": time.time(), **(meta or {})}
-            # Written last and atomically: a step folder without it is an incomplete save.
-            write_atomic(path / TrainingRun.CHECKPOINT_META, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+            # Written last and whole: a step folder without it is an incomplete save.
+            data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+            write_atomic(join(folder, TrainingRun.CHECKPOINT_META), data, self.fs)
             self._prune()
         self._barrier()
         self.last_save = time.monotonic()
         self.seconds_saving += self.last_save - start
-        return path
+        return location
 
-    def latest(self) -> Path | None:
+    def latest(self) -> str | None:
         """The complete checkpoint with the highest step under root, or None."""
         complete = self.complete()
         return complete[-1] if complete else None
 
-    def complete(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob("step_*") if (p / TrainingRun.CHECKPOINT_META).is_file())
+    def complete(self) -> list[str]:
+        """Locations of the complete checkpoints (meta.json present), oldest first."""
+        return [join(self.root, name) for name in self._step_folders(complete=True)]
 
-    def load(self, path: str | Path, state: TrainingState) -> dict[str, Any]:
-        """Collective: load `path` into `state` (resharding to this layout); returns meta.json."""
-        path = Path(path)
-        meta = json.loads((path / TrainingRun.CHECKPOINT_META).read_text())
+    def load(self, location: str | Path, state: TrainingState) -> dict[str, Any]:
+        """Collective: load `location` into `state` (resharding to this layout); returns meta.json."""
+        meta = read_meta(location)
         with _single_process_ok():
-            dcp.load({"app": state}, checkpoint_id=str(path), process_group=self.group, no_dist=not dist.is_initialized())
+            dcp.load({"app": state}, storage_reader=storage_reader(str(location)), process_group=self.group,
+                     no_dist=not dist.is_initialized())  # fmt: skip
         self.last_save = time.monotonic()
         return meta
+
+    def _step_folders(self, complete: bool) -> list[str]:
+        """Names of the step_* folders under root (only those with meta.json when `complete`)."""
+        found = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+        names = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step_"))
+        if not complete or not names:
+            return names
+        metas = self.fs.get_file_info([join(self.base, n, TrainingRun.CHECKPOINT_META) for n in names])
+        return [n for n, m in zip(names, metas) if m.type == pafs.FileType.File]
 
     def _prune(self) -> None:
         if self.keep is None:
             return
-        complete = self.complete()
+        complete = self._step_folders(complete=True)
         for old in complete[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        newest = complete[-1].name if complete else ""
-        for partial in self.root.glob("step_*"):  # crashed saves older than the newest complete one
-            if not (partial / TrainingRun.CHECKPOINT_META).exists() and partial.name < newest:
-                shutil.rmtree(partial, ignore_errors=True)
+            self._delete(join(self.base, old))
+        newest = complete[-1] if complete else ""
+        for partial in sorted(set(self._step_folders(complete=False)) - set(complete)):
+            if partial < newest:  # crashed saves older than the newest complete one
+                self._delete(join(self.base, partial))
+
+    def _delete(self, folder: str) -> None:
+        try:
+            self.fs.delete_dir(folder)
+        except FileNotFoundError:
+            pass
 
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier(group=self.group)
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
 
 
 @contextmanager
@@ -167,5 +197,7 @@ def _single_process_ok() -> Iterator[None]:
         yield
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / TrainingRun.CHECKPOINT_META).read_text())
+def read_meta(location: str | Path) -> dict[str, Any]:
+    """A checkpoint's meta.json (a local step folder or one in a store)."""
+    fs, folder = filesystem_for(str(location))
+    return json.loads(read_bytes(fs, join(folder, TrainingRun.CHECKPOINT_META)))

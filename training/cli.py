@@ -21,10 +21,10 @@ from contract.layout import TrainingRun
 from training.config import ModelConfig, count_params
 from training.config import preset as preset_config
 from training.launch import launch_local, launch_ray, read_manifest
+from training.metrics_log import read_metrics
 from training.parallel import accumulation, plan_layout
 from training.planner import GB, PlanSpec, make_plan
 from training.train_config import TrainConfig, load_train_config
-from training.trainer import read_metrics
 
 
 def describe_shapes(model_cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], int]]:
@@ -89,7 +89,7 @@ def train_command(
     preset: str | None = None,
     steps: int | None = None,
     workers: int | None = None,
-    out: Path | None = None,
+    out: str | Path | None = None,
     local: bool = False,
     dry_run: bool = False,
     ep: int | None = None,

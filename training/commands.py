@@ -39,7 +39,7 @@ def plan(
 
 
 @commands.command("validate-manifest")
-def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file:// or http(s):// URL")) -> None:
+def validate_manifest(target: str = typer.Argument(..., help="manifest.json path, file://, http(s):// or s3:// URL")) -> None:
     """Check a manifest's schema, every shard's size and sha256; exit 1 naming the first problem."""
     from training.data.validate import validate_manifest_cli  # numpy, httpx, jsonschema: when it runs
 
@@ -53,7 +53,7 @@ def train(
     preset: Optional[str] = typer.Option(None, help="tiny | small | moe-67b"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (snapped to a valid FSDP x EP layout)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder: metrics.jsonl, checkpoints/."),
+    out: Optional[str] = typer.Option(None, help="Output folder or store URI (s3://bucket/run): metrics.jsonl, checkpoints/."),
     local: bool = typer.Option(False, "--local", help="Run here without Ray (one process, or torchrun ranks)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print shapes and memory per rank; allocate nothing."),
     ep: Optional[int] = typer.Option(None, help="Expert-parallel degree (default: the largest that fits)."),

@@ -61,7 +61,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for root in (path, path / TrainingRun.CHECKPOINTS):
         latest = CheckpointManager(root).latest()
         if latest is not None:
-            return latest
+            return Path(latest)
     raise ExportError(f"{path}: no complete checkpoint (a step_* directory with {TrainingRun.CHECKPOINT_META})")
 
 

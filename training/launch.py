@@ -15,6 +15,7 @@ resharded to the new layout and the data cursor continues with the first unseen 
 from __future__ import annotations
 
 import os
+import posixpath
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from contract.layout import TrainingRun
+from contract.locations import local_path, parent_location
 from contract.manifest import Manifest, parse_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.data.dataset import ManifestDataset
@@ -34,7 +36,7 @@ from training.train_config import TrainConfig
 from training.trainer import FitResult, Trainer, resolve_device
 
 OnStep = Callable[[int, int], None]
-OnCheckpoint = Callable[[int, Path | None, dict[str, Any]], None]
+OnCheckpoint = Callable[[int, str | None, dict[str, Any]], None]
 
 
 def read_manifest(location: str) -> Manifest:
@@ -187,19 +189,21 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
 
     cfg = TrainConfig.model_validate(config["train"])
 
-    def report(step: int, path: Path | None, metrics: dict[str, Any]) -> None:
-        # NOTE: the checkpoint is already under the run's storage (out_dir/checkpoints), written
-        # there by DCP from every rank: nothing to upload, Ray only records it.
-        checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+    def report(step: int, location: str | None, metrics: dict[str, Any]) -> None:
+        # NOTE: the checkpoint is already in the run's storage (OUT/checkpoints, local or a store),
+        # written there by DCP from every rank: nothing to upload, Ray only records it.
+        checkpoint = Checkpoint(location) if location is not None else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     # Ray hands back the latest checkpoint its controller had registered, which can trail the
     # last one written (a failure right after a report). A later complete one under out_dir
-    # (meta.json present: every rank finished writing) loses less work.
+    # (meta.json present: every rank finished writing) loses less work. Ray's path is inside its
+    # own filesystem (no scheme on S3): the step folder's name is what locates it under OUT.
+    checkpoints = CheckpointManager(TrainingRun(cfg.out_dir).checkpoints)
     reported = ray.train.get_checkpoint()
-    candidates = [Path(reported.path)] if reported is not None else []
+    candidates = [checkpoints.path_for_name(posixpath.basename(reported.path.rstrip("/")))] if reported else []
     if cfg.resume or reported is not None:
-        latest = CheckpointManager(Path(cfg.out_dir) / TrainingRun.CHECKPOINTS).latest()
+        latest = checkpoints.latest()
         candidates += [latest] if latest is not None else []
     resume_from = max(candidates, key=lambda p: read_meta(p)["step"], default=None)
     run_worker(cfg, resume_from=resume_from, on_checkpoint=report, on_step=config.get("on_step"), prune_checkpoints=False)
@@ -216,17 +220,20 @@ def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
     """Run on Ray Train; returns ray.train.Result (raises if the run failed after retries).
 
     The run's storage is cfg.out_dir itself (Ray's run state beside metrics.jsonl and
-    checkpoints/), which on a cluster must be a shared filesystem. Starts a local Ray unless
-    one is running or RAY_ADDRESS names a cluster.
+    checkpoints/): on a cluster, a store URI (s3://bucket/runs/name, credentials from the
+    standard AWS variables on every node) or a filesystem every node mounts. Starts a local Ray
+    unless one is running or RAY_ADDRESS names a cluster.
     """
     import ray  # Ray Train: --local runs without Ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # Ray Train, as above
     from ray.train.torch import TorchConfig, TorchTrainer  # Ray Train, as above
 
-    out = Path(cfg.out_dir).resolve()
+    out = cfg.out_dir.rstrip("/")
+    if local_path(out) is not None:
+        out = str(local_path(out).resolve())
     manifest = cfg.manifest
-    if manifest is not None and "://" not in manifest:
-        manifest = str(Path(manifest).resolve())
+    if manifest is not None and local_path(manifest) is not None:
+        manifest = str(local_path(manifest).resolve())
     cfg = cfg.model_copy(update={"out_dir": out, "manifest": manifest})
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
@@ -240,8 +247,8 @@ def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
         scaling_config=ScalingConfig(num_workers=scaling_bounds(cfg), use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
-            name=out.name,
-            storage_path=str(out.parent),
+            name=posixpath.basename(out),
+            storage_path=parent_location(out),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),

@@ -20,7 +20,6 @@ from torch import nn
 from training.config import ModelConfig
 from training.moe import FeedForward, MoE
 
-
 # ---------------------------------------------------------------------------------------------
 # Rotary embeddings and attention
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the micro-batch and the accumulation count for the ranks it gets (`parallel.accu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,12 +87,16 @@ class TrainConfig(BaseModel):
     peak_tflops_per_worker: float | None = Field(default=None, gt=0)
 
     # -- checkpoints, logs, housekeeping ----------------------------------------------------
-    out_dir: Path = Path("runs/train")
+    # A local folder or a store URI (s3://bucket/run): metrics.jsonl, eval.jsonl, checkpoints/.
+    out_dir: str = "runs/train"
     checkpoint_interval_s: float = Field(default=600.0, gt=0, description="wall-clock checkpoint period")
     checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also every N steps")
     keep_checkpoints: int = Field(default=2, ge=1)
     resume: bool = Field(default=True, description="continue from the latest checkpoint in out_dir")
     gc_every_steps: int = Field(default=500, ge=1)
+    # On an object store (no append) metrics.jsonl is uploaded whole at most this often, and before
+    # every checkpoint save; 0 uploads every line (training.metrics_log).
+    metrics_flush_s: float = Field(default=30.0, ge=0)
 
     # -- held-out evaluation (training.evaluate): OUT/eval.jsonl ------------------------------
     eval_files: list[str] = Field(default_factory=list, description="JSONL files of {text, domain?}")
@@ -117,6 +122,8 @@ class TrainConfig(BaseModel):
         schedule.setdefault("total_steps", steps)
         schedule.setdefault("warmup_steps", min(defaults["warmup_steps"], int(schedule["total_steps"]) // 10))
         optimizer["schedule"] = schedule
+        if isinstance(data.get("out_dir"), os.PathLike):  # a Path from Python callers
+            data["out_dir"] = os.fspath(data["out_dir"])
         return {**data, "optimizer": optimizer}
 
     @model_validator(mode="after")

@@ -21,7 +21,6 @@ One optimiser step on every rank:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -34,13 +33,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from contract.jsonl import read_jsonl
 from contract.layout import TrainingRun
 from contract.locations import local_path
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
 from training.evaluate import EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
+from training.metrics_log import MetricsLog
 from training.model import causal_lm_loss
 from training.moe import register_router_bias_hook
 from training.optim import GCController, RecipeScheduler, build_optimizer
@@ -138,54 +137,6 @@ def measure_peak_tflops(device: torch.device, size: int = 1024, trials: int = 5,
     return best
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics log
-# ---------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """A JSONL log with a "step" per line, written by rank 0 only: metrics.jsonl (one object
-    per optimiser step) or eval.jsonl (one per evaluation).
-
-    On resume from step s, lines for steps after s (work a crash threw away) move to
-    <name>.rolled_back.jsonl, so the log keeps at most one line per step.
-    """
-
-    def __init__(self, out_dir: Path, enabled: bool, name: str = TrainingRun.METRICS):
-        self.path = out_dir / name
-        self.rolled_back = out_dir / TrainingRun.rolled_back(name)
-        self.enabled = enabled
-        if enabled:
-            out_dir.mkdir(parents=True, exist_ok=True)
-
-    def rollback_after(self, step: int) -> None:
-        if not self.enabled or not self.path.exists():
-            return
-        keep, drop = [], []
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                (keep if json.loads(line)["step"] <= step else drop).append(line)
-        if drop:
-            with self.rolled_back.open("a") as f:
-                f.write("\n".join(drop) + "\n")
-        self.path.write_text("".join(line + "\n" for line in keep))
-
-    def truncate(self) -> None:
-        if self.enabled:
-            self.path.write_text("")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(out_dir: str | Path, name: str = TrainingRun.METRICS) -> list[dict[str, Any]]:
-    """The records of OUT/metrics.jsonl (or another log, e.g. TrainingRun.EVAL); [] before the
-    first line, a line still being written left out."""
-    return read_jsonl(Path(out_dir) / name)
-
-
 def sequence_digest(batch: Batch, sequences_per_epoch: int) -> int:
     """An order-free digest of the (epoch, sequence) pairs in a batch: summed over ranks and
     micro-batches it identifies the step's data, to check no sequence is skipped or repeated."""
@@ -234,11 +185,12 @@ class Trainer:
         self.tokens_per_step = cfg.global_batch_seqs * cfg.seq_len
         self.flops_per_token = model_flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak_tflops = cfg.peak_tflops_per_worker or measure_peak_tflops(device)
-        self.metrics = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0)
-        self.eval_log = MetricsLog(Path(cfg.out_dir), enabled=self.rank == 0 and bool(cfg.eval_files), name=TrainingRun.EVAL)
+        self.metrics = MetricsLog(cfg.out_dir, enabled=self.rank == 0, flush_s=cfg.metrics_flush_s)
+        self.eval_log = MetricsLog(cfg.out_dir, enabled=self.rank == 0 and bool(cfg.eval_files), name=TrainingRun.EVAL,
+                                   flush_s=cfg.metrics_flush_s)  # fmt: skip
         self.eval_sets = self._load_eval_sets() if cfg.eval_files else []
         self.checkpoints = CheckpointManager(
-            Path(cfg.out_dir) / TrainingRun.CHECKPOINTS, cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
+            TrainingRun(cfg.out_dir).checkpoints, cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
             keep=cfg.keep_checkpoints, group=self.group,
         )  # fmt: skip
         self.state = TrainingState(self.model, self.optimizer, self.scheduler, self._trainer_state, self._load_trainer_state)
@@ -283,6 +235,10 @@ class Trainer:
             "seq_len": self.cfg.seq_len,
             "document_mask": self.cfg.document_mask,
         }
+
+    def flush_logs(self) -> None:
+        self.metrics.flush()
+        self.eval_log.flush()
 
     def resume(self, path: str | Path) -> int:
         """Load a checkpoint (saved at any layout); returns its step. metrics.jsonl and eval.jsonl
@@ -433,8 +389,10 @@ class Trainer:
                 if control is not None:
                     save, _ = control(save, final)
                 if save:
+                    self.flush_logs()  # a checkpoint's steps have their lines in the store
                     path = self.checkpoints.save(self.step, self.state, self.checkpoint_meta())
                     if on_checkpoint is not None:
                         on_checkpoint(self.step, path, {k: record[k] for k in ("step", "loss", "tokens", "consumed")})
                 gc_ctl.step(self.step)
+        self.flush_logs()
         return FitResult(self.step, self.resumed_from, losses, time.perf_counter() - start_time)

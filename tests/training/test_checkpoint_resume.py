@@ -15,12 +15,12 @@ import json
 import pytest
 import torch
 
+from contract.layout import TrainingRun
 from tests.training.helpers import spawn, tiny_config, write_tiny_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.launch import run_worker
+from training.metrics_log import read_metrics
 from training.train_config import TrainConfig
-from contract.layout import TrainingRun
-from training.trainer import read_metrics
 
 TOTAL = 8
 

@@ -30,8 +30,8 @@ from training.data.synthetic import write_synthetic_dataset  # noqa: E402
 from training.evaluate import evaluate_checkpoint, evaluate_model, load_eval_sets, pack_windows  # noqa: E402
 from training.export_hf import load_checkpoint_model  # noqa: E402
 from training.launch import run_worker  # noqa: E402
+from training.metrics_log import read_metrics  # noqa: E402
 from training.model import causal_lm_loss, doc_ids_from_starts  # noqa: E402
-from training.trainer import read_metrics  # noqa: E402
 
 VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges
 SEQ = 32

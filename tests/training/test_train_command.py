@@ -10,7 +10,7 @@ import pytest
 from tests.training.helpers import write_tiny_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.cli import train_command
-from training.trainer import read_metrics
+from training.metrics_log import read_metrics
 
 
 def test_train_command_writes_metrics_and_checkpoints(tmp_path):

@@ -31,6 +31,7 @@ from curation import runtime
 from curation.config import PipelineConfig, StageSpec
 from curation.pipeline import Pipeline
 from curation.stages.tokenize import TokenizeParams, train_tokenizer_on
+from training.metrics_log import read_metrics
 from training.train_config import TrainConfig
 from workflows.ablation.config import AblationConfig
 from workflows.ablation.holdout import count_leaks, split_holdout
@@ -74,7 +75,6 @@ def train_variant(config: dict[str, Any], threads: int) -> dict[str, Any]:
     import torch  # torch: loaded in each training task, not by the driver
 
     from training.launch import launch_local  # torch, as above
-    from training.trainer import read_metrics  # torch, as above
 
     torch.set_num_threads(max(1, threads))
     cfg = TrainConfig.model_validate(config)

@@ -291,7 +291,7 @@ def test_ray_pods_have_probes_settings_and_known_images(kuberay):
                     assert "local_raylet_healthz" in " ".join(c[probe]["exec"]["command"]), (c["name"], probe)
 
 
-def test_rayjob_runs_flywheel_train_on_shared_checkpoints(kuberay, tmp_path):
+def test_rayjob_runs_flywheel_train_with_checkpoints_in_s3(kuberay, tmp_path):
     _, job, config_maps = kuberay
     rayjob = next(d for d in job if d["kind"] == "RayJob")
     argv = shlex.split(rayjob["spec"]["entrypoint"])
@@ -306,11 +306,14 @@ def test_rayjob_runs_flywheel_train_on_shared_checkpoints(kuberay, tmp_path):
     for template, c in pods:
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
-        # The config file and --out live on volumes every pod mounts (Ray Train's storage_path).
+        # The config file is a ConfigMap every pod mounts; --out (checkpoints, metrics, Ray Train's
+        # storage_path) is in S3, so no pod needs a shared volume, only the store's variables.
         config_dir = str(Path(argv[2]).parent)
         assert volumes[mounts[config_dir]]["configMap"]["name"] in config_maps
-        out_mount = next(m for m in mounts if opts["--out"].startswith(m + "/"))
-        assert "persistentVolumeClaim" in volumes[mounts[out_mount]]
+        assert not any("persistentVolumeClaim" in v for v in volumes.values())
+        env = {e["name"] for e in c.get("env", [])}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
+    assert opts["--out"].startswith("s3://") and opts["--manifest"].startswith("s3://")
     train_yaml = config_maps[next(v["configMap"]["name"] for v in pods[0][0]["spec"]["volumes"] if "configMap" in v)]
     text = train_yaml["data"][Path(argv[2]).name]
     data = yaml.safe_load(text)

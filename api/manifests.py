@@ -16,6 +16,7 @@ import posixpath
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pyarrow.fs as pafs
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,7 @@ from contract.layout import CurationRun
 from contract.manifest import Manifest as ManifestDoc
 from contract.manifest import parse_manifest
 from contract.shards import INDEX_DTYPE
-from curation.io.files import filesystem_for
+from contract.stores import filesystem_for
 
 
 class ManifestInvalid(ValueError):
@@ -135,6 +136,10 @@ def shard_file(doc: ManifestDoc, manifest_uri: str, name: str) -> ServedFile | N
 
 
 def tokenizer_file(doc: ManifestDoc, manifest_uri: str) -> ServedFile:
+    """The tokenizer file beside the manifest; FileNotFoundError if the store no longer holds it."""
     fs, manifest_path = locate(manifest_uri)
     path = posixpath.join(posixpath.dirname(manifest_path), doc.tokenizer.path)
-    return ServedFile(path, doc.tokenizer.sha256, fs.get_file_info(path).size, "application/json")
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:  # its size is None then (a missing S3 object answers no error here)
+        raise FileNotFoundError(f"tokenizer file is gone: {doc.tokenizer.path}")
+    return ServedFile(path, doc.tokenizer.sha256, info.size, "application/json")

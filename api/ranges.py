@@ -6,15 +6,18 @@ RFC 9110 rules kept here:
   that starts past the end answers 416 with `Content-Range: bytes */size`.
 - A Range header that is not one well-formed byte range is ignored (200, whole file), as the
   RFC allows; so is a Range whose `If-Range` does not name the current ETag.
-The body is read in 1 MiB chunks from a random-access handle (no whole-file read).
+The body is read in 1 MiB chunks from a random-access handle (no whole-file read). The handle
+is opened before the answer starts: a file the store no longer holds (a deleted or expired S3
+object) answers 410 instead of a 200 whose body then breaks off.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Iterator
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 CHUNK = 1 << 20
@@ -54,8 +57,15 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _chunks(fs, path: str, start: int, length: int, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
-    with fs.open_input_file(path) as f:
+def _open(fs, path: str):
+    try:
+        return fs.open_input_file(path)  # on S3 a HEAD request: a missing object shows here
+    except FileNotFoundError:
+        raise HTTPException(410, detail=f"the store no longer holds {posixpath.basename(path)}") from None
+
+
+def _chunks(f, start: int, length: int, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+    with f:
         f.seek(start)
         left = length
         while left > 0:
@@ -87,7 +97,9 @@ def serve_file(request: Request, fs, path: str, *, size: int, sha256: str, media
         status, length = 206, end - start + 1
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(length)
+    source = _open(fs, path)  # for HEAD too: a file that is gone is not announced as there
     if request.method == "HEAD" or length == 0:
+        source.close()
         return Response(status_code=status, headers=headers, media_type=media_type)
-    return StreamingResponse(_chunks(fs, path, start, length, on_bytes), status_code=status, headers=headers,
+    return StreamingResponse(_chunks(source, start, length, on_bytes), status_code=status, headers=headers,
                              media_type=media_type)

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from curation.io.files import filesystem_for
 from contract.layout import CurationRun
+from contract.stores import filesystem_for
 
 LIST_COLUMNS = ["id", "stage", "reason", "detail", "domain", "source", "n_tokens"]
 TEXT_PREVIEW_CHARS = 4096

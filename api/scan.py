@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from curation.io.files import filesystem_for, plan_reads
+from contract.stores import filesystem_for
+from curation.io.files import plan_reads
 from curation.io.reader import read_task_tables
 from curation.stages.base import DETAIL, REASON
 

@@ -20,8 +20,8 @@ from api.metrics import ServiceMetrics
 from api.models import Corpus, utcnow
 from api.scan import count_corpus
 from api.settings import Settings
-from api.training_jobs import TrainingJobRunner
 from api.storage import Storage
+from api.training_jobs import TrainingJobRunner
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,13 @@
 Everything the service writes lives under one root, addressed by *keys* (relative POSIX paths
 the service makes itself, checked by `check_key`):
 
-    tmp/<uuid>                      uploads in flight (moved into place when complete)
+    tmp/<uuid>                      uploads in flight on local storage (moved into place when complete)
     corpora/<corpus_id>/<name>      uploaded corpus files
     jobs/<job_id>/                  a job's OUTPUT: data/, rejects/, stats.json, manifest.json, shards/
     training/<training_job_id>/     a training job's out_dir: metrics.jsonl, checkpoints/
     ablations/<ablation_id>/        an ablation's OUT: variants/, holdout/, ablation.json
 
-Jobs get `uri(key)`, a location `curation.io.files.filesystem_for` understands, so the Ray
+Jobs get `uri(key)`, a location `contract.stores.filesystem_for` understands, so the Ray
 workers write to the same place the service reads from.
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
-from curation.io.files import filesystem_for
+from contract.stores import filesystem_for, is_object_store
 
 TMP = "tmp"
 
@@ -46,6 +46,12 @@ class Storage:
         self.fs, base = filesystem_for(self.root)
         self.base = base.rstrip("/")
         self.fs.create_dir(self.base, recursive=True)
+
+    @property
+    def publishes_on_close(self) -> bool:
+        """True on object stores (S3, GCS): a streamed object appears only when its stream is closed
+        (the multipart upload completes). A local file is there, half written, from the start."""
+        return is_object_store(self.fs)
 
     def path(self, key: str) -> str:
         """The path of `key` inside `self.fs`."""

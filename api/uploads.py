@@ -1,10 +1,11 @@
 """Streaming a multipart upload straight into storage, hashing it on the way.
 
 python-multipart's push parser is fed the request body chunk by chunk; the bytes of the `file`
-part go to a temporary storage key (hashed with sha256 in the same worker thread) and nothing
-else is kept: memory stays at one network chunk whatever the file size. The size limit is
-enforced as bytes arrive, so an oversize upload is refused (413) after `limit` bytes, not after
-the whole body. On any failure the temporary file is deleted: no partial corpus ever exists.
+part go to storage (hashed with sha256 in the same worker thread) and nothing else is kept:
+memory stays at one network chunk whatever the file size. Locally they go to a temporary key the
+caller renames into place, on an object store straight to their place (`upload_key`). The size
+limit is enforced as bytes arrive, so an oversize upload is refused (413) after `limit` bytes,
+not after the whole body. On any failure the file is deleted: no partial corpus ever exists.
 
 Why not `UploadFile`: Starlette spools the whole file to a local temp file before the handler
 runs, which doubles the disk traffic and accepts the entire body before the limit can be checked.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from anyio import CancelScope, to_thread
@@ -41,9 +43,19 @@ def safe_filename(name: str) -> str:
     return base[:200] or "corpus.jsonl"
 
 
+def upload_key(storage: Storage, folder: str, filename: str) -> str:
+    """Where an upload destined for `folder/filename` is written while it streams in."""
+    if storage.publishes_on_close:
+        # An object appears only once its upload completes: a crash mid-upload leaves no object
+        # (only parts, which a bucket lifecycle rule expires). And a move there is a server-side
+        # copy, which S3's CopyObject refuses past 5 GiB: uploads up to the limit could not land.
+        return f"{folder}/{filename}"
+    return f"{TMP}/{uuid.uuid4().hex}"  # a local file is visible half-written: renamed once complete
+
+
 @dataclass
 class StoredUpload:
-    tmp_key: str
+    key: str  # where it was written: the caller moves it into `folder` unless it is there already
     filename: str
     size: int
     sha256: str
@@ -53,13 +65,15 @@ class StoredUpload:
 class _Sink:
     """The `file` part's destination: written and hashed in a worker thread, chunk by chunk."""
 
-    def __init__(self, storage: Storage, key: str) -> None:
-        self.storage, self.key = storage, key
+    def __init__(self, storage: Storage, place: Callable[[], str]) -> None:
+        self.storage, self.place = storage, place
+        self.key: str | None = None  # decided at the first write, once the part's file name is known
         self.stream = None
         self.digest = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         if self.stream is None:
+            self.key = self.place()
             self.stream = self.storage.open_write(self.key)
         self.digest.update(data)
         self.stream.write(data)
@@ -139,8 +153,9 @@ class _Parts:
         self.ended = True
 
 
-async def receive_upload(request: Request, storage: Storage, limit: int) -> StoredUpload:
-    """Stream the request's multipart body into `tmp/<uuid>`; the caller moves it into place."""
+async def receive_upload(request: Request, storage: Storage, limit: int, folder: str) -> StoredUpload:
+    """Stream the request's multipart body's file into storage (`upload_key`); the caller moves it
+    into `folder` when it is not there yet."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise HTTPException(413, detail=f"upload of {int(declared):,} bytes exceeds the limit of {limit:,} bytes")
@@ -151,7 +166,7 @@ async def receive_upload(request: Request, storage: Storage, limit: int) -> Stor
 
     parts = _Parts(limit)
     parser = MultipartParser(boundary, parts.callbacks())
-    sink = _Sink(storage, f"{TMP}/{uuid.uuid4().hex}")
+    sink = _Sink(storage, lambda: upload_key(storage, folder, parts.filename))
     try:
         try:
             async for chunk in request.stream():
@@ -176,12 +191,13 @@ async def receive_upload(request: Request, storage: Storage, limit: int) -> Stor
         with CancelScope(shield=True):  # also when the request was cancelled (client gone)
             await to_thread.run_sync(_discard, sink)
         raise
-    return StoredUpload(tmp_key=sink.key, filename=parts.filename, size=parts.file_bytes,
+    return StoredUpload(key=sink.key, filename=parts.filename, size=parts.file_bytes,
                         sha256=sink.digest.hexdigest(), fields=parts.fields)
 
 
 def _discard(sink: _Sink) -> None:
     try:
-        sink.close()
+        sink.close()  # on S3 this completes the partial object: deleted at once below
     finally:
-        sink.storage.delete(sink.key)
+        if sink.key is not None:
+            sink.storage.delete(sink.key)

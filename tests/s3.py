@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
+import pytest
 
 from tests.helpers import free_port
 
@@ -56,3 +57,29 @@ def local_s3(bucket: str = BUCKET) -> Iterator[LocalS3]:
         yield s3
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def ray_started_after_env() -> Iterator[None]:
+    """A Ray started *after* the AWS variables are in os.environ, so its workers inherit them.
+
+    A Ray already running in this test session (the `ray_local` fixture) was started without
+    them; it is stopped here and started again, same size, once the variables are gone.
+    """
+    import ray  # Ray: only the tests that run pipelines on S3 start one
+
+    from curation import runtime  # Ray Data, as above
+
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    runtime.init_ray(num_cpus=2, object_store_mb=200)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if was_running:
+            with pytest.MonkeyPatch.context() as mp:
+                for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+                    mp.delenv(k, raising=False)
+                runtime.init_ray(num_cpus=2, object_store_mb=200)

@@ -5,8 +5,18 @@ plugs in by adding its module's `router` here: `routes/training_jobs.py` belongs
 `routes/dashboard.py` (HTML pages) in ROOT_ROUTERS.
 """
 
-from api.routes import (ablations, corpora, dashboard, documents, health, jobs, manifests, metrics, tokenizers,
-                        training_jobs)
+from api.routes import (
+                        ablations,
+                        corpora,
+                        dashboard,
+                        documents,
+                        health,
+                        jobs,
+                        manifests,
+                        metrics,
+                        tokenizers,
+                        training_jobs,
+)
 
 V1_ROUTERS = [corpora.router, jobs.router, documents.router, manifests.router, tokenizers.router,
               training_jobs.router, ablations.router]

@@ -77,14 +77,15 @@ def _domain(value: str | None) -> str | None:
 
 async def _upload(request: Request, services: Services) -> Corpus:
     settings, storage = services.settings, services.storage
-    upload = await receive_upload(request, storage, settings.max_upload_bytes)
     corpus_id = new_id("cor")
     folder = f"corpora/{corpus_id}"
+    upload = await receive_upload(request, storage, settings.max_upload_bytes, folder)
     try:
         domain = _domain(upload.fields.get("domain"))
         name = upload.fields.get("name") or upload.filename
         key = f"{folder}/{upload.filename}"
-        await to_thread.run_sync(storage.move, upload.tmp_key, key)
+        if upload.key != key:  # local storage: the upload waited in tmp/
+            await to_thread.run_sync(storage.move, upload.key, key)
         uri = storage.uri(key)
         inline = upload.size <= settings.scan_inline_bytes
         values = await _count_inline(uri, domain, name) if inline else dict(state="scanning")
@@ -93,7 +94,7 @@ async def _upload(request: Request, services: Services) -> Corpus:
         await to_thread.run_sync(_insert, services, row)
     except BaseException:
         with CancelScope(shield=True):  # nothing half-registered, even when the client is gone
-            await to_thread.run_sync(storage.delete, upload.tmp_key)
+            await to_thread.run_sync(storage.delete, upload.key)
             await to_thread.run_sync(storage.delete_tree, folder)
         raise
     if not inline:

@@ -27,6 +27,7 @@ FILE_RESPONSES = {
     206: {"content": {"application/octet-stream": {}}, "description": "one byte range (Range: bytes=a-b)"},
     304: {"description": "If-None-Match named the ETag (the file's sha256)"},
     404: {"model": Problem},
+    410: {"model": Problem, "description": "the manifest or this file is gone from the store"},
     416: {"description": "the range starts past the end; Content-Range: bytes */size"},
 }
 

@@ -28,7 +28,10 @@ def get_tokenizer(tokenizer_id: Annotated[str, Path(pattern=SHA256, description=
     row = session.scalars(select(Manifest).where(Manifest.tokenizer_sha256 == tokenizer_id).limit(1)).first()
     if row is None:
         raise HTTPException(404, detail=f"no manifest uses tokenizer {tokenizer_id}")
-    served = tokenizer_file(manifest_doc(row), row.uri)
+    try:
+        served = tokenizer_file(manifest_doc(row), row.uri)
+    except FileNotFoundError as e:
+        raise HTTPException(410, detail=str(e)) from None
     fs, _ = locate(row.uri)
     return serve_file(request, fs, served.path, size=served.size, sha256=served.sha256,
                       media_type=served.media_type, on_bytes=services.metrics.bytes_served.inc)

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.s3 import BUCKET, KEY, REGION, SECRET, local_s3
+from tests.s3 import BUCKET, KEY, REGION, SECRET, local_s3, ray_started_after_env
 
 pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
 
@@ -65,26 +65,8 @@ def test_from_uri_uses_the_endpoint_from_the_environment(s3_endpoint):
 
 @pytest.fixture(scope="module")
 def ray_with_s3_env(s3_endpoint):
-    """A Ray started *after* the AWS variables are set, so its workers inherit them.
-
-    A Ray already running in this test session (the `ray_local` fixture) was started without
-    them; it is stopped here and started again, same size, afterwards.
-    """
-    import ray
-
-    from curation import runtime
-
-    was_running = ray.is_initialized()
-    if was_running:
-        ray.shutdown()
-    runtime.init_ray(num_cpus=2, object_store_mb=200)
-    yield ray
-    ray.shutdown()
-    if was_running:
-        with pytest.MonkeyPatch.context() as mp:
-            for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-                mp.delenv(k, raising=False)
-            runtime.init_ray(num_cpus=2, object_store_mb=200)
+    with ray_started_after_env():
+        yield
 
 
 @pytest.mark.slow

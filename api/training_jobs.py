@@ -3,7 +3,8 @@
     POST /training-jobs --> row `queued` (config validated by training.train_config) --> detached
                             named actor `flywheel-train-<id>` (namespace "flywheel")
     actor  --> writes `running`, runs `train_command(OUT/train_config.json, local=True)`: one
-               process inside the actor, writing OUT/metrics.jsonl and OUT/checkpoints/ --> then
+               process inside the actor, writing OUT/metrics.jsonl and OUT/checkpoints/ (OUT a
+               local folder or in the service's S3 storage) --> then
                `succeeded` | `failed` itself
     GET    --> state from the row; step, loss, tokens/s, loss curve, eval curve (OUT/eval.jsonl, when
                the config has eval_files) and checkpoints from OUT's files
@@ -17,7 +18,6 @@ process: a run sized for this service (tiny/small presets, CPU). Multi-worker ru
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
 from api.run_files import finite
+from contract.atomic import json_bytes, write_atomic
 from contract.jsonl import parse_jsonl_lines, read_jsonl
-from contract.layout import TrainingRun  # the trainer's layout, without importing torch
+from contract.layout import TrainingRun, join  # the trainer's layout, without importing torch
+from contract.stores import complete_folders, exists, filesystem_for
 
 TAIL_BYTES = 65536  # a metrics line is < 1 KB: the tail holds the last whole ones
 
@@ -41,11 +43,10 @@ def execute_training_job(database_url: str, job_id: str) -> str:
     def train(db: Database, job: TrainingJob) -> None:
         from training.cli import train_command  # torch: runs in the job's Ray actor, never in the web process
 
-        out_dir = Path(job.out_uri)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config_path = out_dir / TrainingRun.CONFIG
-        config_path.write_text(json.dumps(job.config, indent=2) + "\n")
-        train_command(config_path, local=True)
+        fs, out_dir = filesystem_for(job.out_uri)
+        fs.create_dir(out_dir, recursive=True)
+        write_atomic(join(out_dir, TrainingRun.CONFIG), json_bytes(job.config), fs)
+        train_command(join(job.out_uri, TrainingRun.CONFIG), local=True)
 
     return run_job(database_url, job_id, TrainingJob, train, phase="training")
 
@@ -72,24 +73,26 @@ class TrainingProgress:
 
 
 def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingProgress:
-    """What the trainer has written so far under `out_dir` (nothing yet: empty progress).
+    """What the trainer has written so far under `out_dir`, a local folder or a store URI
+    (nothing yet: empty progress).
 
     with_curve=False reads only the last metrics line, no checkpoints and no evaluations (for listings).
     """
-    out = Path(out_dir)
-    metrics = out / TrainingRun.METRICS
-    if not metrics.is_file():
+    fs, out = filesystem_for(str(out_dir))
+    metrics = join(out, TrainingRun.METRICS)
+    if not exists(fs, metrics):
         return TrainingProgress()
     if not with_curve:
-        with open(metrics, "rb") as f:
-            start = max(0, f.seek(0, 2) - TAIL_BYTES)
+        with fs.open_input_file(metrics) as f:  # a ranged read on a store: the tail only
+            start = max(0, f.size() - TAIL_BYTES)
             f.seek(start)
             lines = f.read().decode(errors="replace").split("\n")
         lines = lines[1:] if start else lines  # the first line read is cut when we started mid-file
         return TrainingProgress(records=parse_jsonl_lines([ln for ln in lines if ln.strip()])[-1:])
-    checkpoints = sorted(p.name for p in (out / TrainingRun.CHECKPOINTS).glob("step_*")
-                         if (p / TrainingRun.CHECKPOINT_META).is_file())
-    return TrainingProgress(records=read_jsonl(metrics), checkpoints=checkpoints, evals=read_jsonl(out / TrainingRun.EVAL))
+    checkpoints = complete_folders(fs, join(out, TrainingRun.CHECKPOINTS), "step_", TrainingRun.CHECKPOINT_META)
+    location = str(out_dir)
+    return TrainingProgress(records=read_jsonl(join(location, TrainingRun.METRICS)), checkpoints=checkpoints,
+                            evals=read_jsonl(join(location, TrainingRun.EVAL)))
 
 
 def eval_curve(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:

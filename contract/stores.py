@@ -38,3 +38,13 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def complete_folders(fs: pafs.FileSystem, folder: str, prefix: str, marker: str) -> list[str]:
+    """Names of the sub-folders of `folder` starting with `prefix` that hold the file `marker`,
+    sorted: a writer that publishes `marker` last makes this the list of complete ones (the
+    trainer's `step_*/meta.json` checkpoints). Two listings, whatever the count: cheap on S3."""
+    found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    names = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+    markers = fs.get_file_info([f"{folder}/{name}/{marker}" for name in names])
+    return [name for name, info in zip(names, markers) if info.type == pafs.FileType.File]

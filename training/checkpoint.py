@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from contract.atomic import write_atomic
 from contract.layout import TrainingRun, join
-from contract.stores import filesystem_for, read_bytes
+from contract.stores import complete_folders, filesystem_for, read_bytes
 from training.checkpoint_storage import storage_reader, storage_writer
 
 
@@ -156,12 +156,11 @@ class CheckpointManager:
 
     def _step_folders(self, complete: bool) -> list[str]:
         """Names of the step_* folders under root (only those with meta.json when `complete`)."""
+        if complete:
+            return complete_folders(self.fs, self.base, STEP_PREFIX, TrainingRun.CHECKPOINT_META)
         found = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        names = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step_"))
-        if not complete or not names:
-            return names
-        metas = self.fs.get_file_info([join(self.base, n, TrainingRun.CHECKPOINT_META) for n in names])
-        return [n for n, m in zip(names, metas) if m.type == pafs.FileType.File]
+        return sorted(i.base_name for i in found
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith(STEP_PREFIX))  # fmt: skip
 
     def _prune(self) -> None:
         if self.keep is None:
@@ -185,8 +184,11 @@ class CheckpointManager:
             dist.barrier(group=self.group)
 
 
+STEP_PREFIX = "step_"
+
+
 def step_name(step: int) -> str:
-    return f"step_{step:08d}"
+    return f"{STEP_PREFIX}{step:08d}"
 
 
 @contextmanager

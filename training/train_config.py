@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.jsonl import read_text
 from training.config import ModelConfig, canonical_preset, preset
 from training.recipe import ROUTER_LR_RATIO, OptimizerConfig, ScheduleConfig
 
@@ -156,7 +157,7 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
     that are None are ignored (unset CLI options)."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
+        text = read_text(path)  # a local file or a store URI (a service job's config in S3)
         if str(path).endswith(".json"):
             data = json.loads(text)
         else:

@@ -120,10 +120,7 @@ def create_training_job(body: TrainingJobCreate, services: ServicesDep, session:
     if manifest is None:
         raise HTTPException(404, detail=f"no manifest {body.manifest_id}")
     job_id = new_id("trn")
-    out_uri = services.storage.uri(f"training/{job_id}")
-    if local_path(out_uri) is None:
-        raise HTTPException(409, detail="training jobs write checkpoints to a local folder: the service's storage "
-                                        "is remote (run `flywheel train` against the manifest URL instead)")
+    out_uri = services.storage.uri(f"training/{job_id}")  # local or in the store: checkpoints go either way
     config = validated_config(body, manifest, out_uri, services.settings.allowed_roots + (services.storage.root,))
     job = TrainingJob(id=job_id, manifest_id=manifest.id, state="queued", config=config, out_uri=out_uri,
                       phase="queued")

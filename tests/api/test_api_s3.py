@@ -204,6 +204,26 @@ def test_training_reader_streams_the_served_manifest(s3, server, tokens, reader,
     assert bytes_served(reader) - served_before >= sum(s["bytes"] for s in manifest["shards"])
 
 
+def test_training_job_writes_checkpoints_and_metrics_to_the_bucket(s3, admin, reader, job, manifest):
+    """POST /training-jobs with the service on S3: the job's actor trains from the s3:// manifest and
+    its out_dir (train_config.json, metrics.jsonl, checkpoints/) is in the bucket; the service
+    reads its progress back from there."""
+    config = {"preset": "tiny", "steps": 3, "seq_len": 16, "global_batch_tokens": 64, "micro_batch": 4,
+              "peak_tflops_per_worker": 0.05, "checkpoint_every_steps": 2}
+    r = admin.post("/v1/training-jobs", json={"manifest_id": job["manifest_id"], "config": config})
+    assert r.status_code == 201, r.text
+    done = wait_for(lambda: (j := reader.get(f"/v1/training-jobs/{r.json()['id']}").json())["state"]
+                    in ("succeeded", "failed", "cancelled") and j, timeout=240)
+    assert done["state"] == "succeeded", done["error"]
+    assert [p["step"] for p in done["loss_curve"]] == [1, 2, 3]
+    assert done["checkpoints"] == ["step_00000002", "step_00000003"]
+    out = f"{s3.bucket}/{PREFIX}/training/{done['id']}"
+    stored = {i.path.removeprefix(out + "/") for i in s3.admin().get_file_info(pafs.FileSelector(out, recursive=True))
+              if i.type == pafs.FileType.File}
+    assert {"train_config.json", "metrics.jsonl", "checkpoints/step_00000003/meta.json",
+            "checkpoints/step_00000003/.metadata"} <= stored
+
+
 def test_missing_objects_answer_4xx_not_500(s3, reader, admin, job, manifest):
     """A corpus URI with no object behind it, and served files deleted from the bucket behind the
     service's back (an expired object): clear 4xx answers, before any byte of a body is sent."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.helpers import free_port
 
 POSTGRES_FLAG = "FLYWHEEL_TEST_POSTGRES"

@@ -29,15 +29,17 @@ from api.models import Ablation, Corpus
 from api.run_files import finite, thin
 from contract.jsonl import read_json, read_jsonl
 from contract.layout import AblationRun
+from curation.io.files import plan_reads
 from workflows.ablation.config import parse_ablation_config
 
 MAX_CURVE_POINTS = 500
 
 
-def execute_ablation_job(database_url: str, job_id: str) -> str:
+def execute_ablation_job(database_url: str, job_id: str, read_roots: tuple[str, ...] | None = None) -> str:
     """Run one queued ablation to its end, writing every state change; returns the final state.
 
-    Runs inside the ablation's Ray actor (tests may call it directly).
+    Runs inside the ablation's Ray actor (tests may call it directly). `read_roots`: the ablation
+    fails before reading anything if a corpus file really lies outside them; None: no limit.
     """
 
     def ablate(db: Database, ablation: Ablation) -> None:
@@ -48,6 +50,8 @@ def execute_ablation_job(database_url: str, job_id: str) -> str:
             corpus = s.get(Corpus, ablation.corpus_id)
             corpus_input = corpus.pipeline_input()
         cfg = parse_ablation_config(ablation.config, corpus=[corpus_input], output=ablation.out_uri)
+        if read_roots is not None:  # the runner plans its reads itself: check the corpus's files first
+            plan_reads(corpus_input["path"], cfg.default_domain, confine_to=read_roots)
         run_ablation(cfg, progress=PhaseRecorder(db, ablation.id, Ablation))
 
     return run_job(database_url, job_id, Ablation, ablate, phase="starting")

@@ -4,6 +4,10 @@
 
 Start-up migrates the database (Alembic `upgrade head`), fails jobs a previous process left
 `running` without a live Ray actor, and starts the job reaper (see api/services.py).
+
+The factory refuses settings with auth off on an interface other than loopback (api/auth.py
+`check_exposure`). The API's own description (`/openapi.json`, `/docs`, `/redoc`) needs a read
+token like every other route.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.access_log import install_redaction
+from api.auth import check_exposure, require_read
 from api.errors import install_error_handlers
 from api.routes import ROOT_ROUTERS, V1_ROUTERS
 from api.services import Services
@@ -26,8 +34,9 @@ their per-stage progress, ask why any document was dropped, and stream the resul
 shards (HTTP Range, ETag = sha256) to training clients.
 
 Every route but `/healthz` and `/static` needs `Authorization: Bearer <token>` (`flywheel token
-create NAME [--scope read|admin]`); `read` tokens may GET, `admin` tokens may also create and
-cancel. The dashboard (`/`) signs a browser in with `/?token=<token>` (an HttpOnly cookie).
+create NAME [--scope read|admin]`), this description included; `read` tokens may GET, `admin`
+tokens may also create and cancel. The dashboard (`/`) signs a browser in with a form that sets
+an HttpOnly cookie.
 """
 
 # The dashboard's CSS, JS and vendored Chart.js: public code, served without a token.
@@ -45,12 +54,33 @@ TAGS = [
 ]
 
 
+def docs_router() -> APIRouter:
+    """/openapi.json, /docs and /redoc behind a read token (FastAPI serves its own without one)."""
+    router = APIRouter(include_in_schema=False, dependencies=[Depends(require_read)])
+
+    @router.get("/openapi.json")
+    def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs")
+    def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} API")
+
+    @router.get("/redoc")
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} API")
+
+    return router
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    check_exposure(settings)  # before anything is created: no half-started service to clean up
     services = Services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        install_redaction()  # after uvicorn has configured its loggers
         services.start()
         try:
             yield
@@ -62,13 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except PackageNotFoundError:
         app_version = "0+unknown"
     app = FastAPI(title="Flywheel", version=app_version, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1")
     for router in ROOT_ROUTERS:
         app.include_router(router)
+    app.include_router(docs_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -8,14 +8,21 @@ so no token is ever compared in plain text.
 Scopes: `read` (every GET) and `admin` (also creates corpora and jobs, cancels jobs).
 
 The dashboard's pages and their JavaScript send the token as the HttpOnly SameSite=Strict
-cookie `TOKEN_COOKIE` (set by `GET /?token=...`); it counts for safe methods only, so a cookie
-can never create or cancel anything.
+cookie `TOKEN_COOKIE` (set by the sign-in form, `POST /sign-in`); it counts for safe methods
+only, so a cookie can never create or cancel anything.
+
+Auth off (`--no-auth`, FLYWHEEL_AUTH=0) makes every caller admin, so it is for loopback only:
+`check_exposure` refuses to build the app for another interface, and each request must have
+arrived on a loopback address (which also covers `uvicorn --factory --host 0.0.0.0`, whose
+interface the settings do not know), unless FLYWHEEL_INSECURE_NO_AUTH_ON_PUBLIC_INTERFACE says
+otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from api.ids import new_id
 from api.models import SCOPES, ApiToken, utcnow
+from api.settings import Settings
 
 TOKEN_PREFIX = "fw_"
 # last_used_at is a hint for operators: refreshing it on every request would add a write to each read.
@@ -47,6 +55,39 @@ class Principal:
 
 
 ANONYMOUS_ADMIN = Principal(name="anonymous (--no-auth)", scope="admin")
+
+
+class InsecureSettings(ValueError):
+    """Settings the service refuses to start with."""
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a host name other than localhost, a unix socket path
+        return False
+    # A dual-stack socket ("::") sees IPv4 loopback as ::ffff:127.0.0.1.
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def check_exposure(settings: Settings) -> None:
+    """InsecureSettings when auth is off on an interface other than loopback, unless asked for."""
+    if settings.auth or settings.insecure_no_auth_on_public_interface or is_loopback(settings.host):
+        return
+    raise InsecureSettings(
+        f"auth is off on {settings.host}: anyone who reaches that interface would be admin. Serve on 127.0.0.1, "
+        "create tokens (`flywheel token create`), or pass --insecure-no-auth-on-public-interface "
+        "(FLYWHEEL_INSECURE_NO_AUTH_ON_PUBLIC_INTERFACE=1)")
+
+
+def _anonymous_allowed(request: Request, settings: Settings) -> bool:
+    """Auth off: only requests that arrived on a loopback address (the socket's own), unless asked for."""
+    server = request.scope.get("server")
+    return settings.insecure_no_auth_on_public_interface or (server is not None and is_loopback(server[0]))
 
 
 def hash_token(token: str, pepper: str) -> str:
@@ -93,7 +134,9 @@ def require(scope: str):
     def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         services = request.app.state.services
         if not services.settings.auth:
-            return ANONYMOUS_ADMIN
+            if _anonymous_allowed(request, services.settings):
+                return ANONYMOUS_ADMIN
+            raise HTTPException(403, detail="auth is off (--no-auth): this service answers only on loopback")
         token = presented_token(request, credentials)
         if token is None:
             raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")

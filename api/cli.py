@@ -2,7 +2,7 @@
 
 `flywheel.cli` mounts `commands` on the main app:
 
-    flywheel serve [--host 127.0.0.1] [--port 8000] [--no-auth]
+    flywheel serve [--host 127.0.0.1] [--port 8000] [--no-auth [--insecure-no-auth-on-public-interface]]
     flywheel token create NAME [--scope read|admin]
     flywheel corpora upload FILE [--domain D] [--name N]      flywheel corpora list
     flywheel jobs submit CONFIG --corpus ID [--corpus ID ...] [--watch]
@@ -52,18 +52,27 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local use).")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (loopback only).")] = False,
+    insecure_no_auth_on_public_interface: Annotated[bool, typer.Option(
+        "--insecure-no-auth-on-public-interface",
+        help="Allow --no-auth on an interface other than loopback: anyone who reaches it is admin.")] = False,
 ) -> None:
     """Run the curation service (uvicorn). Settings come from FLYWHEEL_* variables."""
     import uvicorn  # uvicorn and the app: flywheel[service], loaded by `serve` only
 
     from api.app import create_app  # FastAPI and SQLAlchemy: flywheel[service], loaded by `serve` only
+    from api.auth import InsecureSettings, is_loopback  # flywheel[service], loaded by `serve` only
     from api.settings import Settings  # pydantic: loaded by `serve` only (fast --help)
 
-    settings = Settings.from_env(auth=False if no_auth else None)
-    if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]warning:[/] --no-auth on {host}: anyone who reaches this port is admin")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    settings = Settings.from_env(auth=False if no_auth else None, host=host,
+                                 insecure_no_auth_on_public_interface=insecure_no_auth_on_public_interface or None)
+    try:
+        app = create_app(settings)
+    except InsecureSettings as e:
+        fail(str(e))
+    if not settings.auth and not is_loopback(host):  # allowed by --insecure-no-auth-on-public-interface
+        err_console.print(f"[yellow]warning:[/] auth is off on {host}: anyone who reaches this port is admin")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @token_app.command("create")

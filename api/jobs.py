@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import traceback
 from datetime import timedelta
-from functools import cache
+from functools import cache, partial
 from typing import Any, Callable
 
 from sqlalchemy import select, update
@@ -34,6 +34,7 @@ from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import ACTIVE_STATES, Job, JobLifecycle, JobStage, utcnow
 from curation import runtime
 from curation.config import parse_config
+from curation.io.files import check_confined
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +155,20 @@ class ProgressRecorder:
         record_phase(s, self.job_id, phase)
 
 
-def execute_job(database_url: str, job_id: str) -> str:
+def execute_job(database_url: str, job_id: str, read_roots: tuple[str, ...] | None = None) -> str:
     """Run one queued curation job to its end (the pipeline, then its manifest registered with the
     `succeeded` verdict); returns the final state. Runs inside the job's Ray actor (tests may call
-    it directly)."""
+    it directly). `read_roots`: the job fails before reading anything if one of its input files
+    really lies outside them (a symlink out of an allowed folder); None: no limit."""
 
     def curate(db: Database, job: Job) -> None:
         # The reader and the stages load in the job's actor, not with the web process.
         from curation.pipeline import Pipeline
 
-        Pipeline(parse_config(job.config), overwrite=True, progress=ProgressRecorder(db, job_id)).run()
+        pipeline = Pipeline(parse_config(job.config), overwrite=True, progress=ProgressRecorder(db, job_id))
+        if read_roots is not None:
+            check_confined(pipeline.read_tasks, read_roots)  # the files it planned, before it reads one
+        pipeline.run()
 
     def publish(s: Session, job: Job) -> dict[str, Any]:
         register_job_manifest(s, job_id, job.output_uri)
@@ -210,6 +215,12 @@ class JobRunner:
     def actor_class(self):
         return _actor_class()
 
+    def job_function(self) -> Callable[[str, str], str]:
+        """What the actor runs: `execute`, told the read roots when this runner confines reads."""
+        if self.read_roots is None:
+            return self.execute
+        return partial(self.execute, read_roots=self.read_roots)
+
     def actor_name(self, job_id: str) -> str:
         return f"{self.actor_prefix}{job_id}"
 
@@ -217,9 +228,11 @@ class JobRunner:
                     **values: Any) -> bool:
         return transition(session, job_id, from_states, to_state, table=self.table, **values)
 
-    def __init__(self, db: Database, *, start_grace_s: float = 60.0) -> None:
+    def __init__(self, db: Database, *, start_grace_s: float = 60.0, read_roots: tuple[str, ...] | None = None) -> None:
         self.db = db
         self.start_grace = timedelta(seconds=start_grace_s)
+        # Where the job may read its input files (None: anywhere); only for an `execute` taking read_roots=.
+        self.read_roots = read_roots
 
     def _ray(self):
         import ray  # Ray: the web process connects when it first starts a job
@@ -233,7 +246,8 @@ class JobRunner:
         actor = self.actor_class().options(
             name=self.actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
         ).remote()
-        actor.run.remote(self.execute, self.db.url, job_id)  # fire and forget: the actor reports through the database
+        # Fire and forget: the actor reports through the database.
+        actor.run.remote(self.job_function(), self.db.url, job_id)
 
     def start_or_fail(self, job_id: str) -> None:
         try:

@@ -35,9 +35,10 @@ class CorpusCounts:
     first_problem: str | None = None
 
 
-def count_corpus(uri: str, domain: str | None) -> CorpusCounts:
-    """Counts for a file or folder of JSONL(.gz/.zst)/Parquet. Raises InputError if there is none."""
-    tasks = plan_reads(uri, domain or DEFAULT_DOMAIN, chunk_bytes=WHOLE_FILES)
+def count_corpus(uri: str, domain: str | None, confine_to: tuple[str, ...] | None = None) -> CorpusCounts:
+    """Counts for a file or folder of JSONL(.gz/.zst)/Parquet. Raises InputError if there is none,
+    or if a file resolves outside `confine_to` (see curation.io.files.plan_reads)."""
+    tasks = plan_reads(uri, domain or DEFAULT_DOMAIN, chunk_bytes=WHOLE_FILES, confine_to=confine_to)
     counts = CorpusCounts(files=len(tasks))
     domains: Counter[str] = Counter()
     for task in tasks:
@@ -60,9 +61,10 @@ def count_corpus(uri: str, domain: str | None) -> CorpusCounts:
     return counts
 
 
-def corpus_size(uri: str) -> tuple[int, int]:
-    """(files, bytes) of the data files behind a file or folder URI; InputError if there are none."""
-    tasks = plan_reads(uri, DEFAULT_DOMAIN, chunk_bytes=WHOLE_FILES)
+def corpus_size(uri: str, confine_to: tuple[str, ...] | None = None) -> tuple[int, int]:
+    """(files, bytes) of the data files behind a file or folder URI; InputError if there are none
+    or one resolves outside `confine_to`."""
+    tasks = plan_reads(uri, DEFAULT_DOMAIN, chunk_bytes=WHOLE_FILES, confine_to=confine_to)
     total = 0
     for task in tasks:
         fs, _ = filesystem_for(task.uri)

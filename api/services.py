@@ -32,13 +32,21 @@ class Services:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.storage = Storage(settings.storage)
-        self.runner = JobRunner(self.db, start_grace_s=settings.job_start_grace_s)
+        # Curation jobs and ablations read corpora: their actors refuse files outside read_roots.
+        self.runner = JobRunner(self.db, start_grace_s=settings.job_start_grace_s, read_roots=self.read_roots)
         self.training_runner = TrainingJobRunner(self.db, start_grace_s=settings.job_start_grace_s)
-        self.ablation_runner = AblationRunner(self.db, start_grace_s=settings.job_start_grace_s)
+        self.ablation_runner = AblationRunner(self.db, start_grace_s=settings.job_start_grace_s,
+                                              read_roots=self.read_roots)
         self.metrics = ServiceMetrics(self.db)
         self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-scan")
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+
+    @property
+    def read_roots(self) -> tuple[str, ...]:
+        """Where the service's jobs may read: the allowed roots (corpora registered by URI, model
+        files) and its own storage (uploads, earlier runs' outputs)."""
+        return self.settings.allowed_roots + (self.storage.root,)
 
     @property
     def runners(self) -> tuple[JobRunner, ...]:
@@ -79,7 +87,7 @@ class Services:
             corpus = s.get(Corpus, corpus_id)
             uri, domain = corpus.uri, corpus.domain
         try:
-            counts = count_corpus(uri, domain)
+            counts = count_corpus(uri, domain, self.read_roots)
             values = dict(state="ready" if counts.documents else "invalid", documents=counts.documents,
                           malformed=counts.malformed, text_bytes=counts.text_bytes, domains=counts.domains,
                           files=counts.files, error=None if counts.documents else

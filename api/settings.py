@@ -31,6 +31,8 @@ ENV_FIELDS = {
     "FLYWHEEL_MAX_UPLOAD_BYTES": "max_upload_bytes",
     "FLYWHEEL_SCAN_INLINE_BYTES": "scan_inline_bytes",
     "FLYWHEEL_AUTH": "auth",
+    "FLYWHEEL_HOST": "host",
+    "FLYWHEEL_INSECURE_NO_AUTH_ON_PUBLIC_INTERFACE": "insecure_no_auth_on_public_interface",
     "FLYWHEEL_TOKEN_PEPPER": "token_pepper",
     "FLYWHEEL_PUBLIC_URL": "public_url",
     "FLYWHEEL_REAP_INTERVAL_S": "reap_interval_s",
@@ -51,6 +53,9 @@ class Settings(BaseModel):
         default=32 * MiB, ge=0, description="corpora up to this size are counted before the upload answers"
     )
     auth: bool = Field(default=True, description="require bearer tokens (off: `flywheel serve --no-auth`)")
+    host: str = Field(default="127.0.0.1", description="interface the service listens on (`flywheel serve --host`)")
+    insecure_no_auth_on_public_interface: bool = Field(
+        default=False, description="allow auth off on a non-loopback interface: anyone who reaches it is admin")
     token_pepper: str = Field(default="", repr=False, description="HMAC key mixed into stored token hashes")
     public_url: str | None = Field(default=None, description="base URL put into manifests (default: the request's)")
     reap_interval_s: float = Field(default=15.0, gt=0, description="how often running jobs are checked for a live actor")
@@ -73,8 +78,9 @@ class Settings(BaseModel):
         """Settings from `env` (default os.environ); keyword overrides win over the environment."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {field: env[name] for name, field in ENV_FIELDS.items() if env.get(name)}
-        if "auth" in values:
-            values["auth"] = values["auth"].strip().lower() not in ("0", "false", "no", "off")
+        for flag in ("auth", "insecure_no_auth_on_public_interface"):
+            if flag in values:
+                values[flag] = values[flag].strip().lower() not in ("0", "false", "no", "off")
         values.update({k: v for k, v in overrides.items() if v is not None})
         home = Path(values.get("home") or "flywheel-data").expanduser().absolute()
         values["home"] = home

@@ -13,6 +13,7 @@ from api.auth import require_admin, require_read
 from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.errors import one_line
 from api.ids import ABLATION_ID, new_id
+from api.locations import LocationError, LocationForbidden
 from api.models import Ablation, Corpus
 from api.schemas import (
     AblationCreate,
@@ -23,6 +24,7 @@ from api.schemas import (
     AblationTableRow,
     Problem,
 )
+from api.stage_paths import check_stage_paths
 from contract.locations import local_path
 from curation.config import ConfigError
 from workflows.ablation.config import parse_ablation_config
@@ -75,8 +77,9 @@ def get_ablation(session: Session, ablation_id: str) -> Ablation:
     return ablation
 
 
-def validated_config(config: dict[str, Any], corpus: Corpus, out_uri: str) -> dict[str, Any]:
-    """`config` once it validates as an AblationConfig on this corpus (422 with one line if not).
+def validated_config(config: dict[str, Any], corpus: Corpus, out_uri: str, roots: tuple[str, ...]) -> dict[str, Any]:
+    """`config` once it validates as an AblationConfig on this corpus (422 with one line if not),
+    with every file its stages read inside `roots` (403 outside, 422 for a URI with options).
 
     Stored as submitted, not re-dumped: a stage's parameters do not survive
     `AblationConfig.model_dump` (StageSpec holds them as the base params type), and the runner
@@ -100,12 +103,19 @@ def validated_config(config: dict[str, Any], corpus: Corpus, out_uri: str) -> di
     if cfg.tokenizer.path is not None:
         raise HTTPException(422, detail="config: tokenizer.path: the service does not read files from its own disk; "
                                         "leave it out and a tokenizer is trained")
+    try:
+        for v in cfg.variants:
+            check_stage_paths(v.stages, roots, f"config.variants.{v.name}.stages")
+        check_stage_paths(cfg.holdout.clean_stages, roots, "config.holdout.clean_stages")
+    except (LocationError, LocationForbidden) as e:
+        raise HTTPException(e.status, detail=str(e)) from None
     return config
 
 
 @router.post("/ablations", status_code=201, response_model=AblationOut, dependencies=[Depends(require_admin)],
              max_body_size=JSON_BODY_LIMIT,
-             responses={409: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}})
+             responses={403: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
+                        422: {"model": Problem}})
 def create_ablation(body: AblationCreate, services: ServicesDep, session: SessionDep) -> AblationOut:
     """Validate the ablation config (422 with one line), then run it on Ray over the corpus.
 
@@ -120,7 +130,7 @@ def create_ablation(body: AblationCreate, services: ServicesDep, session: Sessio
     if local_path(out_uri) is None:
         raise HTTPException(409, detail="ablations train models in a local folder: the service's storage is remote "
                                         "(run `flywheel ablate CONFIG` instead)")
-    config = validated_config(body.config, corpus, out_uri)
+    config = validated_config(body.config, corpus, out_uri, services.read_roots)
     ablation = Ablation(id=ablation_id, corpus_id=corpus.id, state="queued", config=config, out_uri=out_uri,
                         phase="queued")
     session.add(ablation)

@@ -59,9 +59,9 @@ def _counted(counts, name: str) -> dict:
                 domains=counts.domains, files=counts.files, scanned_at=utcnow())
 
 
-async def _count_inline(uri: str, domain: str | None, name: str) -> dict:
+async def _count_inline(uri: str, domain: str | None, name: str, read_roots: tuple[str, ...] | None) -> dict:
     try:
-        counts = await to_thread.run_sync(count_corpus, uri, domain)
+        counts = await to_thread.run_sync(count_corpus, uri, domain, read_roots)
     except InputError as e:
         raise HTTPException(422, detail=str(e)) from None
     except (OSError, ValueError) as e:  # corrupt gzip/zstd, unreadable Parquet, ...
@@ -88,7 +88,7 @@ async def _upload(request: Request, services: Services) -> Corpus:
             await to_thread.run_sync(storage.move, upload.key, key)
         uri = storage.uri(key)
         inline = upload.size <= settings.scan_inline_bytes
-        values = await _count_inline(uri, domain, name) if inline else dict(state="scanning")
+        values = await _count_inline(uri, domain, name, None) if inline else dict(state="scanning")
         row = Corpus(id=corpus_id, name=name[:255], source="upload", uri=uri, domain=domain, sha256=upload.sha256,
                      size_bytes=upload.size, **values)
         await to_thread.run_sync(_insert, services, row)
@@ -119,17 +119,18 @@ async def _register(request: Request, services: Services) -> Corpus:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
     try:
         uri = allowed_location(reg.uri, services.settings.allowed_roots)
-    except LocationForbidden as e:
-        raise HTTPException(403, detail=str(e)) from None
-    except LocationError as e:
-        raise HTTPException(422, detail=str(e)) from None
+    except (LocationError, LocationForbidden) as e:
+        raise HTTPException(e.status, detail=str(e)) from None
     try:
-        files, size = await to_thread.run_sync(corpus_size, uri)
+        files, size = await to_thread.run_sync(corpus_size, uri, services.read_roots)
     except InputError as e:
         raise HTTPException(422, detail=f"uri: {e}") from None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid (a ValueError) or an unreachable store
+        raise HTTPException(422, detail=f"uri: cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     name = reg.name or uri.rstrip("/").rsplit("/", 1)[-1]
     inline = size <= services.settings.scan_inline_bytes
-    values = await _count_inline(uri, reg.domain, name) if inline else dict(state="scanning", files=files)
+    values = (await _count_inline(uri, reg.domain, name, services.read_roots) if inline
+              else dict(state="scanning", files=files))
     row = Corpus(id=new_id("cor"), name=name[:255], source="uri", uri=uri, domain=reg.domain, sha256=None,
                  size_bytes=size, **values)
     await to_thread.run_sync(_insert, services, row)

@@ -4,10 +4,12 @@
     GET /jobs/{id}       one job: the removal table and charts from its stats.json
     GET /ablations/{id}  one ablation: the variants' loss curves, the result table, the leakage check
 
-Sign-in: open any page once with `?token=<token>` (a `read` token is enough). The token is
-checked, put into an HttpOnly SameSite=Strict cookie and the browser is sent to the clean URL,
-so the token leaves the address bar and history; the page's JavaScript then polls the JSON
-API with that cookie (see api/auth.py). A bearer header works too.
+Sign-in: a page opened without a token shows a form that POSTs the token (a `read` token is
+enough) to `/sign-in`, which checks it, puts it into an HttpOnly SameSite=Strict cookie and
+sends the browser back to the page. The token never travels in a URL, so it stays out of access
+logs, proxies' logs and history; a `?token=` left over from an old link is dropped by a redirect
+and never honoured. The page's JavaScript then polls the JSON API with that cookie (see
+api/auth.py). A bearer header works too.
 
 Every chart's numbers reach the page twice: as JSON in `<script type="application/json"
 id="chart-data-...">` (what dashboard.js draws) and as a table next to the canvas, so the
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -41,6 +45,7 @@ TEMPLATES.env.filters["num"] = lambda v: "–" if v is None else f"{v:,}" if isi
 TEMPLATES.env.filters["loss"] = lambda v: "–" if v is None else f"{v:.4f}"
 LIST_LIMIT = 100
 PERCENTILES = ("10", "25", "50", "75", "90")
+SIGN_IN_BODY_LIMIT = 16 * 1024  # a token and a path
 
 
 # --- sign-in ---------------------------------------------------------------------------------
@@ -49,27 +54,81 @@ def _page(request: Request, template: str, status_code: int = 200, **context: An
     return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
 
 
-def _sign_in(request: Request, token: str | None) -> Response | None:
-    """A response that ends the request (redirect with cookie, or 401/403 page), or None to go on."""
-    services = request.app.state.services
-    if token is not None:
-        clean = request.url.remove_query_params("token")
-        response = RedirectResponse(clean.path + (f"?{clean.query}" if clean.query else ""), status_code=303)
-        if services.settings.auth:
-            with services.db.session() as session:
-                if authenticate(session, token, services.settings.token_pepper) is None:
-                    return _page(request, "denied.html", 401, message="That token is invalid or revoked.")
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/",
-                                secure=request.url.scheme == "https")
-        return response
+def _sign_in_page(request: Request, status_code: int, message: str, next_path: str | None = None) -> HTMLResponse:
+    """The sign-in form; it sends the browser back to `next_path` (default: this page)."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return _page(request, "denied.html", status_code, message=message, sign_in=True,
+                 next=_local_path(next_path or here))
+
+
+def _without_token(request: Request) -> RedirectResponse:
+    """The same page without `?token=`: a token in a URL is never honoured, only removed."""
+    clean = request.url.remove_query_params("token")
+    return RedirectResponse(clean.path + (f"?{clean.query}" if clean.query else ""), status_code=303)
+
+
+def _sign_in(request: Request) -> Response | None:
+    """A response that ends the request (redirect, or 401/403 page), or None to go on."""
+    if "token" in request.query_params:
+        return _without_token(request)
     scheme, value = get_authorization_scheme_param(request.headers.get("authorization"))
     credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=value) if scheme.lower() == "bearer" else None
     try:
         require_read(request, credentials)
     except HTTPException as e:
-        message = "Open this page once with ?token=<your API token> to sign in." if e.status_code == 401 else e.detail
-        return _page(request, "denied.html", e.status_code, message=message)
+        if e.status_code == 401:
+            return _sign_in_page(request, 401, "Sign in with an API token (a read token is enough).")
+        return _page(request, "denied.html", e.status_code, message=e.detail)
     return None
+
+
+def _local_path(target: str | None) -> str:
+    """`target` if it is a path on this site, else "/" (no open redirect to another host)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's form POST from this site (or a client that sends no Origin at all)."""
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The urlencoded form, read up to SIGN_IN_BODY_LIMIT bytes ({} past it)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > SIGN_IN_BODY_LIMIT:
+            return {}
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _valid_token(services, token: str) -> bool:
+    with services.db.session() as session:
+        return authenticate(session, token, services.settings.token_pepper) is not None
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(request: Request) -> Response:
+    """The sign-in form's target: a valid token becomes the HttpOnly cookie, then back to `next`."""
+    services = request.app.state.services
+    form = await _form(request)
+    target = _local_path(form.get("next"))
+    if not _same_origin(request):
+        return _page(request, "denied.html", 403, message="Sign in from this site's own form.")
+    response = RedirectResponse(target, status_code=303)
+    if not services.settings.auth:  # nothing to remember: every request on loopback is admin
+        return response
+    token = form.get("token", "").strip()
+    if not token:
+        return _sign_in_page(request, 401, "Sign in with an API token (a read token is enough).", target)
+    if not await to_thread.run_sync(_valid_token, services, token):
+        return _sign_in_page(request, 401, "That token is invalid or revoked.", target)
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+    return response
 
 
 # --- chart specs from stats.json -------------------------------------------------------------
@@ -232,8 +291,8 @@ def stats_charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
 # --- pages -----------------------------------------------------------------------------------
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep, token: str | None = None) -> Response:
-    if (stop := _sign_in(request, token)) is not None:
+def index(request: Request, session: SessionDep) -> Response:
+    if (stop := _sign_in(request)) is not None:
         return stop
     jobs = [job_out(j).model_dump(mode="json")
             for j in session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(LIST_LIMIT))]
@@ -244,8 +303,8 @@ def index(request: Request, session: SessionDep, token: str | None = None) -> Re
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: JobIdPath, request: Request, session: SessionDep, token: str | None = None) -> Response:
-    if (stop := _sign_in(request, token)) is not None:
+def job_page(job_id: JobIdPath, request: Request, session: SessionDep) -> Response:
+    if (stop := _sign_in(request)) is not None:
         return stop
     row = session.get(Job, job_id)
     if row is None:
@@ -269,9 +328,8 @@ def job_page(job_id: JobIdPath, request: Request, session: SessionDep, token: st
 
 
 @router.get("/ablations/{ablation_id}", response_class=HTMLResponse)
-def ablation_page(ablation_id: AblationIdPath, request: Request, session: SessionDep,
-                  token: str | None = None) -> Response:
-    if (stop := _sign_in(request, token)) is not None:
+def ablation_page(ablation_id: AblationIdPath, request: Request, session: SessionDep) -> Response:
+    if (stop := _sign_in(request)) is not None:
         return stop
     row = session.get(Ablation, ablation_id)
     if row is None:

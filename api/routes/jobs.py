@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 from api.auth import require_admin, require_read
 from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.ids import JOB_ID, new_id
+from api.locations import LocationError, LocationForbidden
 from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import Corpus, Job, JobStage
 from api.results import read_stats, rejects_page
 from api.schemas import JobCreate, JobList, JobOut, Problem, RejectsPage
+from api.stage_paths import check_stage_paths
 from curation.config import ConfigError, parse_config
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,12 @@ def finished_job(session: Session, job_id: str) -> Job:
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut, dependencies=[Depends(require_admin)],
-             max_body_size=JSON_BODY_LIMIT, responses={413: {"model": Problem}, 422: {"model": Problem}})
+             max_body_size=JSON_BODY_LIMIT,
+             responses={403: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}})
 def create_job(body: JobCreate, services: ServicesDep, session: SessionDep) -> JobOut:
     """Validate the config (unknown stage or parameter: 422 with one line), then run it on Ray.
+    Files its stages read (models, tokenizers, earlier runs) must lie inside the allowed roots or
+    the service's storage (403 outside, 422 for a URI with options).
 
     The answer comes at once with state `queued`; poll `GET /v1/jobs/{id}`."""
     try:
@@ -78,6 +83,10 @@ def create_job(body: JobCreate, services: ServicesDep, session: SessionDep) -> J
         config = parse_config(body.config, inputs=inputs, output=output_uri)
     except ConfigError as e:
         raise HTTPException(422, detail=str(e)) from None
+    try:
+        check_stage_paths(config.stages, services.read_roots, "config.stages")
+    except (LocationError, LocationForbidden) as e:
+        raise HTTPException(e.status, detail=str(e)) from None
     steps = ["read"] + [s.name for s in config.stages]
     job = Job(id=job_id, state="queued", corpus_ids=corpus_ids, config=config.dump(), output_uri=output_uri,
               phase="queued", stages=[JobStage(position=i, name=n, state="pending") for i, n in enumerate(steps)])

@@ -67,10 +67,8 @@ def validated_eval_files(files: list[str], roots: tuple[str, ...]) -> list[str]:
     for uri in files:
         try:
             real = allowed_location(uri, roots)
-        except LocationForbidden as e:
-            raise HTTPException(403, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
-        except LocationError as e:
-            raise HTTPException(422, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
+        except (LocationError, LocationForbidden) as e:
+            raise HTTPException(e.status, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
         if local_path(real) is None or not os.path.isfile(real):
             raise HTTPException(422, detail=f"config.eval_files: {uri} is not a local file (the trainer reads it)")
         real_paths.append(real)
@@ -121,7 +119,7 @@ def create_training_job(body: TrainingJobCreate, services: ServicesDep, session:
         raise HTTPException(404, detail=f"no manifest {body.manifest_id}")
     job_id = new_id("trn")
     out_uri = services.storage.uri(f"training/{job_id}")  # local or in the store: checkpoints go either way
-    config = validated_config(body, manifest, out_uri, services.settings.allowed_roots + (services.storage.root,))
+    config = validated_config(body, manifest, out_uri, services.read_roots)
     job = TrainingJob(id=job_id, manifest_id=manifest.id, state="queued", config=config, out_uri=out_uri,
                       phase="queued")
     session.add(job)

@@ -52,8 +52,27 @@ def file_format(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[ReadTask]:
-    """Every read task for one input (a file or a folder of data files, searched recursively)."""
+def _inside(real: str, bases: list[str]) -> bool:
+    return any(real == base or real.startswith(base.rstrip(os.sep) + os.sep) for base in bases)
+
+
+def check_confined(tasks: list[ReadTask], roots: tuple[str, ...]) -> None:
+    """InputError for the first local file whose real path (symlinks resolved) lies outside every
+    local root in `roots`. A service confines its jobs' reads so: a symlink planted in an allowed
+    folder (`leak.jsonl -> /proc/self/environ`) would otherwise end up in rejects and /why.
+    Object stores have no symlinks; their URIs are checked when a request names them."""
+    bases = [os.path.realpath(r.removeprefix("file://")) for r in roots if "://" not in r or r.startswith("file://")]
+    for task in tasks:
+        if "://" in task.uri and not task.uri.startswith("file://"):
+            continue
+        if not _inside(os.path.realpath(task.path), bases):
+            raise InputError(f"input file {task.source} resolves outside the allowed roots (a symlink?); not read")
+
+
+def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *,
+               confine_to: tuple[str, ...] | None = None) -> list[ReadTask]:
+    """Every read task for one input (a file or a folder of data files, searched recursively).
+    `confine_to`: roots every local file must really lie in (check_confined); None: no limit."""
     fs, path = filesystem_for(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -83,6 +102,8 @@ def plan_reads(uri: str, domain: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) ->
                                       domain, source))
         else:
             tasks.append(ReadTask(file_uri, f.path, fmt, compression, 0, -1, domain, source))
+    if confine_to is not None:
+        check_confined(tasks, confine_to)
     return tasks
 
 

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: the service (uvicorn + embedded Ray) runs one job with a
 dedup, perplexity, PII and mixture stage to the end; headless Chromium (Debian's, driven by
-Playwright) signs in with `?token=`, loads the job's page, and checks that the funnel table
+Playwright) signs in with the sign-in form (a POST: no token in any URL), loads the job's page, and checks that the funnel table
 and every Chart.js chart show the numbers of the job's stats.json. A screenshot is kept in the
 test's tmp folder (and copied to build/dashboard.png for the README when build/ exists)."""
 
@@ -52,9 +52,11 @@ def documents(seed: int = 3) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def rich_job(ray_local, admin, tmp_path_factory) -> str:
+def rich_job(ray_local, server, admin) -> str:
     """The id of a job just submitted, whose stats.json will have every chart's data."""
-    folder = tmp_path_factory.mktemp("dash")
+    # Inside the allowed roots: a job's model files are checked against them like any URI.
+    folder = server.settings.home / "allowed" / "dash"
+    folder.mkdir(parents=True, exist_ok=True)
     records = documents()
     path = write_jsonl(folder / "mixed.jsonl", records)
     models = {}
@@ -127,6 +129,15 @@ def expected_charts(stats: dict) -> dict[str, tuple[list, list[list]]]:
     return out
 
 
+def sign_in(page, url: str, token: str):
+    """Open `url`, meet the sign-in form (401), submit `token`; returns the page's response."""
+    assert page.goto(url).status == 401
+    page.fill("#sign-in input[name=token]", token)
+    with page.expect_navigation() as navigation:
+        page.click("#sign-in button[type=submit]")
+    return navigation.value
+
+
 CHART_VALUES_JS = """() => [...document.querySelectorAll('canvas[data-chart]')].map(c => {
     const chart = Chart.getChart(c);
     return {id: c.id, drawn: !!chart, labels: chart ? chart.data.labels : null,
@@ -141,8 +152,8 @@ CHART_VALUES_JS = """() => [...document.querySelectorAll('canvas[data-chart]')].
 def test_job_page_follows_the_job_then_shows_its_stats(server, tokens, rich_job, reader, browser, tmp_path):
     context = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
     page = context.new_page()
-    page.goto(f"{server.url}/jobs/{rich_job}?token={tokens['read']}")
-    assert page.url == f"{server.url}/jobs/{rich_job}"  # the token left the address bar
+    assert sign_in(page, f"{server.url}/jobs/{rich_job}", tokens["read"]).status == 200
+    assert page.url == f"{server.url}/jobs/{rich_job}"  # back on the page, no token in any URL
     cookie = next(c for c in context.cookies() if c["name"] == "flywheel_token")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert page.text_content("#job-head [data-field=state]") in ("queued", "running")
@@ -191,10 +202,11 @@ def test_index_lists_jobs_and_corpora_and_needs_a_token(server, tokens, finished
     job, _ = finished_job
     context = browser.new_context(viewport={"width": 1360, "height": 800})
     page = context.new_page()
-    denied = page.goto(f"{server.url}/")
-    assert denied.status == 401 and "?token=" in page.text_content("main")
-    assert page.goto(f"{server.url}/?token=fw_not-a-token").status == 401
-    assert page.goto(f"{server.url}/?token={tokens['read']}").status == 200 and page.url == f"{server.url}/"
+    assert sign_in(page, f"{server.url}/", "fw_not-a-token").status == 401
+    assert "invalid" in page.text_content("main")
+    # A token in the URL is dropped by a redirect and never signs in.
+    assert page.goto(f"{server.url}/?token={tokens['read']}").status == 401 and page.url == f"{server.url}/"
+    assert sign_in(page, f"{server.url}/", tokens["read"]).status == 200 and page.url == f"{server.url}/"
     row = page.locator(f"#jobs tr[data-job-id='{job['id']}']")
     assert row.locator("[data-field=state]").text_content() == "succeeded"
     assert row.locator("[data-field=docs_out]").text_content() == f"{job['docs_out']:,}"

@@ -3,7 +3,8 @@
 Rejects are Parquet files named `<stage>-NNNNN-<uuid>.parquet` (see curation/pipeline.py), so a
 `stage=` filter picks files by name before opening any; `reason=` and the document id become
 pyarrow dataset filters, and only the columns an answer shows are read (`text`, usually the
-bulk of a file, only on request).
+bulk of a file, only on request). A text in an answer is cut to its first TEXT_PREVIEW_CHARS
+characters, so that a page of 1,000 rejects stays a few megabytes whatever the documents are.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import re
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
@@ -49,9 +52,20 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _cut_texts(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` with its `text` column cut to TEXT_PREVIEW_CHARS characters, in Arrow: the full
+    texts never become Python strings."""
+    i = batch.schema.get_field_index("text")
+    if i < 0:
+        return batch
+    cut = pc.utf8_slice_codeunits(batch.column(i), 0, TEXT_PREVIEW_CHARS)  # code points, as str slicing
+    return batch.set_column(i, "text", cut)
+
+
 def rejects_page(output_uri: str, *, stage: str | None, reason: str | None, limit: int, offset: int,
                  include_text: bool = False) -> tuple[int, list[dict[str, Any]]]:
-    """(total matching, rows[offset:offset+limit]) in a stable order (file name, then row)."""
+    """(total matching, rows[offset:offset+limit]) in a stable order (file name, then row); texts,
+    with include_text, cut as `explain` cuts them."""
     fs, paths = _files(output_uri, "rejects", stage)
     if not paths:
         return 0, []
@@ -70,7 +84,7 @@ def rejects_page(output_uri: str, *, stage: str | None, reason: str | None, limi
         if skip >= batch.num_rows:
             skip -= batch.num_rows
             continue
-        take = batch.slice(skip, limit - len(rows))
+        take = _cut_texts(batch.slice(skip, limit - len(rows)))
         skip = 0
         rows.extend(_row(r) for r in take.to_pylist())
         if len(rows) >= limit:

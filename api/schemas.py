@@ -352,3 +352,28 @@ class AblationList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+class TokenOut(_Out):
+    """An API token as stored: its hash never leaves the database."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
+        "id": "tok_0f1e2d3c4b5a6978", "name": "ci-bot", "scope": "admin", "state": "active",
+        "created_at": "2026-12-01T10:00:00Z", "last_used_at": "2026-12-06T09:12:00Z",
+        "expires_at": "2027-01-01T10:00:00Z", "revoked_at": None}]})
+
+    id: str
+    name: str
+    scope: Literal["read", "admin"]
+    state: Literal["active", "expired", "revoked"]
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="refreshed at most once a minute")
+    expires_at: datetime | None = Field(description="null: never expires")
+    revoked_at: datetime | None
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
+    total: int

@@ -15,11 +15,12 @@ from api.routes import (
                         manifests,
                         metrics,
                         tokenizers,
+                        tokens,
                         training_jobs,
 )
 
 V1_ROUTERS = [corpora.router, jobs.router, documents.router, manifests.router, tokenizers.router,
-              training_jobs.router, ablations.router]
+              training_jobs.router, ablations.router, tokens.router]
 ROOT_ROUTERS = [health.router, metrics.router, dashboard.router]
 
 __all__ = ["V1_ROUTERS", "ROOT_ROUTERS"]

@@ -30,7 +30,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from api.auth import TOKEN_COOKIE, authenticate, require_read
+from api.auth import TOKEN_COOKIE, require_read, verify_token
 from api.deps import SessionDep
 from api.models import ACTIVE_STATES, Ablation, Corpus, Job
 from api.results import read_stats
@@ -78,8 +78,15 @@ def _sign_in(request: Request) -> Response | None:
     except HTTPException as e:
         if e.status_code == 401:
             return _sign_in_page(request, 401, "Sign in with an API token (a read token is enough).")
-        return _page(request, "denied.html", e.status_code, message=e.detail)
+        return _denied(request, e)
     return None
+
+
+def _denied(request: Request, e: HTTPException) -> HTMLResponse:
+    """The error page for a 403 or 429, with the exception's headers (a 429's Retry-After)."""
+    response = _page(request, "denied.html", e.status_code, message=e.detail)
+    response.headers.update(e.headers or {})
+    return response
 
 
 def _local_path(target: str | None) -> str:
@@ -105,9 +112,9 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-def _valid_token(services, token: str) -> bool:
-    with services.db.session() as session:
-        return authenticate(session, token, services.settings.token_pepper) is not None
+def _valid_token(request: Request, token: str) -> bool:
+    """Checked like a bearer token: a wrong one counts against this client's failure limit."""
+    return verify_token(request, token) is not None
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
@@ -124,8 +131,12 @@ async def sign_in(request: Request) -> Response:
     token = form.get("token", "").strip()
     if not token:
         return _sign_in_page(request, 401, "Sign in with an API token (a read token is enough).", target)
-    if not await to_thread.run_sync(_valid_token, services, token):
-        return _sign_in_page(request, 401, "That token is invalid or revoked.", target)
+    try:
+        valid = await to_thread.run_sync(_valid_token, request, token)
+    except HTTPException as e:  # 429: too many invalid tokens from this client
+        return _denied(request, e)
+    if not valid:
+        return _sign_in_page(request, 401, "That token is invalid, expired or revoked.", target)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
     return response

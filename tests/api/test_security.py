@@ -49,7 +49,7 @@ PUBLIC_PATHS = ("/healthz", "/static")  # the only routes without a token
 # A value for each path parameter that passes its pattern (the dashboard checks ids before auth).
 PATH_VALUES = {"job_id": "job_0123456789abcdef", "corpus_id": "cor_0123456789abcdef",
                "manifest_id": "man_0123456789abcdef", "ablation_id": "abl_0123456789abcdef",
-               "tokenizer_id": "0" * 64, "name": "shard", "doc_id": "d1"}
+               "tokenizer_id": "0" * 64, "name": "shard", "doc_id": "d1", "token_id": "tok_0123456789abcdef"}
 
 
 class Canary:

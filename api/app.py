@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from api.access_log import install_redaction
 from api.auth import check_exposure, require_read
 from api.errors import install_error_handlers
+from api.rate_limit import RateLimits
 from api.routes import ROOT_ROUTERS, V1_ROUTERS
 from api.services import Services
 from api.settings import Settings
@@ -50,6 +51,8 @@ TAGS = [
     {"name": "training", "description": "Training runs on a manifest, in a Ray actor: state, loss curve, checkpoints."},
     {"name": "ablations", "description": "Data ablations on a corpus, in a Ray actor: one model recipe trained on "
                                          "several curation recipes; loss curves, held-out results, leakage check."},
+    {"name": "tokens", "description": "API tokens (admin): list them, revoke one. Tokens are created on the "
+                                      "server's command line (`flywheel token create`)."},
     {"name": "service", "description": "Health and metrics."},
 ]
 
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Flywheel", version=app_version, description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.services = services
+    app.state.rate_limits = RateLimits(settings)  # per process: see api/rate_limit.py
     install_error_handlers(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1")

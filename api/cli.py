@@ -3,7 +3,8 @@
 `flywheel.cli` mounts `commands` on the main app:
 
     flywheel serve [--host 127.0.0.1] [--port 8000] [--no-auth [--insecure-no-auth-on-public-interface]]
-    flywheel token create NAME [--scope read|admin]
+    flywheel token create NAME [--scope read|admin] [--expires-in 30d]
+    flywheel token list [--json]                              flywheel token revoke ID
     flywheel corpora upload FILE [--domain D] [--name N]      flywheel corpora list
     flywheel jobs submit CONFIG --corpus ID [--corpus ID ...] [--watch]
     flywheel jobs watch ID                                    flywheel jobs stats ID
@@ -15,6 +16,9 @@ Client commands read `--url`/`FLYWHEEL_URL` (default http://127.0.0.1:8000) and
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -44,6 +48,9 @@ UrlOption = Annotated[str, typer.Option("--url", envvar="FLYWHEEL_URL", help="Se
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="FLYWHEEL_TOKEN", help="API token.",
                                                     show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The request line and headers uvicorn reads before a request starts: far above what a browser
+# or client sends (~1-8 KiB), and the most one connection makes the server hold.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -72,31 +79,143 @@ def serve(
         fail(str(e))
     if not settings.auth and not is_loopback(host):  # allowed by --insecure-no-auth-on-public-interface
         err_console.print(f"[yellow]warning:[/] auth is off on {host}: anyone who reaches this port is admin")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # uvicorn stops gracefully on SIGTERM, then re-raises it with the handler it found: the default
+    # one would end the process there, before Ray's shutdown (its agents were left as orphans).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    _no_ray_failure_handler_here()
+    try:
+        # h11, not httptools: httptools holds a request's head whole however large it is (an 8 MB
+        # header was read); h11 refuses one past MAX_REQUEST_HEAD_BYTES.
+        uvicorn.run(app, host=host, port=port, log_level="info", http="h11",
+                    h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+    finally:
+        stop_own_processes()
+
+
+def _no_ray_failure_handler_here() -> None:
+    """Keep the embedded Ray's driver from installing its C++ failure-signal handler in this
+    process: it takes SIGTERM too, and after it has run once `ray.shutdown()` aborts (SIGABRT),
+    leaving Ray's agents behind. Read once, at import: Ray's own processes keep theirs."""
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    try:
+        import ray._private.ray_constants  # noqa: F401  (Ray: reads the variable now, for this process)
+    finally:
+        del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def stop_own_processes(timeout_s: float = 15.0) -> None:
+    """Shut down the embedded Ray this process started, then end whatever else it started and
+    left running (a Ray agent whose raylet went first, a scan process): nothing of the service
+    outlives it. Children are listed before Ray goes, since an orphan is no longer a child."""
+    import psutil  # a Ray dependency: loaded by `serve` at exit only
+
+    children = psutil.Process().children(recursive=True)
+    ray = sys.modules.get("ray")  # imported only if a job started (or joined) Ray
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    alive = [p for p in children if p.is_running()]
+    for p in alive:
+        _signal_quietly(p.terminate)
+    _, alive = psutil.wait_procs(alive, timeout=timeout_s)
+    for p in alive:
+        _signal_quietly(p.kill)
+
+
+def _signal_quietly(send: Any) -> None:
+    import psutil  # as above
+
+    try:
+        send()
+    except psutil.NoSuchProcess:  # it ended on its own meanwhile
+        pass
+
+
+def _token_database():
+    """(settings, the service's database migrated to head): the token commands work on the
+    database directly, like the server, so they need no running service and no token."""
+    from api.db import Database  # SQLAlchemy: flywheel[service], loaded by the token commands only
+    from api.settings import Settings  # pydantic: loaded by the token commands only (fast --help)
+
+    settings = Settings.from_env()
+    settings.prepare()
+    db = Database(settings.database_url)
+    db.migrate()
+    return settings, db
 
 
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="Who or what uses the token.")],
     scope: Annotated[str, typer.Option(help="read (GET only) or admin (also create and cancel).")] = "read",
+    expires_in: Annotated[Optional[str], typer.Option(
+        "--expires-in", help="Lifetime: 90m, 12h, 30d, 2w (a bare number is seconds). Default: never expires.",
+        show_default=False)] = None,
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
-    from api.auth import create_token  # SQLAlchemy: flywheel[service], loaded by `token create` only
-    from api.db import Database  # flywheel[service]
+    from api.auth import create_token, parse_duration  # SQLAlchemy: flywheel[service], loaded by `token create` only
     from api.models import SCOPES  # flywheel[service]
-    from api.settings import Settings  # pydantic: loaded by `token create` only (fast --help)
 
     if scope not in SCOPES:
         fail(f"--scope must be one of {', '.join(SCOPES)}")
-    settings = Settings.from_env()
-    settings.prepare()
-    db = Database(settings.database_url)
-    db.migrate()
+    try:
+        lifetime = parse_duration(expires_in) if expires_in is not None else None
+    except ValueError as e:
+        fail(f"--expires-in: {e}")
+    settings, db = _token_database()
     with db.session() as s:
-        row, token = create_token(s, name, scope, settings.token_pepper)
+        row, token = create_token(s, name, scope, settings.token_pepper, expires_in=lifetime)
     db.dispose()
-    err_console.print(f"token {row.id} ({scope}) for {name!r}; it is shown only now:", highlight=False)
+    until = f", expires {row.expires_at:%Y-%m-%d %H:%M:%S} UTC" if row.expires_at else ""
+    err_console.print(f"token {row.id} ({scope}{until}) for {name!r}; it is shown only now:", highlight=False)
     print(token)
+
+
+def _when(moment) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment is not None else "-"
+
+
+@token_app.command("list")
+def token_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON array, times in ISO 8601.")] = False,
+               ) -> None:
+    """List tokens: id, name, scope, created, last used, expiry, revoked (times in UTC)."""
+    from api.auth import list_tokens  # SQLAlchemy: flywheel[service], loaded by `token list` only
+    from api.models import utcnow  # flywheel[service]
+
+    _, db = _token_database()
+    with db.session() as s:
+        rows = list_tokens(s)
+    db.dispose()
+    now = utcnow()
+    if as_json:
+        fields = ("id", "name", "scope", "created_at", "last_used_at", "expires_at", "revoked_at")
+        print(json.dumps([{**{k: getattr(r, k) for k in fields}, "state": r.state_at(now)} for r in rows],
+                         default=lambda moment: moment.isoformat()))
+        return
+    print(f"{'ID':<20}  {'SCOPE':<5}  {'STATE':<7}  {'CREATED':<16}  {'LAST USED':<16}  {'EXPIRES':<16}  "
+          f"{'REVOKED':<16}  NAME")
+    for r in rows:
+        print(f"{r.id:<20}  {r.scope:<5}  {r.state_at(now):<7}  {_when(r.created_at):<16}  "
+              f"{_when(r.last_used_at):<16}  {_when(r.expires_at):<16}  {_when(r.revoked_at):<16}  {r.name}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id (tok_..., from `flywheel token list`).")],
+                 ) -> None:
+    """Revoke a token: the service refuses it (401) from its next request on."""
+    from api.auth import revoke_token  # SQLAlchemy: flywheel[service], loaded by `token revoke` only
+
+    _, db = _token_database()
+    with db.session() as s:
+        row = revoke_token(s, token_id)
+    db.dispose()
+    if row is None:
+        fail(f"no token {token_id}", code=1)
+    err_console.print(f"token {row.id} ({row.scope}) for {row.name!r} revoked at {_when(row.revoked_at)} UTC",
+                      highlight=False)
 
 
 # --- client side -----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ write and the reaper below never overwrite each other's verdict.
 
 The reaper (at start-up, then every `reap_interval_s`) looks for queued/running jobs without a
 live actor: a `running` one is marked failed ("lost on restart" at start-up); a `queued` one whose
-actor never started is started again (nothing of it ran, the output is overwritten).
+actor never started is started again (nothing of it ran, the output is overwritten), up to
+`max_start_attempts` starts in all (the row's `attempts`), then failed with the reason.
 
 Other kinds of job (training jobs, ablations) share all of this: their table has the
 `JobLifecycle` columns, their runner subclasses `JobRunner`, and their actor body is `run_job`.
@@ -43,6 +44,7 @@ ACTOR_NAMESPACE = "flywheel"
 JobTable = type[JobLifecycle]
 LOST_ON_RESTART = "lost on restart: the job's Ray actor no longer exists"
 ACTOR_DIED = "the job's Ray actor exited without reporting a result (worker crashed or was killed)"
+NEVER_REPORTED = "its Ray actor ended each time before the job started (a worker crashing at start?)"
 
 
 def actor_name(job_id: str) -> str:
@@ -115,6 +117,9 @@ def run_job(database_url: str, job_id: str, table: JobTable, work: Callable[[Dat
                     return current_state(s, job_id, table)
         except ManifestInvalid as e:
             return _fail(db, job_id, table, str(e))
+        except Exception as e:  # OSError reading the manifest, a database error: the job's verdict, with its reason
+            log.error("%s %s: publishing failed:\n%s", table.__tablename__, job_id, traceback.format_exc())
+            return _fail(db, job_id, table, f"publishing the job's outputs failed: {describe(e)}")
         return "succeeded"
     finally:
         db.dispose()
@@ -228,9 +233,13 @@ class JobRunner:
                     **values: Any) -> bool:
         return transition(session, job_id, from_states, to_state, table=self.table, **values)
 
-    def __init__(self, db: Database, *, start_grace_s: float = 60.0, read_roots: tuple[str, ...] | None = None) -> None:
+    def __init__(self, db: Database, *, start_grace_s: float = 60.0, read_roots: tuple[str, ...] | None = None,
+                 max_start_attempts: int = 3) -> None:
         self.db = db
         self.start_grace = timedelta(seconds=start_grace_s)
+        # A queued job whose actor dies before reporting is started again at most this often in
+        # all: a job that crashes its worker at start would otherwise be restarted forever.
+        self.max_start_attempts = max_start_attempts
         # Where the job may read its input files (None: anywhere); only for an `execute` taking read_roots=.
         self.read_roots = read_roots
 
@@ -241,8 +250,11 @@ class JobRunner:
         return ray
 
     def start(self, job_id: str) -> None:
-        """Create (or find) the job's actor and tell it to run; returns at once."""
+        """Create (or find) the job's actor and tell it to run, counting the attempt; returns at once."""
         self._ray()  # Ray up (embedded or RAY_ADDRESS) before the actor is made
+        with self.db.session() as s:  # counted before the actor exists: a crash right after still counts
+            s.execute(update(self.table).where(self.table.id == job_id)
+                      .values(attempts=self.table.attempts + 1, updated_at=utcnow()))
         actor = self.actor_class().options(
             name=self.actor_name(job_id), namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
         ).remote()
@@ -281,21 +293,31 @@ class JobRunner:
     def reap(self, reason: str = ACTOR_DIED, *, at_startup: bool = False) -> dict[str, list[str]]:
         """Fail running jobs whose actor is gone; restart queued jobs whose actor never came."""
         with self.db.session() as s:
-            active = s.execute(select(self.table.id, self.table.state, self.table.created_at)
+            active = s.execute(select(self.table.id, self.table.state, self.table.created_at, self.table.attempts)
                                .where(self.table.state.in_(ACTIVE_STATES))).all()
         done: dict[str, list[str]] = {"failed": [], "restarted": []}
         if not active:
             return done  # no Ray needed for an idle service
         now = utcnow()
-        for job_id, state, created_at in active:
+        for job_id, state, created_at, attempts in active:
             if self.actor_alive(job_id):
                 continue
             if state == "running":
-                with self.db.session() as s:
-                    if self._transition(s, job_id, ("running",), "failed", error=reason, finished_at=now, phase=None):
-                        done["failed"].append(job_id)
-            elif at_startup or now - created_at > self.start_grace:
-                log.warning("job %s was queued without an actor: starting it again", job_id)
+                if self._fail_now(job_id, "running", reason, now):
+                    done["failed"].append(job_id)
+            elif not (at_startup or now - created_at > self.start_grace):
+                continue  # its actor may still be on its way
+            elif attempts >= self.max_start_attempts:
+                error = f"did not start after {attempts} attempts: {NEVER_REPORTED}"
+                if self._fail_now(job_id, "queued", error, now):
+                    done["failed"].append(job_id)
+            else:
+                log.warning("job %s was queued without an actor: starting it again (attempt %d of %d)", job_id,
+                            attempts + 1, self.max_start_attempts)
                 self.start_or_fail(job_id)
                 done["restarted"].append(job_id)
         return done
+
+    def _fail_now(self, job_id: str, state: str, error: str, now) -> bool:
+        with self.db.session() as s:
+            return self._transition(s, job_id, (state,), "failed", error=error, finished_at=now, phase=None)

@@ -86,9 +86,10 @@ def register_job_manifest(session: Session, job_id: str, output_uri: str) -> str
         session.add(row)
         session.flush()
     except IntegrityError:
-        # Registered concurrently by another request. Only `GET /jobs/{id}` can race here (the
-        # actor registers in the transaction that makes the job succeeded), and its session holds
-        # nothing else: a full rollback is safe. (No SAVEPOINT: pysqlite's is unreliable.)
+        # Registered concurrently. The job's actor registers in the transaction that makes the
+        # job succeeded, and no read route registers (GET writes nothing): only a second actor of
+        # the same job could race here, and then its verdict is the first one's. A full rollback
+        # is safe. (No SAVEPOINT: pysqlite's is unreliable.)
         session.rollback()
         return session.scalar(select(Manifest.id).where(Manifest.job_id == job_id))
     session.execute(Job.__table__.update().where(Job.id == job_id).values(manifest_id=row.id))

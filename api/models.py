@@ -1,6 +1,6 @@
 """The service's tables (SQLAlchemy 2 typed ORM). Portable: SQLite and PostgreSQL.
 
-    api_tokens   bearer tokens, stored as HMAC-SHA256 hashes
+    api_tokens   bearer tokens, stored as HMAC-SHA256 hashes; revocable, optionally expiring
     corpora      uploaded or registered input files and their counts
     jobs         curation runs: state machine queued -> running -> succeeded|failed|cancelled
     job_stages   per-stage progress of a job, written by the job's Ray actor
@@ -61,8 +61,15 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_used_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]  # refreshed at most once a minute (api/auth.py)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: never expires
+
+    def state_at(self, now: datetime) -> str:
+        """`revoked`, `expired` or `active` (the only state a request is let through in)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and now >= self.expires_at else "active"
 
 
 class Corpus(Base):
@@ -102,6 +109,9 @@ class JobLifecycle:
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Times the service started the job's actor: the reaper gives up on a queued job after
+    # JobRunner.max_start_attempts (api/jobs.py), with the reason.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Job(JobLifecycle, Base):

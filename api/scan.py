@@ -4,13 +4,23 @@ The counts come from the pipeline's own reader (`curation.io.reader.read_task_ta
 corpus's `documents` is exactly what a job's `read` step will keep, and `malformed` what it
 will reject. It is one sequential pass over the data: small uploads are counted before the
 upload answers, bigger ones in the background (see `api/services.py`).
+
+A scan reads what a user uploaded, so it never runs in the web process: `ScanProcess` runs it
+in a child process whose address space is limited (RLIMIT_AS). A file that needs more memory
+than that fails its scan with a clear error; the service and its other requests carry on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import resource
+import threading
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -19,6 +29,8 @@ from contract.stores import filesystem_for
 from curation.io.files import plan_reads
 from curation.io.reader import read_task_tables
 from curation.stages.base import DETAIL, REASON
+
+log = logging.getLogger(__name__)
 
 WHOLE_FILES = 1 << 62  # one read task per file: a scan has no use for byte ranges
 DEFAULT_DOMAIN = "web"  # the pipeline's default_domain, for a corpus that names none
@@ -70,3 +82,72 @@ def corpus_size(uri: str, confine_to: tuple[str, ...] | None = None) -> tuple[in
         fs, _ = filesystem_for(task.uri)
         total += fs.get_file_info(task.path).size or 0
     return len(tasks), total
+
+
+class ScanFailed(ValueError):
+    """The scan process ran out of memory or died: the corpus cannot be counted within the limit."""
+
+
+def _limit_address_space(limit_bytes: int) -> None:
+    """The scan process's initializer: allocations past `limit_bytes` of address space fail
+    (MemoryError) instead of growing until the machine's OOM killer picks a process."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+class ScanProcess:
+    """`count_corpus` in one child process with a limited address space, kept between scans
+    (starting it and importing pyarrow costs ~1 s). "spawn", not fork: the web process has
+    threads (uvicorn, the reaper) that a fork would copy mid-lock."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                                                 initializer=_limit_address_space, initargs=(self.memory_bytes,))
+            return self._pool
+
+    def count(self, uri: str, domain: str | None, confine_to: tuple[str, ...] | None = None) -> CorpusCounts:
+        """`count_corpus(uri, domain, confine_to)`, run in the child; ScanFailed when it runs out
+        of memory or dies (the next scan gets a new child)."""
+        pool = self._executor()
+        limit = f"{self.memory_bytes / 2**20:,.0f} MiB"
+        try:
+            return pool.submit(count_corpus, uri, domain, confine_to).result()
+        except MemoryError:
+            raise ScanFailed(f"the corpus scan ran out of memory (limit {limit})") from None
+        except BrokenProcessPool:
+            self._discard(pool)
+            raise ScanFailed(f"the corpus scan process died (out of memory? limit {limit})") from None
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        _stop(pool)
+
+    def close(self) -> None:
+        """Stop the child, also mid-scan (a shutdown must not wait for a long scan)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop(pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no way to stop a busy worker before Python 3.14's
+    # terminate_workers(): its process table is the only handle on the child.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            log.warning("corpus scan process %s ignored SIGTERM: killing it", process.pid)
+            process.kill()
+            process.join(timeout=10)

@@ -18,7 +18,7 @@ from api.db import Database
 from api.jobs import ACTOR_DIED, LOST_ON_RESTART, JobRunner
 from api.metrics import ServiceMetrics
 from api.models import Corpus, utcnow
-from api.scan import count_corpus
+from api.scan import ScanProcess
 from api.settings import Settings
 from api.storage import Storage
 from api.training_jobs import TrainingJobRunner
@@ -39,6 +39,10 @@ class Services:
                                               read_roots=self.read_roots)
         self.metrics = ServiceMetrics(self.db)
         self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-scan")
+        # Scans read user files: in child processes with a memory limit, never here. Two, so an
+        # upload's inline count never waits behind a long background scan.
+        self.inline_scanner = ScanProcess(settings.scan_memory_bytes)
+        self.background_scanner = ScanProcess(settings.scan_memory_bytes)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
 
@@ -67,6 +71,8 @@ class Services:
     def stop(self) -> None:
         self._stop.set()
         self._scans.shutdown(wait=False, cancel_futures=True)
+        self.inline_scanner.close()
+        self.background_scanner.close()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         self.db.dispose()
@@ -87,7 +93,7 @@ class Services:
             corpus = s.get(Corpus, corpus_id)
             uri, domain = corpus.uri, corpus.domain
         try:
-            counts = count_corpus(uri, domain, self.read_roots)
+            counts = self.background_scanner.count(uri, domain, self.read_roots)
             values = dict(state="ready" if counts.documents else "invalid", documents=counts.documents,
                           malformed=counts.malformed, text_bytes=counts.text_bytes, domains=counts.domains,
                           files=counts.files, error=None if counts.documents else

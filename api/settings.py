@@ -30,12 +30,15 @@ ENV_FIELDS = {
     "FLYWHEEL_ALLOWED_ROOTS": "allowed_roots",
     "FLYWHEEL_MAX_UPLOAD_BYTES": "max_upload_bytes",
     "FLYWHEEL_SCAN_INLINE_BYTES": "scan_inline_bytes",
+    "FLYWHEEL_SCAN_MEMORY_BYTES": "scan_memory_bytes",
     "FLYWHEEL_AUTH": "auth",
     "FLYWHEEL_HOST": "host",
     "FLYWHEEL_INSECURE_NO_AUTH_ON_PUBLIC_INTERFACE": "insecure_no_auth_on_public_interface",
     "FLYWHEEL_TOKEN_PEPPER": "token_pepper",
     "FLYWHEEL_PUBLIC_URL": "public_url",
     "FLYWHEEL_REAP_INTERVAL_S": "reap_interval_s",
+    "FLYWHEEL_WRITE_LIMIT_PER_MINUTE": "write_limit_per_minute",
+    "FLYWHEEL_TOKEN_FAILURE_LIMIT_PER_MINUTE": "token_failure_limit_per_minute",
 }
 
 
@@ -52,6 +55,9 @@ class Settings(BaseModel):
     scan_inline_bytes: int = Field(
         default=32 * MiB, ge=0, description="corpora up to this size are counted before the upload answers"
     )
+    scan_memory_bytes: int = Field(
+        default=8 * GiB, ge=64 * MiB,
+        description="address space of the child process that counts a corpus (pyarrow alone maps ~1.5 GiB)")
     auth: bool = Field(default=True, description="require bearer tokens (off: `flywheel serve --no-auth`)")
     host: str = Field(default="127.0.0.1", description="interface the service listens on (`flywheel serve --host`)")
     insecure_no_auth_on_public_interface: bool = Field(
@@ -60,6 +66,12 @@ class Settings(BaseModel):
     public_url: str | None = Field(default=None, description="base URL put into manifests (default: the request's)")
     reap_interval_s: float = Field(default=15.0, gt=0, description="how often running jobs are checked for a live actor")
     job_start_grace_s: float = Field(default=60.0, ge=0, description="a queued job gets this long to start its actor")
+    # Token buckets (api/rate_limit.py): a burst of up to the whole minute's allowance, then the
+    # steady rate; 0 turns a limit off. Writes start Ray actors and store files, so a few hundred
+    # a minute is far above what a person or a CI pipeline submits, and far below a runaway loop.
+    write_limit_per_minute: int = Field(default=300, ge=0, description="writes (POST) per token and minute")
+    token_failure_limit_per_minute: int = Field(
+        default=20, ge=0, description="unknown, revoked or expired tokens per client address and minute")
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -5,7 +5,10 @@ part go to storage (hashed with sha256 in the same worker thread) and nothing el
 memory stays at one network chunk whatever the file size. Locally they go to a temporary key the
 caller renames into place, on an object store straight to their place (`upload_key`). The size
 limit is enforced as bytes arrive, so an oversize upload is refused (413) after `limit` bytes,
-not after the whole body. On any failure the file is deleted: no partial corpus ever exists.
+not after the whole body. Everything else is bounded too: part headers, text fields and parts
+that are ignored share MULTIPART_OVERHEAD, and the whole body may not pass `limit` plus that
+(a chunked body declares no length). On any failure the file is deleted: no partial corpus
+ever exists.
 
 Why not `UploadFile`: Starlette spools the whole file to a local temp file before the handler
 runs, which doubles the disk traffic and accepts the entire body before the limit can be checked.
@@ -31,7 +34,8 @@ from curation.io.files import file_format
 FILE_FIELD = "file"
 TEXT_FIELDS = ("name", "domain")
 _MAX_TEXT_FIELD = 1024
-# Body bytes that are not the file (boundaries, part headers, text fields): allowance over the limit.
+# Body bytes that are not the file (boundaries, part headers, text fields, ignored parts):
+# allowance over the limit, and the most such bytes the parser is fed before a 413.
 MULTIPART_OVERHEAD = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
 
@@ -90,6 +94,7 @@ class _Parts:
         self.limit = limit
         self.pending: list[bytes] = []
         self.file_bytes = 0
+        self.other_bytes = 0  # part headers, text fields and ignored parts: bounded by MULTIPART_OVERHEAD
         self.filename: str | None = None
         self.fields: dict[str, str] = {}
         self._headers: dict[bytes, bytes] = {}
@@ -108,10 +113,19 @@ class _Parts:
     def _begin(self) -> None:
         self._headers, self._target, self._text = {}, None, bytearray()
 
+    def _count_other(self, n: int) -> None:
+        """Count bytes that are not the file; 413 past MULTIPART_OVERHEAD (a header is held in
+        memory until it ends, and ignored parts would otherwise stream forever)."""
+        self.other_bytes += n
+        if self.other_bytes > MULTIPART_OVERHEAD:
+            raise HTTPException(413, detail=f"multipart part headers and fields exceed {MULTIPART_OVERHEAD:,} bytes")
+
     def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._count_other(end - start)
         self._hname += data[start:end]
 
     def _hval(self, data: bytes, start: int, end: int) -> None:
+        self._count_other(end - start)
         self._hvalue += data[start:end]
 
     def _hend(self) -> None:
@@ -140,7 +154,10 @@ class _Parts:
             if self.file_bytes > self.limit:
                 raise HTTPException(413, detail=f"upload exceeds the limit of {self.limit:,} bytes")
             self.pending.append(data[start:end])
-        elif self._target is not None:
+        else:
+            self._count_other(end - start)
+            if self._target is None:
+                return  # an ignored part: counted, not kept
             self._text += data[start:end]
             if len(self._text) > _MAX_TEXT_FIELD:
                 raise HTTPException(422, detail=f"form field {self._target!r} is longer than {_MAX_TEXT_FIELD} bytes")
@@ -167,9 +184,14 @@ async def receive_upload(request: Request, storage: Storage, limit: int, folder:
     parts = _Parts(limit)
     parser = MultipartParser(boundary, parts.callbacks())
     sink = _Sink(storage, lambda: upload_key(storage, folder, parts.filename))
+    body_limit = limit + MULTIPART_OVERHEAD
+    body_bytes = 0
     try:
         try:
             async for chunk in request.stream():
+                body_bytes += len(chunk)
+                if body_bytes > body_limit:  # e.g. bytes after the closing boundary, which the parser skips
+                    raise HTTPException(413, detail=f"upload body exceeds {body_limit:,} bytes")
                 parser.write(chunk)
                 if parts.pending:
                     data = b"".join(parts.pending)

@@ -15,7 +15,7 @@ from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newes
 from api.ids import CORPUS_ID, new_id
 from api.locations import LocationError, LocationForbidden, allowed_location
 from api.models import Corpus, utcnow
-from api.scan import corpus_size, count_corpus
+from api.scan import corpus_size
 from api.schemas import CorpusList, CorpusOut, CorpusRegistration, Problem
 from api.services import Services
 from api.uploads import receive_upload
@@ -59,9 +59,10 @@ def _counted(counts, name: str) -> dict:
                 domains=counts.domains, files=counts.files, scanned_at=utcnow())
 
 
-async def _count_inline(uri: str, domain: str | None, name: str, read_roots: tuple[str, ...] | None) -> dict:
-    try:
-        counts = await to_thread.run_sync(count_corpus, uri, domain, read_roots)
+async def _count_inline(services: Services, uri: str, domain: str | None, name: str,
+                        read_roots: tuple[str, ...] | None) -> dict:
+    try:  # in the scan process (memory-limited), never in the web process
+        counts = await to_thread.run_sync(services.inline_scanner.count, uri, domain, read_roots)
     except InputError as e:
         raise HTTPException(422, detail=str(e)) from None
     except (OSError, ValueError) as e:  # corrupt gzip/zstd, unreadable Parquet, ...
@@ -88,7 +89,7 @@ async def _upload(request: Request, services: Services) -> Corpus:
             await to_thread.run_sync(storage.move, upload.key, key)
         uri = storage.uri(key)
         inline = upload.size <= settings.scan_inline_bytes
-        values = await _count_inline(uri, domain, name, None) if inline else dict(state="scanning")
+        values = await _count_inline(services, uri, domain, name, None) if inline else dict(state="scanning")
         row = Corpus(id=corpus_id, name=name[:255], source="upload", uri=uri, domain=domain, sha256=upload.sha256,
                      size_bytes=upload.size, **values)
         await to_thread.run_sync(_insert, services, row)
@@ -129,7 +130,7 @@ async def _register(request: Request, services: Services) -> Corpus:
         raise HTTPException(422, detail=f"uri: cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     name = reg.name or uri.rstrip("/").rsplit("/", 1)[-1]
     inline = size <= services.settings.scan_inline_bytes
-    values = (await _count_inline(uri, reg.domain, name, services.read_roots) if inline
+    values = (await _count_inline(services, uri, reg.domain, name, services.read_roots) if inline
               else dict(state="scanning", files=files))
     row = Corpus(id=new_id("cor"), name=name[:255], source="uri", uri=uri, domain=reg.domain, sha256=None,
                  size_bytes=size, **values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -13,14 +12,12 @@ from api.auth import require_admin, require_read
 from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.ids import JOB_ID, new_id
 from api.locations import LocationError, LocationForbidden
-from api.manifests import ManifestInvalid, register_job_manifest
 from api.models import Corpus, Job, JobStage
 from api.results import read_stats, rejects_page
 from api.schemas import JobCreate, JobList, JobOut, Problem, RejectsPage
 from api.stage_paths import check_stage_paths
 from curation.config import ConfigError, parse_config
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 SERVICE_KEYS = ("inputs", "output")
 
@@ -108,14 +105,9 @@ def list_jobs(session: SessionDep, state: Annotated[JobState | None, Query()] = 
 @router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require_read)],
             responses={404: {"model": Problem}})
 def read_job(job_id: JobIdPath, session: SessionDep) -> JobOut:
-    """State, per-stage progress, error, and `manifest_id` once OUTPUT/manifest.json exists."""
-    job = get_job(session, job_id)
-    if job.state == "succeeded" and job.manifest_id is None:
-        try:
-            job.manifest_id = register_job_manifest(session, job.id, job.output_uri)
-        except ManifestInvalid as e:
-            log.warning("job %s: %s", job.id, e)
-    return job_out(job)
+    """State, per-stage progress, error, and `manifest_id` (registered by the job's actor in the
+    transaction that made it succeeded). A read: it writes nothing."""
+    return job_out(get_job(session, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[Depends(require_admin)],
@@ -151,7 +143,8 @@ def job_rejects(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     include_text: bool = False,
 ) -> dict:
-    """Dropped documents, paged, filtered by stage and reason; `text` only with include_text=true."""
+    """Dropped documents, paged, filtered by stage and reason; `text` only with include_text=true,
+    cut to its first 4096 characters as in `/why`."""
     job = finished_job(session, job_id)
     total, items = rejects_page(job.output_uri, stage=stage, reason=reason, limit=limit, offset=offset,
                                 include_text=include_text)

@@ -119,15 +119,24 @@ def batch_table(batch: pa.RecordBatch, *, source: str, domain: str, first_row: i
     return table.take(order).combine_chunks()
 
 
+def row_sizes(table: pa.Table) -> np.ndarray:
+    """Characters of each row's id, text, url and metadata (nulls count 0): the reader's
+    `row_chars`, a column at a time."""
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for name in ("id", "text", "url", "metadata"):
+        sizes += pc.utf8_length(table[name]).fill_null(0).to_numpy(zero_copy_only=False)
+    return sizes
+
+
 def cut_tables(tables: Iterable[pa.Table], rows_per_table: int, table_chars: int) -> Iterator[pa.Table]:
     """`tables` regrouped as the reader groups rows: a table ends at its `rows_per_table`-th row
-    or at the row that brings its text to `table_chars` characters, whichever comes first; an
+    or at the row that brings its `row_sizes` to `table_chars` characters, whichever comes first; an
     input without rows still gives one (empty, typed) table."""
     pending: list[pa.Table] = []
     rows = chars = 0
     produced = False
     for table in tables:
-        ends = np.cumsum(pc.utf8_length(table["text"]).to_numpy(zero_copy_only=False), dtype=np.int64)
+        ends = np.cumsum(row_sizes(table), dtype=np.int64)
         at = 0
         while at < table.num_rows:
             before = int(ends[at - 1]) if at else 0

@@ -27,8 +27,11 @@ from contract.stores import filesystem_for
 from curation.io.batches import batch_table, cut_tables, plain_batch
 from curation.io.files import ReadTask
 from curation.io.records import (
+    ID_AT,
+    METADATA_AT,
     RECORD_FIELDS,
     TEXT_AT,
+    URL_AT,
     RecordError,
     iter_lines,
     malformed_row,
@@ -41,10 +44,18 @@ if TYPE_CHECKING:
 
 # A record larger than this is rejected without being parsed (it still costs one pass).
 MAX_RECORD_BYTES = 64 * 1024 * 1024
-# Rows per output table, and characters of text: keeps blocks a sensible size when a task reads
-# a big file (4,096 records of up to 64 MB each would otherwise make one 256 GB table).
+# Rows per output table, and characters of the string fields a record sets (id, text, url,
+# metadata): keeps blocks a sensible size when a task reads a big file (4,096 records of up to
+# 64 MB each would otherwise make one 256 GB table, in whichever field the bytes sit).
 ROWS_PER_TABLE = 4096
 TABLE_CHARS = 64 * 1024 * 1024
+# A compressed file stops decompressing past the smaller of these: MAX_COMPRESSION_RATIO times
+# its size on disk (never below RATIO_FLOOR_BYTES, so small files of repetitive lines read) and
+# MAX_DECOMPRESSED_BYTES. Text compresses 3-10x and logs up to ~50x; a gzip bomb is ~1000x.
+# The rest of the file becomes one `decompression_limit` reject: nothing is dropped unsaid.
+MAX_COMPRESSION_RATIO = 200
+RATIO_FLOOR_BYTES = 64 * 1024 * 1024
+MAX_DECOMPRESSED_BYTES = 256 * 1024**3
 
 
 class _GzipErrorsAsOSError:
@@ -61,19 +72,51 @@ class _GzipErrorsAsOSError:
             raise OSError(f"corrupt gzip stream: {e}") from e
 
 
+class DecompressionLimit(Exception):
+    """A compressed file inflated past its limit (`_BoundedInflate`); `at` is the number of
+    decompressed bytes read when reading stopped."""
+
+    def __init__(self, at: int, limit: int, compressed: int) -> None:
+        super().__init__(f"decompression_limit: stopped after {at:,} decompressed bytes (the limit for "
+                         f"{compressed:,} compressed bytes is {limit:,}); the rest of the file, including any "
+                         "line in progress, is not read")
+        self.at = at
+
+
+def decompression_limit(compressed_bytes: int) -> int:
+    """How many decompressed bytes a compressed file of `compressed_bytes` may inflate to."""
+    return min(MAX_DECOMPRESSED_BYTES, max(RATIO_FLOOR_BYTES, MAX_COMPRESSION_RATIO * compressed_bytes))
+
+
+class _BoundedInflate:
+    """A decompressed stream that raises DecompressionLimit once it has given `limit` bytes:
+    a bomb costs at most `limit` bytes of reading, never memory (`iter_lines` holds a line
+    only up to the record limit)."""
+
+    def __init__(self, stream, limit: int, compressed: int) -> None:
+        self._stream, self.limit, self.compressed = stream, limit, compressed
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.read_bytes >= self.limit:
+            if self._stream.read(1):  # exactly at the limit is still a whole file
+                raise DecompressionLimit(self.read_bytes, self.limit, self.compressed)
+            return b""
+        want = self.limit - self.read_bytes if size < 0 else min(size, self.limit - self.read_bytes)
+        data = self._stream.read(want)
+        self.read_bytes += len(data)
+        return data
+
+
 @contextlib.contextmanager
 def _open_lines(task: ReadTask):
-    """A binary stream of the task's bytes, positioned as `iter_lines` wants it."""
+    """A binary stream of the task's bytes, positioned as `iter_lines` wants it; a compressed
+    one raises DecompressionLimit past `decompression_limit` of its size."""
     fs, path = filesystem_for(task.uri)
-    if task.compression == "gzip" and _igzip is not None:
-        # NOTE: ISA-L's inflate is ~3x zlib's (pyarrow's gzip stream); ~100 MB/s of JSONL a core
-        # needs it. Same bytes out.
-        with fs.open_input_stream(path, compression=None) as raw, _igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
-            yield _GzipErrorsAsOSError(stream)
-        return
     if task.compression:
-        with fs.open_input_stream(path, compression=task.compression) as stream:
-            yield stream
+        compressed = fs.get_file_info(path).size or 0
+        with _decompressed(fs, path, task.compression) as stream:
+            yield _BoundedInflate(stream, decompression_limit(compressed), compressed)
         return
     with fs.open_input_file(path) as stream:
         if task.start > 0:
@@ -81,7 +124,29 @@ def _open_lines(task: ReadTask):
         yield stream
 
 
+@contextlib.contextmanager
+def _decompressed(fs, path: str, compression: str):
+    if compression == "gzip" and _igzip is not None:
+        # NOTE: ISA-L's inflate is ~3x zlib's (pyarrow's gzip stream); ~100 MB/s of JSONL a core
+        # needs it. Same bytes out.
+        with fs.open_input_stream(path, compression=None) as raw, _igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
+            yield _GzipErrorsAsOSError(stream)
+        return
+    with fs.open_input_stream(path, compression=compression) as stream:
+        yield stream
+
+
 def _jsonl_rows(task: ReadTask, max_record_bytes: int, fast: bool = True):
+    """`_jsonl_lines`, and where a compressed file hit its decompression limit, one malformed
+    row for the rest of it (at the decompressed offset where reading stopped)."""
+    try:
+        yield from _jsonl_lines(task, max_record_bytes, fast)
+    except DecompressionLimit as e:
+        yield malformed_row(doc_id=f"{task.source}@{e.at}", raw="", error=str(e), source=task.source, offset=e.at,
+                            domain=task.domain)
+
+
+def _jsonl_lines(task: ReadTask, max_record_bytes: int, fast: bool = True):
     """Documents and malformed rows of one JSONL task.
 
     Fast path: msgspec decodes the line's bytes (UTF-8 checked on the way, ~2x json.loads).
@@ -152,10 +217,23 @@ def _parquet_rows(task: ReadTask):
             yield bad
             return
         row = 0
-        for batch in pf.iter_batches(batch_size=ROWS_PER_TABLE):
+        for batch in pf.iter_batches(batch_size=_parquet_batch_rows(pf)):
             for rec in batch.to_pylist():
                 yield _document_or_reject(rec, None, f"{task.source}#{row}", task, row)
                 row += 1
+
+
+def _parquet_batch_rows(pf: pq.ParquetFile) -> int:
+    """Rows per Parquet record batch: ROWS_PER_TABLE, fewer where the file's widest row group
+    holds more than TABLE_CHARS bytes in that many rows (a batch is whole in memory before it
+    is cut to tables). The sizes are the file's own metadata: a lying file is bounded by the
+    row group pyarrow decodes, as any Parquet reader is."""
+    meta = pf.metadata
+    widest = max((meta.row_group(i).total_byte_size / max(1, meta.row_group(i).num_rows)
+                  for i in range(meta.num_row_groups)), default=0.0)
+    if widest <= 0:
+        return ROWS_PER_TABLE
+    return max(1, min(ROWS_PER_TABLE, int(TABLE_CHARS / widest)))
 
 
 def _open_parquet(f, task: ReadTask) -> tuple[pq.ParquetFile | None, tuple | None]:
@@ -185,7 +263,7 @@ def _parquet_tables(task: ReadTask):
             yield rows_to_table([bad])
             return
         row = 0
-        for batch in pf.iter_batches(batch_size=ROWS_PER_TABLE):
+        for batch in pf.iter_batches(batch_size=_parquet_batch_rows(pf)):
             row_of = _batch_rows(batch, row, task, decode)
             if plain_batch(batch):
                 yield batch_table(batch, source=task.source, domain=task.domain, first_row=row, decode=decode,
@@ -229,9 +307,15 @@ def _parquet_row(names: list[str], values: list, row: int, task: ReadTask, decod
     return _document_or_reject(rec, None, f"{task.source}#{row}", task, row, finite=finite, original=original)
 
 
+def row_chars(row: tuple) -> int:
+    """Characters of the string fields a record sets (what `cut_tables` counts as `row_sizes`)."""
+    return len(row[ID_AT]) + len(row[TEXT_AT]) + len(row[URL_AT] or "") + len(row[METADATA_AT])
+
+
 def read_task_tables(task: ReadTask, max_record_bytes: int = MAX_RECORD_BYTES, fast: bool = True):
     """Documents of one read task as Arrow tables of at most ROWS_PER_TABLE rows (and about
-    TABLE_CHARS characters of text); `fast=False` takes the reference path for every line."""
+    TABLE_CHARS characters in their id, text, url and metadata); `fast=False` takes the
+    reference path for every line."""
     if task.fmt == "parquet" and fast:
         yield from cut_tables(_parquet_tables(task), ROWS_PER_TABLE, TABLE_CHARS)
         return
@@ -241,7 +325,7 @@ def read_task_tables(task: ReadTask, max_record_bytes: int = MAX_RECORD_BYTES, f
     size = 0
     for r in rows:
         batch.append(r)
-        size += len(r[TEXT_AT])
+        size += row_chars(r)
         if len(batch) >= ROWS_PER_TABLE or size >= TABLE_CHARS:
             yield rows_to_table(batch)
             batch, produced, size = [], True, 0

@@ -175,6 +175,7 @@ def malformed_row(*, doc_id: str, raw: str, error: str, source: str, offset: int
 
 
 TEXT_AT = READ_NAMES.index("text")  # where a row tuple holds its text
+ID_AT, URL_AT, METADATA_AT = (READ_NAMES.index(name) for name in ("id", "url", "metadata"))
 _N_TOKENS = READ_NAMES.index("n_tokens")
 
 

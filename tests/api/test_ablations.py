@@ -1,8 +1,9 @@
 """/v1/ablations. Create (config validation, `config:` paths and unknown corpora refused with 422),
 list, read (curves and result table from an output folder laid out as the runner writes it, a
 torn last line, thinning, a malformed ablation.json), cancel, scopes, the reaper failing a running
-ablation without an actor; and real runs through the job actor on Ray: a miniature ablation end
-to end, and one that fails for a reason the user can act on."""
+ablation without an actor; and real runs through the job actor on Ray, on a server of their own:
+a miniature ablation end to end, and one that fails for a reason the user can act on. Every
+ablation a test server still has active at the end is cancelled and its actor killed."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api.ablations import execute_ablation_job
 from api.ids import new_id
 from api.models import ACTIVE_STATES, Ablation, utcnow
-from tests.api.conftest import wait_for, write_jsonl
+from tests.api.conftest import live_server, wait_for, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -97,24 +98,37 @@ def expected_curves(out: Path, variant: str) -> dict[str, list]:
 
 # --- fixtures ------------------------------------------------------------------------------------
 
+def stop_ablations(services) -> list[str]:
+    """Cancel every active ablation of a test server and kill its actor, if it has one: a queued
+    one left behind would be started for real by the reaper, and a detached actor outlives the
+    test session. Returns the ids stopped."""
+    with services.db.session() as s:
+        active = s.scalars(select(Ablation.id).where(Ablation.state.in_(ACTIVE_STATES))).all()
+    for ablation_id in active:
+        services.ablation_runner.cancel(ablation_id)
+    return list(active)
+
+
 @pytest.fixture(scope="module")
 def started(server, ray_local):
-    """Ablation ids the service asked Ray to start: recorded, never run. (Ray itself is up,
-    small, for cancel and the reaper.)"""
+    """Ablation ids the service asked Ray to start: recorded, never run, for the whole module
+    (real runs have their own server, `real_server`). Ray itself is up, small, for cancel and
+    the reaper."""
     runner = server.services.ablation_runner
     calls: list[str] = []
     runner.start = calls.append
     yield calls
-    with server.services.db.session() as s:  # leave the reaper nothing to start for real
-        s.execute(update(Ablation).where(Ablation.state.in_(ACTIVE_STATES)).values(state="cancelled"))
+    stop_ablations(server.services)  # while `start` still records: the reaper can start nothing
     del runner.start
+
+
+CORPUS_DOCS = [{"id": f"d{i}", "text": f"document number {i} " * 5, "domain": ("code", "web")[i % 2]}
+               for i in range(40)]
 
 
 @pytest.fixture(scope="module")
 def corpus(admin, tmp_path_factory) -> dict:
-    path = write_jsonl(tmp_path_factory.mktemp("abl-corpus") / "docs.jsonl",
-                       [{"id": f"d{i}", "text": f"document number {i} " * 5, "domain": ("code", "web")[i % 2]}
-                        for i in range(40)])
+    path = write_jsonl(tmp_path_factory.mktemp("abl-corpus") / "docs.jsonl", CORPUS_DOCS)
     with open(path, "rb") as f:
         r = admin.post("/v1/corpora", files={"file": ("docs.jsonl", f)})
     assert r.status_code == 201, r.text
@@ -313,33 +327,46 @@ MINI = {"seed": 3, "token_budget": 8192, "eval_every_steps": 2,
         "variants": [{"name": "raw"}, {"name": "dedup", "stages": ["exact_dedup", {"name": "minhash_dedup"}]}]}
 
 
-def run_for_real(server, admin, reader, corpus_id: str, config: dict) -> dict:
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory, ray_local):
+    """A service of its own (SQLite, no auth on loopback) whose ablations really run on Ray: the
+    module's `server` keeps recording starts, so its queued ablations never run. Stopped with
+    every ablation it still has active cancelled and its actor killed."""
+    home = tmp_path_factory.mktemp("abl-real")
+    with live_server(home, f"sqlite:///{home / 'flywheel.db'}", auth=False) as srv:
+        try:
+            yield srv
+        finally:
+            stop_ablations(srv.services)
+
+
+def upload(client, path: Path) -> dict:
+    with open(path, "rb") as f:
+        r = client.post("/v1/corpora", files={"file": (path.name, f)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def run_for_real(real_server, corpus_id: str, config: dict) -> dict:
     """POST an ablation that the job actor really runs on Ray; its final GET answer."""
-    runner = server.services.ablation_runner
-    recorder = runner.start
-    del runner.start  # `started` records instead of starting: this one starts for real
-    try:
-        r = admin.post("/v1/ablations", json={"corpus_id": corpus_id, "config": config})
+    with real_server.client() as client:
+        r = client.post("/v1/ablations", json={"corpus_id": corpus_id, "config": config})
         assert r.status_code == 201, r.text
-        return wait_for(lambda: (a := reader.get(f"/v1/ablations/{r.json()['id']}").json())["state"]
+        return wait_for(lambda: (a := client.get(f"/v1/ablations/{r.json()['id']}").json())["state"]
                         in ("succeeded", "failed", "cancelled") and a, timeout=600, interval=1.0)
-    finally:
-        runner.start = recorder
 
 
-def test_an_ablation_runs_end_to_end_through_the_service(server, admin, reader, started, tmp_path, database_url):
+def test_an_ablation_runs_end_to_end_through_the_service(real_server, tmp_path):
     """Upload, POST, the job actor runs the real runner on Ray, GET shows table and curves."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("one real run is enough: the database path is the same code on PostgreSQL")
     from tests.ablation_data import mini_corpus
 
-    with open(mini_corpus(tmp_path / "mini.jsonl", per_domain=70), "rb") as f:  # < the 256 KiB upload limit
-        uploaded = admin.post("/v1/corpora", files={"file": ("mini.jsonl", f)}).json()
-    done = run_for_real(server, admin, reader, uploaded["id"], MINI)
+    with real_server.client() as client:  # < the 256 KiB upload limit
+        uploaded = upload(client, mini_corpus(tmp_path / "mini.jsonl", per_domain=70))
+    done = run_for_real(real_server, uploaded["id"], MINI)
     assert done["state"] == "succeeded", done["error"]
     assert [row["variant"] for row in done["table"]] == ["raw", "dedup"]
     assert done["domains"] == ["books", "web"] and done["leakage"]["pairs_found"] == 0
-    out = out_dir(server, done["id"])
+    out = out_dir(real_server, done["id"])
     for name in ("raw", "dedup"):
         assert done["curves"][name] == expected_curves(out, name)
         assert [p["step"] for p in done["curves"][name]["eval"]] == [2, 4]
@@ -347,16 +374,27 @@ def test_an_ablation_runs_end_to_end_through_the_service(server, admin, reader, 
     assert done["table"] == result["table"]
 
 
-def test_an_ablation_whose_held_out_sets_come_out_empty_fails_with_the_reason(server, admin, reader, corpus,
-                                                                             started, database_url):
-    """A clean bar no document of the corpus fixture (40 fifteen-word documents) can pass."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("one real run is enough: the database path is the same code on PostgreSQL")
+def test_an_ablation_whose_held_out_sets_come_out_empty_fails_with_the_reason(real_server, tmp_path):
+    """A clean bar no document of the corpus (40 fifteen-word documents) can pass."""
     strict = {**CONFIG, "holdout": {"docs_per_domain": 5,
                                     "clean_stages": [{"name": "heuristics", "min_words": 1000, "code_domains": []}]}}
-    done = run_for_real(server, admin, reader, corpus["id"], strict)
+    with real_server.client() as client:
+        corpus = upload(client, write_jsonl(tmp_path / "docs.jsonl", CORPUS_DOCS))
+    done = run_for_real(real_server, corpus["id"], strict)
     assert done["state"] == "failed" and done["finished_at"]
     assert "no held-out documents survived the clean stages" in done["error"]
+
+
+def test_stopping_a_test_servers_ablations_kills_their_actors(real_server, tmp_path):
+    """What both fixtures do at teardown: a started ablation is cancelled and its actor is gone."""
+    with real_server.client() as client:
+        corpus = upload(client, write_jsonl(tmp_path / "docs.jsonl", CORPUS_DOCS))
+        ablation_id = client.post("/v1/ablations", json={"corpus_id": corpus["id"], "config": CONFIG}).json()["id"]
+        runner = real_server.services.ablation_runner
+        wait_for(lambda: runner.actor_alive(ablation_id), 60, 0.1)
+        assert ablation_id in stop_ablations(real_server.services)
+        wait_for(lambda: not runner.actor_alive(ablation_id), 60, 0.2)
+        assert client.get(f"/v1/ablations/{ablation_id}").json()["state"] == "cancelled"
 
 
 def test_execute_leaves_a_cancelled_ablation_alone(server, queued_ablation):

@@ -1,7 +1,7 @@
 """Manifests and shard serving: a dataset written with training.data where a finished job leaves it,
-discovered through GET /jobs/{id}; Range (206/416), ETag/If-None-Match (304), HEAD, sha256 of
-the bytes, tokenizer by hash, path tricks in every path parameter, and the training-side validator
-reading the manifest over HTTP."""
+registered as the job's actor registers it, its id read through GET /jobs/{id}; Range (206/416),
+ETag/If-None-Match (304), HEAD, sha256 of the bytes, tokenizer by hash, path tricks in every path
+parameter, and the training-side validator reading the manifest over HTTP."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import pytest
 
 from api.ids import new_id
+from api.manifests import register_job_manifest
 from api.models import Job
 from contract.manifest import parse_manifest
 from tests.api.conftest import live_server
@@ -30,6 +31,8 @@ def finished(server):
     with services.db.session() as s:
         s.add(Job(id=job_id, state="succeeded", corpus_ids=[], config={"stages": [], "seed": 0},
                   output_uri=services.storage.uri(f"jobs/{job_id}"), phase="done"))
+        s.flush()
+        register_job_manifest(s, job_id, services.storage.uri(f"jobs/{job_id}"))  # as the job's actor does
     manifest = parse_manifest((services.storage.fs.open_input_stream(f"{out}/manifest.json").read()))
     return {"job_id": job_id, "out": out, "manifest": manifest}
 

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 
 from api.auth import create_token
 from api.ids import new_id
+from api.manifests import register_job_manifest
 from api.models import Job
 from contract.layout import CurationRun
 from contract.manifest import parse_manifest
@@ -62,6 +63,8 @@ def _write_finished_job(services) -> str:
     with services.db.session() as s:
         s.add(Job(id=job_id, state="succeeded", corpus_ids=[], config={"stages": [], "seed": 6},
                   output_uri=services.storage.uri(f"jobs/{job_id}"), phase="done"))
+        s.flush()
+        register_job_manifest(s, job_id, services.storage.uri(f"jobs/{job_id}"))  # as the job's actor does
     return job_id
 
 

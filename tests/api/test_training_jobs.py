@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from api.ids import new_id
+from api.manifests import register_job_manifest
 from api.models import Job
 from api.run_files import thin
 from api.training_jobs import eval_curve, read_progress
@@ -29,7 +30,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def manifest_id(server, reader) -> str:
-    """A succeeded curation job whose output holds a synthetic manifest, registered by GET /jobs/{id}."""
+    """A succeeded curation job whose output holds a synthetic manifest, registered as the job's
+    actor registers it (in the transaction that makes it succeeded); its id read by GET /jobs/{id}."""
     services = server.services
     job_id = new_id("job")
     write_synthetic_dataset(services.storage.path(f"jobs/{job_id}"), total_tokens=40_000, vocab_size=512,
@@ -37,6 +39,8 @@ def manifest_id(server, reader) -> str:
     with services.db.session() as s:
         s.add(Job(id=job_id, state="succeeded", corpus_ids=[], config={"stages": [], "seed": 0},
                   output_uri=services.storage.uri(f"jobs/{job_id}"), phase="done"))
+        s.flush()
+        register_job_manifest(s, job_id, services.storage.uri(f"jobs/{job_id}"))
     manifest = reader.get(f"/v1/jobs/{job_id}").json()["manifest_id"]
     assert manifest
     return manifest

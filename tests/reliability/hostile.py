@@ -177,12 +177,15 @@ def make_hostile_corpus(root: Path, seed: int = 0, n_good: int = 300) -> Hostile
     _write_big_record(root / "big_rejected.jsonl", "big-rejected", REJECTED_BIG_BYTES, chunk)
     c.expect("record_too_large")
 
-    # Gzip bomb: ~1 MB on disk, 1 GiB of NUL bytes and no newline once decompressed.
+    # Gzip bomb: ~1 MB on disk, 1 GiB of NUL bytes and no newline once decompressed. Its line is
+    # too large past 64 MiB; past 200x its size on disk (~200 MiB) it stops inflating, and the
+    # rest of the file is one more reject.
     zeros = bytes(MIB)
     with gzip.GzipFile(root / "bomb.jsonl.gz", "wb", compresslevel=9, mtime=0) as f:
         for _ in range(BOMB_BYTES // MIB):
             f.write(zeros)
     c.expect("record_too_large")
+    c.expect("decompression_limit")
 
     # No records at all: an empty file, and one of whitespace-only lines.
     (root / "empty.jsonl").write_bytes(b"")

@@ -1,7 +1,8 @@
 """Output faults: a read-only or full disk gives one clear error and publishes nothing half-written.
 
-The disks are real: small tmpfs mounts (the test skips where mounting is not allowed, e.g. without
-root). A full disk mid-run must leave no stats.json and no manifest.json (both are written last,
+The disks are real: small tmpfs mounts. A mount that fails is a test failure, not a skip, where
+this process may mount (CAP_SYS_ADMIN): `make test` must not pass without these tests. Only a
+process without the capability skips them, with a warning in the run's summary. A full disk mid-run must leave no stats.json and no manifest.json (both are written last,
 to a temporary name then renamed), and no torn temporary files.
 """
 
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import random
+import shutil
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,13 +29,35 @@ from tests.reliability.report import record_fault
 pytestmark = pytest.mark.slow
 
 
+CAP_SYS_ADMIN = 21  # the capability mount(2) needs (linux/capability.h)
+
+
+def may_mount() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN (its effective set in /proc/self/status)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    caps = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
+    return bool(int(caps, 16) >> CAP_SYS_ADMIN & 1)
+
+
 def mount_tmpfs(where: Path, size: str, *options: str) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     opts = ",".join([f"size={size}", *options])
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-fault tests need root")
-    return where
+    if done.returncode == 0:
+        return where
+    why = f"cannot mount a tmpfs here ({done.stderr.strip()})"
+    if may_mount():
+        pytest.fail(f"{why}, though this process holds CAP_SYS_ADMIN: the disk-fault tests must run")
+    message = f"DISK-FAULT TESTS NOT RUN: {why}; this process lacks CAP_SYS_ADMIN (run as root or privileged)"
+    warnings.warn(message, DiskFaultsNotRun, stacklevel=2)  # in the run's warnings summary, even with -q
+    pytest.skip(message)
+
+
+class DiskFaultsNotRun(UserWarning):
+    """This machine cannot mount, so the disk-fault tests were skipped: said in the summary."""
 
 
 @pytest.fixture
@@ -45,6 +71,35 @@ def small_disk(tmp_path):
     yield make
     for m in mounts:
         subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_a_mount_that_fails_where_mounting_is_allowed_fails_the_test(tmp_path):
+    """Not a skip: on a machine that may mount, a skipped disk-fault test would hide a broken setup."""
+    if not may_mount():
+        pytest.skip("this process lacks CAP_SYS_ADMIN: the loud skip is tested below")
+    with pytest.raises(pytest.fail.Exception, match="holds CAP_SYS_ADMIN"):
+        mount_tmpfs(tmp_path / "bad", "1m", "no_such_tmpfs_option")
+
+
+def test_a_machine_that_cannot_mount_skips_loudly(tmp_path):
+    """Without CAP_SYS_ADMIN (dropped from the bounding set by setpriv), the skip says why and
+    warns, so the run's summary shows it even with -q."""
+    if shutil.which("setpriv") is None or not may_mount():
+        pytest.skip("needs setpriv and CAP_SYS_ADMIN to drop")
+    code = ("import pathlib, warnings, pytest\n"
+            "from tests.reliability.test_output_faults import mount_tmpfs, may_mount\n"
+            "assert not may_mount()\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    warnings.simplefilter('always')\n"
+            "    try:\n"
+            f"        mount_tmpfs(pathlib.Path({str(tmp_path / 'd')!r}), '1m')\n"
+            "    except pytest.skip.Exception as e:\n"
+            "        print('SKIPPED:', e)\n"
+            "print('WARNED:', [type(w.message).__name__ for w in seen])\n")
+    done = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "SKIPPED: DISK-FAULT TESTS NOT RUN" in done.stdout and "DiskFaultsNotRun" in done.stdout, done.stdout
 
 
 def random_corpus(path: Path, docs: int, seed: int = 7) -> Path:

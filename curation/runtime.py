@@ -22,12 +22,18 @@ def init_ray(*, num_cpus: int | None = None, object_store_mb: int | None = None)
     """Start (or join) Ray once per process and set the Ray Data defaults runs rely on."""
     import ray  # Ray (~1 s): imported by the first run, not by the CLI or the service
     import ray.data  # as above
+    from ray.data.context import ShuffleStrategy  # as above
 
     with _INIT_LOCK:  # the service calls this from request threads and its reaper at once
         _init_once(ray, num_cpus, object_store_mb)
     ctx = ray.data.DataContext.get_current()
     # Same config + same input = same output: keep block order through every operator.
     ctx.execution_options.preserve_order = True
+    # Shuffles as map/reduce tasks, whatever RAY_DATA_DEFAULT_SHUFFLE_STRATEGY says: a lost task
+    # is re-run from lineage, while the actor-based `hash_shuffle` keeps partitions in aggregator
+    # actors Ray Data 2.60 never restarts (one lost aggregator fails the run) and needs a CPU per
+    # aggregator (it waits forever on a 1-CPU node). tests/reliability/test_node_faults.py.
+    ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
 

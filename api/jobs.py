@@ -22,6 +22,8 @@ Other kinds of job (training jobs, ablations) share all of this: their table has
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import traceback
 from datetime import timedelta
 from functools import cache, partial
@@ -246,7 +248,14 @@ class JobRunner:
     def _ray(self):
         import ray  # Ray: the web process connects when it first starts a job
 
+        # ray.init on the main thread (the event loop's) swaps the SIGTERM handler for its own
+        # sys.exit(15), which uvicorn's loop then never handles: the server hung instead of
+        # stopping gracefully. Keep the handler the server had.
+        on_main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if on_main else None
         runtime.init_ray()
+        if on_main:
+            signal.signal(signal.SIGTERM, handler)
         return ray
 
     def start(self, job_id: str) -> None:

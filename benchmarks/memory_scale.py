@@ -365,7 +365,7 @@ def child(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         try:
-            res = Pipeline(config, progress=progress).run()
+            Pipeline(config, progress=progress).run()
             result["accounting_held"] = True
         except AccountingError as e:
             result["accounting_held"] = False

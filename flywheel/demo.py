@@ -84,11 +84,21 @@ def train_on_manifest(client, manifest_id: str, interval: float = 2.0) -> int:
     return 0
 
 
+def model_roots(job_config: dict[str, Any]) -> list[str]:
+    """The folders of the model files a job config names: the service reads files named in a config
+    only inside FLYWHEEL_ALLOWED_ROOTS, so the demo allows exactly these."""
+    return sorted({str(Path(p).parent) for stage in job_config.get("stages", [])
+                   if isinstance(stage, dict) and isinstance(stage.get("models"), dict)
+                   for p in stage["models"].values()})
+
+
 def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Path, exit_after: bool) -> int:
     files = sorted(corpus_dir.glob("*.jsonl*"))
     if not files:
         fail(f"no corpus files in {corpus_dir} (run `flywheel demo-corpus`)")
-    env = {**os.environ, "FLYWHEEL_HOME": str(home.resolve())}
+    job_config = _job_config(config_path)
+    roots = [r for r in os.environ.get("FLYWHEEL_ALLOWED_ROOTS", "").split(",") if r] + model_roots(job_config)
+    env = {**os.environ, "FLYWHEEL_HOME": str(home.resolve()), "FLYWHEEL_ALLOWED_ROOTS": ",".join(roots)}
     url = f"http://{host}:{port}"
     err_console.print(f"starting the service on {url} (data under {home})", highlight=False)
     server = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "serve", "--host", host, "--port", str(port),
@@ -102,7 +112,7 @@ def run_demo(corpus_dir: Path, config_path: Path, host: str, port: int, home: Pa
                     corpus = call(client, "POST", "/v1/corpora", files={"file": (f.name, fh, "application/gzip")})
                 corpus_ids.append(corpus["id"])
                 err_console.print(f"uploaded {f.name}: corpus {corpus['id']}", highlight=False)
-            job = call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus_ids, "config": _job_config(config_path)})
+            job = call(client, "POST", "/v1/jobs", json={"corpus_ids": corpus_ids, "config": job_config})
         console.print(f"job {job['id']} submitted; dashboard: {url}/jobs/{job['id']}", highlight=False)
         code = 0
         try:

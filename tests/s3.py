@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import httpx
 import pyarrow.fs as pafs
 import pytest
 
@@ -53,6 +54,9 @@ def local_s3(bucket: str = BUCKET) -> Iterator[LocalS3]:
            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
     s3 = LocalS3(endpoint, bucket, env)
     try:
+        # moto keeps one in-memory store per process, whatever the server: start from an empty
+        # one, or a bucket of an earlier test module (a training run's checkpoints) is still there.
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
         s3.admin().create_dir(bucket)
         yield s3
     finally:

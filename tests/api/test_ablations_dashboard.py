@@ -16,7 +16,7 @@ from api.ids import new_id
 from api.models import Ablation, Corpus, utcnow
 from tests.api.conftest import live_server
 from tests.api.test_ablations import CONFIG, VARIANTS, write_ablation_output
-from tests.api.test_dashboard_browser import browser  # noqa: F401 (the fixture)
+from tests.api.test_dashboard_browser import browser, sign_in  # noqa: F401 (browser: the fixture)
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -69,7 +69,7 @@ def expected_series(out: Path, series: str) -> tuple[list[int], list[list[float]
 def open_page(browser, server, tokens, path: str):  # noqa: F811 (browser: the imported fixture)
     context = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
     page = context.new_page()
-    assert page.goto(f"{server.url}{path}?token={tokens['read']}").status == 200
+    assert sign_in(page, f"{server.url}{path}", tokens["read"]).status == 200
     page.wait_for_function("() => [...document.querySelectorAll('canvas[data-series]')].every(c => Chart.getChart(c))")
     return context, page
 
@@ -133,7 +133,7 @@ def test_index_links_ablations(server, tokens, browser):  # noqa: F811
     ablation_id, _ = add_ablation(server, "failed")
     context = browser.new_context()
     page = context.new_page()
-    page.goto(f"{server.url}/?token={tokens['read']}")
+    assert sign_in(page, f"{server.url}/", tokens["read"]).status == 200
     row = page.locator(f"#ablations tr[data-ablation-id='{ablation_id}']")
     assert row.locator("[data-field=state]").text_content() == "failed"
     assert row.locator(".tag").all_text_contents() == VARIANTS

@@ -89,7 +89,8 @@ def read_progress(out_dir: str | Path, *, with_curve: bool = True) -> TrainingPr
             lines = f.read().decode(errors="replace").split("\n")
         lines = lines[1:] if start else lines  # the first line read is cut when we started mid-file
         return TrainingProgress(records=parse_jsonl_lines([ln for ln in lines if ln.strip()])[-1:])
-    checkpoints = complete_folders(fs, join(out, TrainingRun.CHECKPOINTS), "step_", TrainingRun.CHECKPOINT_META)
+    checkpoints = complete_folders(fs, join(out, TrainingRun.CHECKPOINTS), TrainingRun.CHECKPOINT_STEP,
+                                   TrainingRun.CHECKPOINT_META)
     location = str(out_dir)
     return TrainingProgress(records=read_jsonl(join(location, TrainingRun.METRICS)), checkpoints=checkpoints,
                             evals=read_jsonl(join(location, TrainingRun.EVAL)))

@@ -79,8 +79,9 @@ class TrainingRun:
     CONFIG: ClassVar[str] = "train_config.json"  # the job's config, as the service submitted it
     METRICS: ClassVar[str] = "metrics.jsonl"  # one line per logged step
     EVAL: ClassVar[str] = "eval.jsonl"  # one line per evaluation
-    CHECKPOINTS: ClassVar[str] = "checkpoints"  # step-NNNNNNN/ DCP folders
-    CHECKPOINT_META: ClassVar[str] = "meta.json"  # inside each checkpoint folder
+    CHECKPOINTS: ClassVar[str] = "checkpoints"  # step_NNNNNNNN/ DCP folders
+    CHECKPOINT_STEP: ClassVar[str] = "step_"  # a checkpoint folder's name before its 8-digit step
+    CHECKPOINT_META: ClassVar[str] = "meta.json"  # inside each checkpoint folder, written last
 
     @staticmethod
     def rolled_back(log: str) -> str:

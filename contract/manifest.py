@@ -232,9 +232,9 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path | str:
         local.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(local, manifest.to_json().encode())
         return local
-    from pyarrow import fs as pafs  # pyarrow.fs (and its S3 client) only for a remote manifest
+    from contract.stores import filesystem_for  # pyarrow.fs (and its S3 client) only for a remote manifest
 
-    fs, where = pafs.FileSystem.from_uri(location)
+    fs, where = filesystem_for(location)
     write_atomic(where, manifest.to_json().encode(), fs)
     return location
 

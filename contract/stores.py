@@ -40,11 +40,16 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
-def complete_folders(fs: pafs.FileSystem, folder: str, prefix: str, marker: str) -> list[str]:
-    """Names of the sub-folders of `folder` starting with `prefix` that hold the file `marker`,
-    sorted: a writer that publishes `marker` last makes this the list of complete ones (the
-    trainer's `step_*/meta.json` checkpoints). Two listings, whatever the count: cheap on S3."""
+def sub_folders(fs: pafs.FileSystem, folder: str, prefix: str) -> list[str]:
+    """Names of the sub-folders of `folder` starting with `prefix`, sorted ([] when it is absent)."""
     found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    names = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+    return sorted(i.base_name for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+
+
+def complete_folders(fs: pafs.FileSystem, folder: str, prefix: str, marker: str) -> list[str]:
+    """`sub_folders` that hold the file `marker`: a writer that publishes `marker` last makes this
+    the list of complete ones (the trainer's `step_*/meta.json` checkpoints). Two listings,
+    whatever the count: cheap on S3."""
+    names = sub_folders(fs, folder, prefix)
     markers = fs.get_file_info([f"{folder}/{name}/{marker}" for name in names])
     return [name for name, info in zip(names, markers) if info.type == pafs.FileType.File]

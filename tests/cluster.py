@@ -71,6 +71,16 @@ class RayNode:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def processes(self) -> list:
+        """Every live process under this node's `ray start` (raylet, agents, Ray workers), as
+        psutil processes: only this node's, though other Rays on the machine run the same names."""
+        import psutil  # installed with Ray; only the cluster tests need it
+
+        try:
+            return psutil.Process(self.pgid).children(recursive=True)
+        except psutil.Error:
+            return []
+
     def logs_dir(self) -> Path | None:
         sessions = sorted(self.temp_dir.glob("session_2*"))
         return sessions[-1] / "logs" if sessions else None
@@ -279,14 +289,8 @@ def _own_group_dying_with_parent() -> None:
 def _process_groups(node: RayNode) -> list[int]:
     """The node's process group, then the group of each Ray worker its raylet started: Ray puts
     every worker process in a process group of its own (to clean up the worker's children)."""
-    import psutil  # installed with Ray; only the cluster tests need it
-
-    try:
-        children = psutil.Process(node.pgid).children(recursive=True)
-    except psutil.Error:
-        children = []
     groups = set()
-    for child in children:
+    for child in node.processes():
         try:
             groups.add(os.getpgid(child.pid))
         except ProcessLookupError:

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -36,7 +35,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from contract.atomic import write_atomic
 from contract.layout import TrainingRun, join
-from contract.stores import complete_folders, filesystem_for, read_bytes
+from contract.stores import complete_folders, filesystem_for, read_bytes, sub_folders
 from training.checkpoint_storage import storage_reader, storage_writer
 
 
@@ -157,10 +156,8 @@ class CheckpointManager:
     def _step_folders(self, complete: bool) -> list[str]:
         """Names of the step_* folders under root (only those with meta.json when `complete`)."""
         if complete:
-            return complete_folders(self.fs, self.base, STEP_PREFIX, TrainingRun.CHECKPOINT_META)
-        found = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        return sorted(i.base_name for i in found
-                      if i.type == pafs.FileType.Directory and i.base_name.startswith(STEP_PREFIX))  # fmt: skip
+            return complete_folders(self.fs, self.base, TrainingRun.CHECKPOINT_STEP, TrainingRun.CHECKPOINT_META)
+        return sub_folders(self.fs, self.base, TrainingRun.CHECKPOINT_STEP)
 
     def _prune(self) -> None:
         if self.keep is None:
@@ -184,11 +181,8 @@ class CheckpointManager:
             dist.barrier(group=self.group)
 
 
-STEP_PREFIX = "step_"
-
-
 def step_name(step: int) -> str:
-    return f"{STEP_PREFIX}{step:08d}"
+    return f"{TrainingRun.CHECKPOINT_STEP}{step:08d}"
 
 
 @contextmanager

@@ -127,11 +127,7 @@ def kill_one_train_worker(node: RayNode) -> int | None:
     """SIGKILL the first Ray Train worker process (`ray::RayTrainWorker...`) on `node`; its pid."""
     import psutil  # installed with Ray
 
-    try:
-        children = psutil.Process(node.pgid).children(recursive=True)
-    except psutil.Error:
-        return None
-    for proc in children:
+    for proc in node.processes():
         try:
             if (proc.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
                 os.kill(proc.pid, signal.SIGKILL)

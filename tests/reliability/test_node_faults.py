@@ -144,7 +144,7 @@ class NodeWorkerKiller(threading.Thread):
 
     def run(self) -> None:
         while not self._done.is_set() and self.targets:
-            for proc in self._node_workers():
+            for proc in self.node.processes():
                 try:
                     title = (proc.cmdline() or [""])[0]
                 except psutil.Error:
@@ -159,13 +159,6 @@ class NodeWorkerKiller(threading.Thread):
                 self.killed.append(title)
                 self.targets.remove(hit)
             time.sleep(self.poll_s)
-
-    def _node_workers(self) -> list[psutil.Process]:
-        """This node's processes only: other Rays on the machine run the same task names."""
-        try:
-            return psutil.Process(self.node.pgid).children(recursive=True)
-        except psutil.Error:
-            return []
 
     def stop(self) -> None:
         self._done.set()

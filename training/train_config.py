@@ -48,6 +48,7 @@ PRESET_OPTIMIZER = {
     "moe-67b": {"lr": _ARTICLE_LR, "warmup_steps": _ARTICLE_WARMUP},
     "small": {"lr": 1e-3, "warmup_steps": 2000},
     "tiny": {"lr": 3e-3, "warmup_steps": 2000},
+    "tiny-v3": {"lr": 3e-3, "warmup_steps": 2000},  # tiny's width and depth, DeepSeek-V3's choices
 }
 
 
@@ -55,7 +56,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # -- model and data ---------------------------------------------------------------------
-    preset: Literal["tiny", "small", "moe-67b"] = "tiny"
+    preset: Literal["tiny", "tiny-v3", "small", "moe-67b"] = "tiny"
     # Overrides of the preset's ModelConfig fields (a nested "moe" dict overrides MoEConfig).
     model: dict[str, Any] = Field(default_factory=dict)
     manifest: str | None = Field(default=None, description="manifest.json path or URL")
@@ -79,6 +80,13 @@ class TrainConfig(BaseModel):
     workers: int = Field(default=1, ge=1, description="most ranks (Ray workers or local processes)")
     min_workers: int | None = Field(default=None, ge=1, description="elastic lower bound (Ray)")
     ep: int = Field(default=1, ge=1, description="largest expert-parallel degree to use")
+    # One mesh (pp, dp_replicate, dp_shard, tp) for dense weights, (pp, efsdp, ep) for experts
+    # (training.parallel). The launcher snaps the process count to a layout with these degrees.
+    tp: int = Field(default=1, ge=1, description="tensor-parallel degree (attention, dense FFN)")
+    pp: int = Field(default=1, ge=1, description="pipeline stages, split by layer")
+    pp_schedule: Literal["1f1b", "interleaved-1f1b", "gpipe"] = "1f1b"
+    # HSDP: dense weights replicated over this many groups (across nodes), FSDP-sharded inside.
+    dp_replicate: int = Field(default=1, ge=1)
     max_failures: int = Field(default=3, ge=0, description="worker-group restarts Ray Train allows")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Compute dtype of gathered parameters: auto = bfloat16 on GPUs, float32 on CPU.
@@ -86,6 +94,23 @@ class TrainConfig(BaseModel):
     # Peak dense TFLOP/s of one worker for MFU (H100 SXM bf16: 989). None: measured once at
     # start with a large matmul, which on CPU is the honest "peak".
     peak_tflops_per_worker: float | None = Field(default=None, gt=0)
+
+    # -- memory and speed (each off by default; each gives the same results on CPU) -------------
+    # Recompute activations in backward: "selective" = the attention and MoE ops of every other
+    # block (torchtitan's op-level policy keeps matmul outputs), "full" = whole blocks.
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    compile: bool = Field(default=False, description="torch.compile each transformer block")
+    # Document masking: "sdpa" builds a dense B x 1 x S x S mask (SDPA's math/efficient kernels),
+    # "flex" a FlexAttention block mask (no S x S tensor, skips fully masked blocks).
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    # Cross-entropy over chunks of this many tokens (0: all at once): the fp32 logits of a chunk,
+    # not of the whole B x S x V batch, are live at a time.
+    loss_chunk_tokens: int = Field(default=0, ge=0)
+    # DCP saves in a background thread (training continues once the state is staged in memory).
+    async_checkpoint: bool = False
+    # FSDP2: prefetch the next block's all-gather explicitly (forward and backward), which the
+    # implicit order misses when EP's all-to-alls sit between blocks.
+    fsdp_prefetch: bool = False
 
     # -- checkpoints, logs, housekeeping ----------------------------------------------------
     # A local folder or a store URI (s3://bucket/run): metrics.jsonl, eval.jsonl, checkpoints/.

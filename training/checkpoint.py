@@ -3,13 +3,16 @@
     ckpts = CheckpointManager(f"{out}/checkpoints", interval_s=600, every_steps=None, keep=2, group=pg)
     if ckpts.due(step, final):                 # rank 0's answer is the one that counts
         path = ckpts.save(step, state)         # every rank; returns OUT/checkpoints/step_00000120
+    ckpts.wait()                               # async_save=True: until meta.json is written
     meta = ckpts.load(ckpts.latest(), state)   # any world size, any (efsdp x ep) layout
 
 A checkpoint is one directory: DCP's per-rank `.distcp` files and `.metadata`, then `meta.json`
-(written by rank 0 last, so a directory without it is incomplete and ignored). OUT is a local
-folder or a store URI (`s3://bucket/run`, see training.checkpoint_storage). Parameters and
-optimizer moments are saved as DTensor shards with their global shapes, so DCP reshards them on
-load: FSDP over W ranks, experts over ep, or a plain single-process model.
+(written by rank 0 last, so a directory without it is incomplete and ignored). With
+`async_save=True`, `save` returns once the state is copied to CPU memory; DCP writes it from a
+background thread and meta.json follows once every rank's files are written (`wait()`).
+OUT is a local folder or a store URI (`s3://bucket/run`, see training.checkpoint_storage).
+Parameters and optimizer moments are saved as DTensor shards with their global shapes, so DCP
+reshards them on load: FSDP over W ranks, experts over ep, or a plain single-process model.
 
 The state holds model (with the MoE routing-bias buffers), optimizer, scheduler step, and the
 trainer's state: step, data cursor (global sequences consumed), manifest id and fingerprint,
@@ -22,6 +25,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,18 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
 from contract.atomic import write_atomic
 from contract.layout import TrainingRun, join
 from contract.stores import complete_folders, filesystem_for, read_bytes, sub_folders
 from training.checkpoint_storage import storage_reader, storage_writer
+
+# Optimizer state and param-group settings keyed by parameter name ("param_groups.<fqn>.lr"), not
+# by group index: pipeline stages hold different groups (a dense-only stage has no router group),
+# and one layout's group list need not match another's (torchtitan saves it this way for PP).
+STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class TrainingState(Stateful):
@@ -51,7 +60,7 @@ class TrainingState(Stateful):
         self.get_trainer, self.set_trainer = get_trainer, set_trainer
 
     def state_dict(self) -> dict[str, Any]:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
         return {
             "model": model_sd,
             "optim": optim_sd,
@@ -60,7 +69,8 @@ class TrainingState(Stateful):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=STATE_DICT_OPTIONS)  # fmt: skip
         self.scheduler.load_state_dict(state["scheduler"])
         self.set_trainer(state["trainer"])
 
@@ -76,6 +86,8 @@ class CheckpointManager:
     keep        complete checkpoints kept after a save (None: keep all, e.g. when Ray Train's
                 CheckpointConfig prunes them)
     group       the training ranks' process group (None: the default group or no distribution)
+    async_save  write in the background (DCP `async_save`); call `wait()` before reading the
+                checkpoint or exiting
 
     Checkpoints are named by locations (strings): `path_for(120)` is `ROOT/step_00000120`.
     """
@@ -87,12 +99,17 @@ class CheckpointManager:
         every_steps: int | None = None,
         keep: int | None = 2,
         group: dist.ProcessGroup | None = None,
+        async_save: bool = False,
     ):
         self.root = str(root).rstrip("/")
         self.fs, self.base = filesystem_for(self.root)
         self.interval_s, self.every_steps, self.keep, self.group = interval_s, every_steps, keep, group
+        self.async_save = async_save
         self.last_save = time.monotonic()
         self.seconds_saving = 0.0
+        self._pending: Future | None = None  # the background save's completion (meta.json, prune)
+        self._completer: ThreadPoolExecutor | None = None
+        self._writer_group: dist.ProcessGroup | None = None
 
     @property
     def rank(self) -> int:
@@ -114,26 +131,76 @@ class CheckpointManager:
         return join(self.root, name)
 
     def save(self, step: int, state: TrainingState, meta: dict[str, Any] | None = None) -> str:
-        """Collective over `group`: write the state, then rank 0 writes meta.json and prunes."""
+        """Collective over `group`: write the state, then rank 0 writes meta.json and prunes.
+
+        Async: returns once the state is staged (copied to CPU: training may change it from
+        then on); the previous save is waited for first, so at most one is in flight.
+        """
+        self.wait()
         start = time.monotonic()
         location, folder = self.path_for(step), join(self.base, step_name(step))
         if self.rank == 0:
             self._delete(folder)  # a partial save from a crashed attempt at this very step
             self.fs.create_dir(folder, recursive=True)
         self._barrier()
-        with _single_process_ok():
-            dcp.save({"app": state}, storage_writer=storage_writer(location), process_group=self.group,
-                     no_dist=not dist.is_initialized())  # fmt: skip
+        no_dist = not dist.is_initialized()
+        if self.async_save:
+            with _single_process_ok():
+                written = dcp.async_save({"app": state}, storage_writer=storage_writer(location),
+                                         process_group=self._background_group(), no_dist=no_dist)  # fmt: skip
+            self._pending = self._background().submit(self._complete, written, folder, step, meta)
+        else:
+            with _single_process_ok():
+                dcp.save({"app": state}, storage_writer=storage_writer(location), process_group=self.group,
+                         no_dist=no_dist)  # fmt: skip
+            self._complete(None, folder, step, meta)
+            self._barrier()
+        self.last_save = time.monotonic()
+        self.seconds_saving += self.last_save - start
+        return location
+
+    def wait(self) -> None:
+        """Collective: block until the background save, if any, is complete (meta.json written);
+        re-raises its error. A no-op for synchronous saves."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        start = time.monotonic()
+        pending.result()
+        self._barrier()
+        self.seconds_saving += time.monotonic() - start
+
+    def _complete(self, written: Future | None, folder: str, step: int, meta: dict[str, Any] | None) -> None:
+        if written is not None:
+            # DCP's rank 0 writes .metadata after gathering every rank's write results, and every
+            # rank's future resolves after that: all files of the checkpoint are durable now.
+            written.result()
         if self.rank == 0:
             record = {"step": step, "saved_at": time.time(), **(meta or {})}
             # Written last and whole: a step folder without it is an incomplete save.
             data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
             write_atomic(join(folder, TrainingRun.CHECKPOINT_META), data, self.fs)
             self._prune()
-        self._barrier()
-        self.last_save = time.monotonic()
-        self.seconds_saving += self.last_save - start
-        return location
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self._completer is None:
+            self._completer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        return self._completer
+
+    def _background_group(self) -> dist.ProcessGroup | None:
+        """A gloo group of the training ranks for the background save's collectives.
+
+        NOTE: not `group`: collectives must reach a group in the same order on every rank,
+        and training's own (FSDP, EP) would interleave with the save thread's differently on
+        each. gloo because DCP's background save exchanges CPU objects (plans, metadata).
+        """
+        if not dist.is_initialized():
+            return None
+        if self._writer_group is None:
+            ranks = dist.get_process_group_ranks(self.group or dist.group.WORLD)
+            # Local synchronisation: only these ranks call it (spares never save).
+            self._writer_group = dist.new_group(ranks, backend="gloo", use_local_synchronization=True)
+        return self._writer_group
 
     def latest(self) -> str | None:
         """The complete checkpoint with the highest step under root, or None."""

@@ -2,8 +2,10 @@
 
 Pre-norm blocks: x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x)), FFN a dense SwiGLU in the first
 `n_dense_layers` and a `training.moe.MoE` after. Rotary embeddings use the rotate-half layout
-and attention is `F.scaled_dot_product_attention`, causal by default or restricted to each
-packed document when document ids are given.
+and every attention module calls `attend`: causal by default or restricted to each packed
+document when document ids are given, as a dense mask for SDPA or a FlexAttention block mask
+(`Transformer.attention_kernel`). `forward(return_hidden=True)` leaves the output projection to
+`chunked_lm_loss`, so the training step never holds the whole B x S x V logits.
 
 Shape legend: B batch, S sequence, D model width, H query heads, G key/value heads, Dh head
 width, V vocabulary.
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils.checkpoint import checkpoint
 
 from training.config import ModelConfig
 from training.moe import FeedForward, MoE
@@ -43,13 +47,68 @@ def document_causal_mask(doc_ids_BS: torch.Tensor) -> torch.Tensor:
     """mask_B1SS, True where query s may attend key s': s' <= s and both in the same document.
 
     NOTE: a dense B x S x S mask, and SDPA then skips its flash kernel on GPU; at long context
-    use flex_attention's block mask instead. RoPE needs no position reset: q.k depends only on
+    use the block mask instead (`flex_document_mask`, TrainConfig `attention: flex`). RoPE needs no position reset: q.k depends only on
     the distance, and tokens never see across a boundary.
     """
     seq = doc_ids_BS.shape[1]
     causal_SS = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids_BS.device).tril()
     same_doc_BSS = doc_ids_BS.unsqueeze(2) == doc_ids_BS.unsqueeze(1)
     return (same_doc_BSS & causal_SS).unsqueeze(1)
+
+
+def flex_document_mask(doc_ids_BS: torch.Tensor) -> BlockMask:
+    """The same rule as `document_causal_mask` as a FlexAttention block mask.
+
+    NOTE: the mask keeps, per batch row and 128-query block, the list of 128-key blocks that are
+    partly or fully visible: O(B (S/128)^2) ints instead of B x S x S bools, and the kernel skips
+    the invisible blocks (most of them with short documents). Building it evaluates the rule on
+    every (b, q, kv) once per forward, shared by all layers (eager, that is a transient
+    B x S x S bool tensor, as large as the dense mask).
+    """
+    bsz, seq = doc_ids_BS.shape
+
+    def same_document_causal(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (doc_ids_BS[b, q_idx] == doc_ids_BS[b, kv_idx])
+
+    return create_block_mask(same_document_causal, bsz, None, seq, seq, device=doc_ids_BS.device)
+
+
+# What attention modules take as their mask: None = plain causal, a dense mask_B1SS (SDPA) or
+# a flex BlockMask. Built once per forward by `attention_mask`.
+AttentionMask = torch.Tensor | BlockMask | None
+ATTENTION_KERNELS = ("sdpa", "flex")
+
+
+def attention_mask(doc_ids_BS: torch.Tensor | None, kernel: str) -> AttentionMask:
+    """The mask for `attend`: None without document ids (causal: SDPA's flash kernel on GPU),
+    else the dense mask ("sdpa", B x S x S bools) or the block mask ("flex")."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {ATTENTION_KERNELS}")
+    if doc_ids_BS is None:
+        return None
+    return flex_document_mask(doc_ids_BS) if kernel == "flex" else document_causal_mask(doc_ids_BS)
+
+
+def attend(
+    q_BHSDh: torch.Tensor, k_BGSDh: torch.Tensor, v_BGSDv: torch.Tensor, mask: AttentionMask, dropout_p: float
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh) + mask) v, out_BHSDv; G < H key/value heads are shared (GQA).
+
+    Every attention module calls this, so the kernel choice lives in one place: SDPA with
+    is_causal (mask None) or a dense mask, or FlexAttention with a block mask. FlexAttention
+    has no dropout; eager it runs an unfused reference (B x H x S x S scores, like SDPA's math
+    path): it is fast under torch.compile (`compile: true` compiles each block, this call
+    included). NOTE: torch 2.13 has no CPU backward for flex_attention: on CPU, flex evaluates
+    but does not train.
+    """
+    gqa = k_BGSDh.shape[1] != q_BHSDh.shape[1]
+    if isinstance(mask, BlockMask):
+        if dropout_p > 0:
+            raise ValueError("attention: flex has no dropout; set attn_dropout to 0 or use sdpa")
+        return flex_attention(q_BHSDh, k_BGSDh, v_BGSDv, block_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q_BHSDh, k_BGSDh, v_BGSDv, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, enable_gqa=gqa
+    )
 
 
 def doc_ids_from_starts(starts_BS: torch.Tensor) -> torch.Tensor:
@@ -68,21 +127,75 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: torch.Tensor | None
+        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: AttentionMask
     ) -> torch.Tensor:
         bsz, seq, _ = x_BSD.shape
-        q_BHSDh = self.q_proj(x_BSD).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BGSDh = self.k_proj(x_BSD).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BGSDh = self.v_proj(x_BSD).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # -1 heads: under tensor parallelism q/k/v are column-sharded and this rank holds H/tp
+        # query and G/tp key/value heads (the GQA ratio is the same on every rank).
+        q_BHSDh = self.q_proj(x_BSD).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
+        k_BGSDh = self.k_proj(x_BSD).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
+        v_BGSDh = self.v_proj(x_BSD).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
         q_BHSDh, k_BGSDh = apply_rope(q_BHSDh, cos_SDh, sin_SDh), apply_rope(k_BGSDh, cos_SDh, sin_SDh)
-        out_BHSDh = F.scaled_dot_product_attention(
-            q_BHSDh, k_BGSDh, v_BGSDh,
-            attn_mask=mask_B1SS,
-            is_causal=mask_B1SS is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # fmt: skip
+        out_BHSDh = attend(q_BHSDh, k_BGSDh, v_BGSDh, mask_B1SS, self.dropout if self.training else 0.0)
         return self.o_proj(out_BHSDh.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+# DeepSeek normalises the MLA latents with RMSNorm's default eps whatever the model's norm_eps
+# (its reference code and transformers' DeepseekV3Attention alike).
+MLA_LATENT_NORM_EPS = 1e-6
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2 arXiv 2405.04434 section 2.1, kept by V3):
+
+        q = RMSNorm(x W_qa) W_qb  (or x W_q)            q_h = [q_nope_h | RoPE(q_rope_h)]
+        [c_kv | k_rope] = x W_kva                        k_h = [k_nope_h | RoPE(k_rope)]
+        [k_nope_h | v_h] = RMSNorm(c_kv) W_kvb           softmax scale 1/sqrt(Dn + R)
+
+    Only c_kv (L) and the one RoPE key (R) shared by all heads need caching at inference.
+    Module names are transformers' DeepseekV3Attention ones. RoPE rotates halves of the R dims
+    (rotate-half); the export permutes them to DeepSeek's interleaved-pair layout.
+    Shapes: L kv latent, Dn position-free (nope) dims, R rope dims, Dv value dims.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dropout = cfg.attn_dropout
+        self.nope_dim, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.kv_lora_rank = cfg.kv_lora_rank
+        q_out = cfg.n_heads * cfg.attn_head_dim
+        self.q_proj = nn.Linear(cfg.dim, q_out, bias=False) if cfg.q_lora_rank is None else None
+        self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
+        if cfg.q_lora_rank is not None:
+            self.q_a_proj = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = nn.RMSNorm(cfg.q_lora_rank, eps=MLA_LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, q_out, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(cfg.dim, cfg.kv_lora_rank + self.rope_dim, bias=False)
+        self.kv_a_layernorm = nn.RMSNorm(cfg.kv_lora_rank, eps=MLA_LATENT_NORM_EPS)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, cfg.n_heads * (self.nope_dim + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * self.v_dim, cfg.dim, bias=False)
+
+    def queries(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        if self.q_proj is not None:
+            return self.q_proj(x_BSD)
+        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_BSD)))
+
+    def forward(
+        self, x_BSD: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor, mask_B1SS: AttentionMask
+    ) -> torch.Tensor:
+        bsz, seq, _ = x_BSD.shape
+        # -1 heads: q_proj/q_b_proj and kv_b_proj split by head under tensor parallelism (the
+        # latent projections stay whole), as transformers' DeepseekV3 TP plan does.
+        q_BHSDh = self.queries(x_BSD).view(bsz, seq, -1, self.nope_dim + self.rope_dim).transpose(1, 2)
+        q_nope_BHSDn, q_rope_BHSR = q_BHSDh.split([self.nope_dim, self.rope_dim], dim=-1)
+        latent_BSL, k_rope_BSR = self.kv_a_proj_with_mqa(x_BSD).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        kv_BSHDnv = self.kv_b_proj(self.kv_a_layernorm(latent_BSL)).view(bsz, seq, -1, self.nope_dim + self.v_dim)
+        k_nope_BHSDn, v_BHSDv = kv_BSHDnv.transpose(1, 2).split([self.nope_dim, self.v_dim], dim=-1)
+        k_rope_B1SR = apply_rope(k_rope_BSR.unsqueeze(1), cos_SR, sin_SR)
+        q_BHSDh = torch.cat((q_nope_BHSDn, apply_rope(q_rope_BHSR, cos_SR, sin_SR)), dim=-1)
+        k_BHSDh = torch.cat((k_nope_BHSDn, k_rope_B1SR.expand(-1, k_nope_BHSDn.shape[1], -1, -1)), dim=-1)
+        out_BHSDv = attend(q_BHSDh, k_BHSDh, v_BHSDv, mask_B1SS, self.dropout if self.training else 0.0)
+        return self.o_proj(out_BHSDv.transpose(1, 2).reshape(bsz, seq, -1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,13 +207,13 @@ class TransformerBlock(nn.Module):
     def __init__(self, layer_id: int, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = MLAttention(cfg) if cfg.attention_type == "mla" else Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer_id)
         self.ffn: nn.Module = MoE(cfg.dim, cfg.moe) if self.is_moe else FeedForward(cfg.dim, cfg.dense_dim)
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: torch.Tensor | None
+        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: AttentionMask
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the block output and this layer's (balance_loss, z_loss), None when dense."""
         x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
@@ -112,9 +225,10 @@ class TransformerBlock(nn.Module):
 
 @dataclass
 class TransformerOutput:
-    logits_BSV: torch.Tensor
+    logits_BSV: torch.Tensor | None  # None under forward(return_hidden=True)
     balance_loss: torch.Tensor  # summed over MoE layers, coefficient applied
     z_loss: torch.Tensor  # summed over MoE layers, coefficient applied
+    hidden_BSD: torch.Tensor | None = None  # the final norm's output, under return_hidden=True
 
     @property
     def aux_loss(self) -> torch.Tensor:
@@ -122,11 +236,17 @@ class TransformerOutput:
 
 
 class Transformer(nn.Module):
+    # The document-mask kernel, "sdpa" or "flex" (`attention_mask`): how attention is computed,
+    # not what, so not part of ModelConfig; the trainer sets it from TrainConfig.attention.
+    attention_kernel: str = "sdpa"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(TransformerBlock(i, cfg) for i in range(cfg.n_layers))
+        # Keyed by layer id ("0".."n-1"): a pipeline stage keeps its own layers under their
+        # original names (training.pipeline), so checkpoints load across layouts.
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(i, cfg) for i in range(cfg.n_layers)})
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -145,7 +265,7 @@ class Transformer(nn.Module):
         std = self.cfg.init_std
         device = buffer_device or self.tok_embeddings.weight.device
         self.rope_cos, self.rope_sin = rope_tables(
-            self.cfg.attn_head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device=device
+            self.cfg.rope_head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device=device
         )
         for module in self.modules():
             if isinstance(module, MoE):
@@ -157,22 +277,35 @@ class Transformer(nn.Module):
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, tokens_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None) -> TransformerOutput:
+    def forward(
+        self, tokens_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_hidden: bool = False
+    ) -> TransformerOutput:
         """tokens_BS: int64 ids. doc_ids_BS: optional packed-document ids; when given, attention
-        stays inside each document (default: plain causal attention)."""
-        seq = tokens_BS.shape[1]
+        stays inside each document (default: plain causal attention). return_hidden: skip the
+        output projection and return the final hidden states, for `chunked_lm_loss`."""
+        h_BSD, balance, z = self.run_layers(self.tok_embeddings(tokens_BS), doc_ids_BS)
+        h_BSD = self.norm(h_BSD)
+        if return_hidden:
+            return TransformerOutput(None, balance, z, hidden_BSD=h_BSD)
+        return TransformerOutput(self.output(h_BSD), balance, z)
+
+    def run_layers(
+        self, h_BSD: torch.Tensor, doc_ids_BS: torch.Tensor | None, layer_ids: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks `layer_ids` (default: every block this module holds, in order) on h_BSD;
+        returns h_BSD and their balance and z losses. A pipeline stage runs its own through this."""
+        seq = h_BSD.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.cfg.max_seq_len}")
         cos_SDh, sin_SDh = self.rope_cos[:seq], self.rope_sin[:seq]
-        mask_B1SS = document_causal_mask(doc_ids_BS) if doc_ids_BS is not None else None
+        mask_B1SS = attention_mask(doc_ids_BS, self.attention_kernel)
 
-        h_BSD = self.tok_embeddings(tokens_BS)
         balance = z = h_BSD.new_zeros((), dtype=torch.float32)
-        for layer in self.layers:
-            h_BSD, layer_balance, layer_z = layer(h_BSD, cos_SDh, sin_SDh, mask_B1SS)
+        for layer_id in layer_ids if layer_ids is not None else list(self.layers):
+            h_BSD, layer_balance, layer_z = self.layers[layer_id](h_BSD, cos_SDh, sin_SDh, mask_B1SS)
             if layer_balance is not None:
                 balance, z = balance + layer_balance, z + layer_z
-        return TransformerOutput(self.output(self.norm(h_BSD)), balance, z)
+        return h_BSD, balance, z
 
 
 def causal_lm_loss(logits_BSV: torch.Tensor, targets_BS: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -182,3 +315,26 @@ def causal_lm_loss(logits_BSV: torch.Tensor, targets_BS: torch.Tensor, ignore_in
     chunk the sequence for large vocabularies.
     """
     return F.cross_entropy(logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), ignore_index=ignore_index)
+
+
+def _chunk_loss_sum(output: nn.Module, h_ND: torch.Tensor, targets_N: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    return F.cross_entropy(output(h_ND).float(), targets_N, ignore_index=ignore_index, reduction="sum")
+
+
+def chunked_lm_loss(
+    hidden_BSD: torch.Tensor, output: nn.Module, targets_BS: torch.Tensor, chunk_tokens: int, ignore_index: int = -100
+) -> torch.Tensor:
+    """`causal_lm_loss(output(hidden_BSD), targets_BS)`, projected and upcast `chunk_tokens`
+    tokens at a time: the B x S x V logits never exist at once.
+
+    Each chunk is activation-checkpointed: backward keeps only its N x D hidden rows and
+    recomputes its N x V logits (one extra output matmul per chunk), so one chunk's fp32 slab
+    is live at a time. The mean divides the sum over all chunks by the counted targets, as
+    F.cross_entropy does; only the summation order differs (fp32 rounding).
+    """
+    h_ND, targets_N = hidden_BSD.flatten(0, 1), targets_BS.flatten()
+    total = hidden_BSD.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets_N.numel(), chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        total = total + checkpoint(_chunk_loss_sum, output, h_ND[rows], targets_N[rows], ignore_index, use_reentrant=False)
+    return total / (targets_N != ignore_index).sum()

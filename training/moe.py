@@ -14,6 +14,7 @@ Shape legend (tensor names end in these):
     T  tokens in the micro-batch (B * S)      D  model width
     E  routed experts                         F  hidden width of one expert
     K  experts chosen per token (top-k)       N  routed token copies, T * K
+    G  expert groups (n_expert_groups)        X  experts in one group, E / G
     C  rows per expert in the padded (bmm) layout, the largest expert load
 """
 
@@ -50,13 +51,26 @@ class FeedForward(nn.Module):
 
 
 class RouterAux(NamedTuple):
-    balance_loss: torch.Tensor  # a1 * sum_i f_i P_i, scalar (0 when disabled)
+    balance_loss: torch.Tensor  # a1 * sum_i f_i P_i + a2 * sum_d f'_d P'_d, scalar (0 when disabled)
     z_loss: torch.Tensor  # coef * mean_t logsumexp(logits_t)^2, scalar (0 when disabled)
     counts_E: torch.Tensor  # int64 tokens routed to each expert in this micro-batch
 
 
-def balance_loss(scores_TE: torch.Tensor, topk_ids_TK: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """Expert-level balance loss without its coefficient: sum_i f_i P_i.
+def expert_counts(topk_ids_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """counts_E, int64 tokens routed to each expert.
+
+    NOTE: not torch.bincount, whose output size depends on max(ids), read on the host: a
+    device sync per MoE layer on GPU. An integer scatter_add_ into a fixed E is exact, and
+    deterministic since integer addition does not depend on the order of the atomics.
+    """
+    ids_N = topk_ids_TK.reshape(-1)
+    return torch.zeros(n_experts, dtype=torch.int64, device=ids_N.device).scatter_add_(0, ids_N, torch.ones_like(ids_N))
+
+
+def balance_fractions(
+    scores_TE: torch.Tensor, topk_ids_TK: torch.Tensor, counts_E: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f_E and P_E of DeepSeekMoE eq. 12-13.
 
     f_i = N'/(K'T) * #{t: t->i} (1 for every expert under uniform routing), P_i = mean_t s_i,t.
     f_i is a count (no gradient); the gradient reaches the router through P_i.
@@ -64,8 +78,40 @@ def balance_loss(scores_TE: torch.Tensor, topk_ids_TK: torch.Tensor, counts_E: t
     n_tokens, top_k = topk_ids_TK.shape
     n_experts = scores_TE.shape[1]
     f_E = counts_E.to(scores_TE.dtype) * (n_experts / (top_k * n_tokens))
-    p_E = scores_TE.mean(dim=0)
+    return f_E, scores_TE.mean(dim=0)
+
+
+def balance_loss(scores_TE: torch.Tensor, topk_ids_TK: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+    """Expert-level balance loss without its coefficient: sum_i f_i P_i."""
+    f_E, p_E = balance_fractions(scores_TE, topk_ids_TK, counts_E)
     return (f_E * p_E).sum()
+
+
+def device_balance_loss(
+    scores_TE: torch.Tensor, topk_ids_TK: torch.Tensor, counts_E: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Device-level balance loss without its coefficient (DeepSeekMoE eq. 14-16): sum_d f'_d P'_d
+    over G contiguous expert groups, f'_d = mean of f_j and P'_d = sum of P_j over group d.
+
+    Balances the load of the devices holding the groups while leaving experts inside a group
+    free to specialise (1 under uniform routing, like the expert-level loss).
+    """
+    f_E, p_E = balance_fractions(scores_TE, topk_ids_TK, counts_E)
+    return (f_E.view(n_groups, -1).mean(dim=1) * p_E.view(n_groups, -1).sum(dim=1)).sum()
+
+
+def limit_to_groups(select_TE: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:
+    """Group-limited routing (DeepSeek-V3 section 2.1.2): -inf for the experts outside each
+    token's topk_groups best groups, a group scored by the sum of its two highest affinities.
+
+    The same computation as transformers' DeepseekV3TopkRouter, so exported models route alike.
+    """
+    n_tokens, n_experts = select_TE.shape
+    select_TGX = select_TE.view(n_tokens, n_groups, -1)
+    group_scores_TG = select_TGX.topk(2, dim=-1).values.sum(dim=-1)
+    kept_ids = group_scores_TG.topk(topk_groups, dim=-1).indices
+    keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool).scatter_(1, kept_ids, True)
+    return select_TGX.masked_fill(~keep_TG.unsqueeze(-1), float("-inf")).view(n_tokens, n_experts)
 
 
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
@@ -74,7 +120,8 @@ def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
 
 
 class Router(nn.Module):
-    """Token-choice top-k over softmax (DeepSeekMoE) or sigmoid (DeepSeek-V3) affinities."""
+    """Token-choice top-k over softmax (DeepSeekMoE) or sigmoid (DeepSeek-V3) affinities,
+    optionally limited to each token's best expert groups (V3's node-limited routing)."""
 
     def __init__(self, dim: int, cfg: MoEConfig):
         super().__init__()
@@ -95,6 +142,8 @@ class Router(nn.Module):
 
         # The V3 routing bias steers selection only; the gate value comes from the raw score.
         select_TE = scores_TE if bias_E is None else scores_TE + bias_E
+        if cfg.topk_groups is not None:
+            select_TE = limit_to_groups(select_TE, cfg.n_expert_groups, cfg.topk_groups)
         topk_ids_TK = select_TE.topk(cfg.n_activated_experts, dim=-1).indices
         topk_weights_TK = scores_TE.gather(1, topk_ids_TK)
         if cfg.normalize_topk:
@@ -102,13 +151,17 @@ class Router(nn.Module):
         if cfg.route_scale != 1.0:
             topk_weights_TK = topk_weights_TK * cfg.route_scale
 
-        counts_E = torch.bincount(topk_ids_TK.reshape(-1), minlength=cfg.n_routed_experts)
+        counts_E = expert_counts(topk_ids_TK, cfg.n_routed_experts)
         zero = logits_TE.new_zeros(())
         bal = zero
-        if cfg.balance_loss_coef > 0:
+        if cfg.balance_loss_coef > 0 or cfg.device_balance_loss_coef > 0:
             # Sigmoid affinities do not sum to one; V3 normalises them per token for P_i.
             probs_TE = scores_TE if cfg.score_func == "softmax" else scores_TE / scores_TE.sum(-1, keepdim=True)
-            bal = cfg.balance_loss_coef * balance_loss(probs_TE, topk_ids_TK, counts_E)
+            if cfg.balance_loss_coef > 0:
+                bal = bal + cfg.balance_loss_coef * balance_loss(probs_TE, topk_ids_TK, counts_E)
+            if cfg.device_balance_loss_coef > 0:
+                dev = device_balance_loss(probs_TE, topk_ids_TK, counts_E, cfg.n_expert_groups)
+                bal = bal + cfg.device_balance_loss_coef * dev
         zl = cfg.z_loss_coef * z_loss(logits_TE) if cfg.z_loss_coef > 0 else zero
         return topk_ids_TK, topk_weights_TK, RouterAux(bal, zl, counts_E)
 
@@ -166,6 +219,9 @@ def experts_grouped_mm(
     return _contiguous_grad(torch._grouped_mm(h_NF, down_EDF.transpose(-2, -1), offs=offsets_E))
 
 
+# NOTE: eager under torch.compile (a graph break): C is read on the host, and inductor cannot
+# lay out a bmm over an unbacked C.
+@torch.compiler.disable
 def experts_padded_bmm(
     x_sorted_ND: torch.Tensor,
     gate_EFD: torch.Tensor,
@@ -198,6 +254,8 @@ def grouped_mm_eligible(x: torch.Tensor, hidden_dim: int) -> bool:
         return False
     if x.device.type == "cuda" and x.dtype != torch.bfloat16:
         return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False  # its meta kernel (what torch.compile traces with) takes bf16 only
     if x.device.type not in ("cpu", "cuda"):
         return False
     size = x.element_size()
@@ -231,6 +289,13 @@ class GroupedExperts(nn.Module):
     def forward(self, x_sorted_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """x_sorted_ND: rows grouped by expert in id order, counts_E rows per expert."""
         weights = (_local(self.gate_proj), _local(self.up_proj), _local(self.down_proj))
+        device_type = x_sorted_ND.device.type
+        if torch.is_autocast_enabled(device_type):
+            # Autocast does not cover _grouped_mm: cast the fp32 master weights and the rows
+            # (fp32: RMSNorm's output) to the autocast dtype, so the experts run in bf16 like
+            # every Linear, and on the grouped_mm path on GPU.
+            dtype = torch.get_autocast_dtype(device_type)
+            x_sorted_ND, weights = x_sorted_ND.to(dtype), tuple(w.to(dtype) for w in weights)
         return self.kernel(x_sorted_ND)(x_sorted_ND, *weights, counts_E)
 
 
@@ -239,12 +304,25 @@ class GroupedExperts(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def recomputing() -> bool:
+    """Whether this forward is activation checkpointing's recompute, i.e. runs inside a
+    backward pass (autograd has a current graph task). The load counter skips it: a recomputed
+    forward would count the same tokens twice.
+
+    Compiled, it is False: a compiled graph's recompute never replays side effects (for a
+    checkpointed block, `training.memory.apply_compile` tells dynamo so); a checkpointed block
+    that dynamo cannot capture whole runs eagerly, where this check runs.
+    """
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 class MoE(nn.Module):
     """Router + routed experts + shared experts; returns the output and this layer's aux losses.
 
     Buffers: `router_bias` (E,) fp32, the aux-loss-free selection bias (persistent, so it
     lives in checkpoints; present only when bias_update_rate > 0), and `tokens_per_expert`
-    (E,) fp32, the load counted since the last `pop_expert_load` (training forwards only).
+    (E,) fp32, the load counted since the last `pop_expert_load` (training forwards only, not
+    activation checkpointing's recomputes: `recomputing`).
     """
 
     def __init__(self, dim: int, cfg: MoEConfig):
@@ -267,9 +345,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterAux]:
         x_TD = x.reshape(-1, x.shape[-1])
         topk_ids_TK, topk_weights_TK, aux = self.router(x_TD, self.router_bias)
-        if self.training:
-            # NOTE: under activation checkpointing the recomputed forward would count twice;
-            # count outside the checkpointed region (or halve) if AC wraps this layer.
+        if self.training and not recomputing():
             with torch.no_grad():
                 self.tokens_per_expert += aux.counts_E
         x_sorted_ND, order_N = permute(x_TD, topk_ids_TK)

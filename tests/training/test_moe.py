@@ -1,5 +1,6 @@
 """The DeepSeekMoE layer: expert kernels against a per-expert loop, losses against the paper's
-formulas computed by hand, and the aux-loss-free routing bias."""
+formulas computed by hand, the aux-loss-free routing bias, and V3's group-limited routing
+against transformers' DeepseekV3 router."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from training.moe import (
     MoE,
     Router,
     balance_loss,
+    device_balance_loss,
+    expert_counts,
     experts_grouped_mm,
     experts_padded_bmm,
     grouped_mm_eligible,
@@ -215,3 +218,89 @@ def test_bias_update_runs_as_optimizer_pre_hook_once_per_step():
     opt.step()
     assert len(seen) == 1 and seen[0][""].sum().item() == 3 * 8
     assert moe.router_bias.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Expert counts, the device-level balance loss and group-limited routing
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_tokens, top_k, n_experts", [(1, 1, 4), (37, 2, 8), (256, 6, 64), (5, 2, 16)])
+def test_expert_counts_equal_bincount(n_tokens, top_k, n_experts):
+    gen = torch.Generator().manual_seed(n_tokens)
+    # Distinct experts per token, as topk gives; (5, 2, 16) leaves most experts (and the last) empty.
+    ids_TK = torch.rand(n_tokens, n_experts, generator=gen).topk(top_k, dim=-1).indices
+    counts_E = expert_counts(ids_TK, n_experts)
+    assert counts_E.dtype == torch.int64 and counts_E.shape == (n_experts,)
+    assert torch.equal(counts_E, torch.bincount(ids_TK.reshape(-1), minlength=n_experts))
+
+
+def test_device_balance_loss_matches_hand_computation():
+    # The expert-level test's routing (f = [1, 2, 1, 0], P = [0.25, 0.4, 0.25, 0.1]) on 2 devices
+    # of 2 experts: f' = group means [1.5, 0.5], P' = group sums [0.65, 0.35] (DeepSeekMoE eq. 14-16).
+    scores_TE = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.1, 0.5, 0.3, 0.1]])
+    ids_TK = torch.tensor([[0, 1], [1, 2]])
+    counts_E = torch.tensor([1, 2, 1, 0])
+    assert device_balance_loss(scores_TE, ids_TK, counts_E, 2).item() == pytest.approx(1.5 * 0.65 + 0.5 * 0.35)
+    # One group is the whole machine: f' = 1, P' = 1 (every token's scores sum to 1).
+    assert device_balance_loss(scores_TE, ids_TK, counts_E, 1).item() == pytest.approx(1.0)
+    # One expert per group is the expert-level loss.
+    assert device_balance_loss(scores_TE, ids_TK, counts_E, 4).item() == pytest.approx(1.3)
+
+
+def test_device_balance_loss_enters_the_router_balance_loss():
+    def router(**coefs) -> Router:
+        r = Router(8, MoEConfig(n_routed_experts=4, n_activated_experts=2, expert_dim=8, n_expert_groups=2, **coefs))
+        torch.nn.init.zeros_(r.gate.weight)  # all scores 1/4: every token picks experts 0 and 1
+        return r
+
+    x = torch.randn(4, 8)
+    # f = [2, 2, 0, 0], P = 1/4: expert-level 1.0; device-level f' = [2, 0], P' = [1/2, 1/2]: 1.0.
+    assert router(balance_loss_coef=0.0, device_balance_loss_coef=0.05)(x)[2].balance_loss.item() == pytest.approx(0.05)
+    both = router(balance_loss_coef=0.01, device_balance_loss_coef=0.05)(x)[2].balance_loss
+    assert both.item() == pytest.approx(0.01 + 0.05)
+
+
+def test_moe_config_checks_expert_groups():
+    base = dict(n_routed_experts=8, n_activated_experts=2, expert_dim=8)
+    with pytest.raises(ValueError, match="divide"):
+        MoEConfig(**base, n_expert_groups=3)
+    with pytest.raises(ValueError, match="topk_groups"):
+        MoEConfig(**base, n_expert_groups=2, topk_groups=3)
+    with pytest.raises(ValueError, match="top-2"):
+        MoEConfig(**base, n_expert_groups=8, topk_groups=2)
+    with pytest.raises(ValueError, match="n_activated_experts"):
+        MoEConfig(**{**base, "n_activated_experts": 5}, n_expert_groups=4, topk_groups=2)
+
+
+def test_group_limited_routing_matches_transformers_deepseek_v3_router():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+    dim, n_experts, top_k, n_groups, topk_groups = 16, 16, 4, 4, 2
+    cfg = MoEConfig(n_routed_experts=n_experts, n_activated_experts=top_k, expert_dim=8, score_func="sigmoid",
+                    normalize_topk=True, route_scale=2.5, bias_update_rate=1e-3, n_expert_groups=n_groups,
+                    topk_groups=topk_groups)  # fmt: skip
+    hf = DeepseekV3TopkRouter(transformers.DeepseekV3Config(
+        hidden_size=dim, n_routed_experts=n_experts, num_experts_per_tok=top_k, n_group=n_groups,
+        topk_group=topk_groups, norm_topk_prob=True, routed_scaling_factor=2.5))  # fmt: skip
+    torch.manual_seed(0)
+    router = Router(dim, cfg)
+    bias_E = 0.1 * torch.randn(n_experts)
+    with torch.no_grad():
+        hf.weight.copy_(router.gate.weight)
+        hf.e_score_correction_bias.copy_(bias_E)
+    x_TD = torch.randn(64, dim)
+
+    ids_TK, weights_TK, _ = router(x_TD, bias_E)
+    _, hf_weights_TK, hf_ids_TK = hf(x_TD)
+    # transformers takes top-k unsorted: compare each token's experts as a set, with their gates.
+    ids_sorted_TK, order_TK = ids_TK.sort(dim=-1)
+    hf_ids_sorted_TK, hf_order_TK = hf_ids_TK.sort(dim=-1)
+    assert torch.equal(ids_sorted_TK, hf_ids_sorted_TK)
+    torch.testing.assert_close(weights_TK.gather(1, order_TK), hf_weights_TK.gather(1, hf_order_TK))
+    # Each token stays inside topk_groups groups, and the limit changes some tokens' choice.
+    groups_TK = ids_TK // (n_experts // n_groups)
+    assert all(len(set(row.tolist())) <= topk_groups for row in groups_TK)
+    free_ids_TK = router.gate(x_TD).sigmoid().add(bias_E).topk(top_k, dim=-1).indices.sort(dim=-1).values
+    assert not torch.equal(free_ids_TK, ids_sorted_TK)

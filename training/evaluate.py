@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,8 +251,20 @@ class EvalReport:
 # ---------------------------------------------------------------------------------------------
 
 
+# (inputs_BS, doc_ids_BS, targets_BS) -> summed NLL (float64 scalar), the same on every rank that
+# calls it: a forward other than model(...).logits_BSV (pipeline stages, training.pipeline).
+ForwardNLL = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+
+
+def summed_nll(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+    """causal_lm_loss's cross-entropy, per token: summed in float64, not averaged."""
+    nll = F.cross_entropy(logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="none")  # fmt: skip
+    return nll.double().sum()
+
+
 def _set_nll(model: nn.Module, batch: Batch, valid_WS: np.ndarray, batch_size: int, device: torch.device,
-             document_mask: bool) -> float:  # fmt: skip
+             document_mask: bool, forward_nll: ForwardNLL | None = None) -> float:  # fmt: skip
     """Summed NLL of the valid targets, float64, batch_size windows per forward."""
     from training.trainer import micro_batch_of  # here: the trainer imports this module
 
@@ -260,11 +273,10 @@ def _set_nll(model: nn.Module, batch: Batch, valid_WS: np.ndarray, batch_size: i
         mb = micro_batch_of(_rows(batch, start, start + batch_size), device, document_mask)
         valid = torch.from_numpy(valid_WS[start : start + batch_size]).to(device)
         targets_BS = mb.targets_BS.masked_fill(~valid, IGNORE_INDEX)
-        logits_BSV = model(mb.inputs_BS, mb.doc_ids_BS).logits_BSV
-        # causal_lm_loss's cross-entropy, per token: summed in float64, not averaged.
-        nll = F.cross_entropy(logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), ignore_index=IGNORE_INDEX,
-                              reduction="none")  # fmt: skip
-        total += nll.double().sum()
+        if forward_nll is not None:
+            total += forward_nll(mb.inputs_BS, mb.doc_ids_BS, targets_BS)
+        else:
+            total += summed_nll(model(mb.inputs_BS, mb.doc_ids_BS).logits_BSV, targets_BS)
     return float(total)  # one device sync per set
 
 
@@ -276,10 +288,12 @@ def evaluate_model(
     batch_size: int,
     device: torch.device | str,
     document_mask: bool = True,
+    forward_nll: ForwardNLL | None = None,
 ) -> EvalReport:
     """Loss per file, domain and overall, in eval mode (the model's mode is restored after).
 
-    Deterministic, and collective-safe: the same forwards in the same order on every rank."""
+    Deterministic, and collective-safe: the same forwards in the same order on every rank.
+    forward_nll replaces `model(...)` (a pipeline stage alone has no logits)."""
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
     device = torch.device(device)
@@ -289,7 +303,7 @@ def evaluate_model(
         results = []
         for s in eval_sets:
             batch, valid_WS = pack_windows(s.documents, seq_len)
-            nll = _set_nll(model, batch, valid_WS, batch_size, device, document_mask)
+            nll = _set_nll(model, batch, valid_WS, batch_size, device, document_mask, forward_nll)
             results.append((s, EvalTotals(len(s.documents), int(valid_WS.sum()), nll, s.bytes)))
     finally:
         model.train(was_training)

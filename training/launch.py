@@ -5,9 +5,10 @@
     run_worker(cfg)                   # what every rank runs (also under torchrun)
 
 Whatever starts the ranks, `run_worker` snaps the process count to a layout
-(`parallel.plan_layout`): W ranks that divide the global batch, ep dividing W and the experts.
-Processes beyond W stay in the process group as spares: they join the per-step control
-broadcast and every `ray.train.report`, and train nothing. Ray Train restarts the whole group
+(`parallel.plan_layout`): W = pp x dp_replicate x dp_shard x tp ranks with the configured tp, pp
+and dp_replicate, the data-parallel degree dividing the global batch, ep dividing the experts and
+dp_shard x tp; rank 0 prints what it chose. Processes beyond W stay in the process group as
+spares: they join the per-step control broadcast and every `ray.train.report`, and train nothing. Ray Train restarts the whole group
 from the latest reported checkpoint after a failure or an elastic resize; the checkpoint is
 resharded to the new layout and the data cursor continues with the first unseen sequence.
 """
@@ -48,8 +49,15 @@ def read_manifest(location: str) -> Manifest:
 
 
 def layout_for(cfg: TrainConfig, manifest: Manifest, available: int) -> Layout:
-    n_experts = cfg.build_model_config(manifest.tokenizer.vocab_size).moe.n_routed_experts
-    return plan_layout(available, n_experts, cfg.ep, cfg.global_batch_seqs)
+    model_cfg = cfg.build_model_config(manifest.tokenizer.vocab_size)
+    return plan_layout(available, model_cfg.moe.n_routed_experts, cfg.ep, cfg.global_batch_seqs,
+                       tp=cfg.tp, pp=cfg.pp, dp_replicate=cfg.dp_replicate, n_layers=model_cfg.n_layers)  # fmt: skip
+
+
+def layout_reason(cfg: TrainConfig, layout: Layout) -> str:
+    """Why the launcher chose this layout, after `Layout.summary`."""
+    return (f"dp {layout.dp} divides the {cfg.global_batch_seqs}-sequence batch, ep {layout.ep} <= {cfg.ep} "
+            f"divides the experts and dp_shard x tp = {layout.dp_shard * layout.tp}")  # fmt: skip
 
 
 def broadcast_control(device: torch.device) -> Callable[[bool, bool], tuple[bool, bool]]:
@@ -77,13 +85,17 @@ def build_worker(cfg: TrainConfig) -> tuple[Trainer | None, Callable[[bool, bool
         torch.cuda.set_device(device)
     manifest = read_manifest(cfg.manifest)
     distributed = dist.is_available() and dist.is_initialized()
-    layout = layout_for(cfg, manifest, dist.get_world_size() if distributed else 1)
+    available = dist.get_world_size() if distributed else 1
+    layout = layout_for(cfg, manifest, available)
+    if not distributed or dist.get_rank() == 0:
+        print(f"[flywheel train] {layout.summary(available)} ({layout_reason(cfg, layout)})", flush=True)
     meshes = build_meshes(layout, device.type) if distributed else None
     control = broadcast_control(device) if distributed else None
     if meshes is not None and not meshes.member:
         return None, control
-    rank = dist.get_rank(meshes.group) if meshes is not None else 0
-    dataset = ManifestDataset(cfg.manifest, cfg.seq_len, cfg.seed, rank=rank, world_size=layout.world,
+    # The ranks of one tp/pp group read the same data: the dataset's shard is the data rank.
+    data_rank = meshes.data_rank if meshes is not None else 0
+    dataset = ManifestDataset(cfg.manifest, cfg.seq_len, cfg.seed, rank=data_rank, world_size=layout.dp,
                               cache_dir=cfg.cache_dir)  # fmt: skip
     return Trainer(cfg, dataset, meshes, device), control
 
@@ -119,8 +131,8 @@ def run_worker(
         trainer.resume(resume_from)
     if trainer.rank == 0:
         print(
-            f"[flywheel train] world {trainer.world} (efsdp {trainer.world // trainer.ep} x ep {trainer.ep}), "
-            f"micro-batch {trainer.micro_batch} x {trainer.accum} accumulation, {trainer.tokens_per_step} "
+            f"[flywheel train] {trainer.layout.describe()}; micro-batch {trainer.micro_batch} x "
+            f"{trainer.accum} accumulation on each of {trainer.data_world} data ranks, {trainer.tokens_per_step} "
             f"tokens/step, from step {trainer.step} to {cfg.steps}",
             flush=True,
         )

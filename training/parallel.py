@@ -1,22 +1,46 @@
-"""Parallel layout for the MoE transformer: FSDP2 over every rank, expert parallelism inside.
+"""Parallel layout for the MoE transformer: one device mesh for TP, PP, HSDP/FSDP2 and EP.
 
-    layout = plan_layout(available=world, n_experts=E, max_ep=2, global_batch_seqs=G)
+    layout = plan_layout(available=8, n_experts=E, max_ep=2, global_batch_seqs=G, tp=2)
     meshes = build_meshes(layout, "cpu")
-    parallelize(model, meshes)             # in place: EP experts, FSDP2 units, root
+    parallelize(model, meshes)             # in place: TP plan, EP experts, FSDP2 units, root
     norm = clip_grad_norm_(model.parameters(), 1.0)
 
-Ranks form a 2-D mesh (efsdp, ep) of W = efsdp * ep ranks (torchtitan's dp_shard_mod_ep x ep):
-- dense parameters (attention, norms, routers, shared experts, embeddings) are FSDP-sharded
-  over all W ranks (the flattened `dp` mesh), and every rank reads its own data;
-- routed experts are split over `ep` (rank r of an EP group holds experts
-  [r E/ep, (r+1) E/ep) as a DTensor Shard(0)), and each EP shard is FSDP-sharded again over the
-  `efsdp` ranks that hold the same experts. Tokens travel to their expert's rank and back with
-  two uneven all-to-alls per MoE layer (`ExpertParallel`).
+The W ranks of a run form two meshes over the same ranks (torchtitan's ParallelDims):
+- dense weights on (pp, dp_replicate, dp_shard, tp), tp fastest-varying: tp ranks are
+  neighbours (one node's NVLink), dp_replicate the slowest after pp (across nodes);
+- routed experts on (pp, efsdp, ep), ep fastest-varying: ep borrows its ranks from
+  dp_shard x tp (it must divide dp_shard * tp), and efsdp = dp_replicate * dp_shard * tp / ep.
 
-Gradient scale: the loss is a mean over the W ranks' data, and FSDP divides the dense
-reduce-scatter by W. An expert shard's local gradient already sums over the ep ranks that sent
-it tokens (all-to-all backward), then FSDP sums over the efsdp ranks: W ranks' worth of
-contributions, so its reduce-scatter must also divide by W, not by efsdp (as torchtitan does).
+What each degree does:
+- tp: DTensor tensor parallelism inside each block (Megatron-style, as torchtitan): q/k/v (MLA:
+  the projections into heads) and the FFN's gate/up are column-sharded, o and down row-sharded;
+  attention uses this rank's H/tp heads. The norms run sequence-parallel
+  (each tp rank normalises S/tp tokens) and the residual stream between blocks is a Shard(1)
+  DTensor (this rank holds S/tp tokens; its shape is the global one). Embeddings, the final
+  norm and the output head stay FSDP-only: every tp rank computes the full logits and the same
+  loss (no loss parallelism).
+- MoE under tp: the layer's input is all-gathered, and every tp rank routes the full sequence
+  (the balance and z losses are exactly the single-process ones) and runs the shared expert
+  tensor-parallel. The routed experts are never TP-sharded: with ep > 1 they are split over
+  the ep ranks (rank r of an EP group holds experts [r E/ep, (r+1) E/ep) as a DTensor Shard(0))
+  and tokens travel with two uneven all-to-alls per layer (`ExpertParallel`).
+  NOTE: tp ranks hold the same tokens, so the routed experts' work is repeated tp times (the
+  price of exact router losses without splitting the routed rows over tp afterwards).
+- dp_shard, dp_replicate: FSDP2 over the `dp` mesh (1-D dp_shard, or HSDP: 2-D
+  (dp_replicate, dp_shard), sharded inside a replica group, all-reduced across groups).
+  dp = dp_replicate * dp_shard ranks read distinct data; the ranks of one tp/pp group read the same.
+- pp: `Meshes.pp` is the stage group, `Meshes.pp_rank` this rank's position (the schedule is
+  `training.pipeline`'s). Under tp, stages exchange plain full-sequence activations (B, S, D):
+  the last block of each chunk gathers the sequence, as it does before the final norm.
+
+Gradient scale: the loss is a mean over the dp data-parallel ranks. FSDP divides the dense
+gradients by dp (reduce-scatter over dp_shard, all-reduce over dp_replicate); tp copies of a
+dense weight compute identical gradients (DTensor reduces the sharded ones). An expert shard's
+local gradient already sums over the ep ranks that sent it tokens (all-to-all backward), then
+FSDP sums over the efsdp ranks: every rank of the stage contributes once (a tp copy of a token
+is a contribution too, counted tp times), W/pp = efsdp * ep contributions in all, so the
+experts' reduce-scatter divides by W/pp = dp * tp, not by efsdp (dp alone when tp = 1, as
+torchtitan divides by the dp x ep world).
 
 Shape legend as in moe.py: N routed rows on this rank, E experts, P peers in the EP group,
 L = E / P experts held locally, R rows received from all peers.
@@ -33,47 +57,117 @@ from torch import nn
 from torch.distributed import _functional_collectives as funcol
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from training.moe import GroupedExperts, MoE
 
 # ---------------------------------------------------------------------------------------------
-# Layout: how many ranks train, and how the experts are split
+# Layout: how many ranks train, and what each mesh dimension does
 # ---------------------------------------------------------------------------------------------
+
+DENSE_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+EXPERT_DIMS = ("pp", "efsdp", "ep")
 
 
 @dataclass(frozen=True)
 class Layout:
+    """Degrees of one run: world = pp * dp_replicate * dp_shard * tp = pp * efsdp * ep."""
+
     world: int  # ranks that train (W); ranks beyond it, if any, wait as spares
-    ep: int  # expert-parallel degree: divides both W and the expert count
+    ep: int = 1  # expert-parallel degree: divides the expert count and dp_shard * tp
+    tp: int = 1  # tensor-parallel degree (attention heads, FFN width)
+    pp: int = 1  # pipeline stages
+    dp_replicate: int = 1  # HSDP replica groups (dense weights replicated across them)
+
+    def __post_init__(self) -> None:
+        if min(self.world, self.ep, self.tp, self.pp, self.dp_replicate) < 1:
+            raise ValueError(f"every degree must be >= 1: {self}")
+        if self.world % (self.pp * self.dp_replicate * self.tp):
+            raise ValueError(f"world {self.world} is not a multiple of pp x dp_replicate x tp = "
+                             f"{self.pp * self.dp_replicate * self.tp}")  # fmt: skip
+        if (self.dp_shard * self.tp) % self.ep:
+            raise ValueError(f"ep {self.ep} must divide dp_shard x tp = {self.dp_shard * self.tp} "
+                             "(it borrows those ranks)")
+
+    @property
+    def dp_shard(self) -> int:
+        """Ranks that FSDP-shard the dense weights inside one replica group."""
+        return self.world // (self.pp * self.dp_replicate * self.tp)
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: ranks that read distinct data."""
+        return self.dp_replicate * self.dp_shard
 
     @property
     def efsdp(self) -> int:
-        """Ranks that hold the same experts and FSDP-shard them between them."""
-        return self.world // self.ep
+        """Ranks of one stage that hold the same experts and FSDP-shard them between them."""
+        return self.world // (self.pp * self.ep)
 
     def describe(self) -> str:
-        return f"world {self.world} = efsdp {self.efsdp} x ep {self.ep}"
+        """Both factorisations of the world, e.g. 'world 8 = efsdp 2 x ep 2 x pp 2 (experts) =
+        dp_replicate 1 x dp_shard 2 x tp 2 x pp 2 (dense)'."""
+        return (f"world {self.world} = efsdp {self.efsdp} x ep {self.ep} x pp {self.pp} (experts) = "
+                f"dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} x tp {self.tp} x pp {self.pp} (dense)")
+
+    def summary(self, available: int) -> str:
+        """What the launcher chose: '5 workers -> 4 ranks: pp 1 x dp 2 x tp 2, ep 2; 1 spare'."""
+        dp = f"dp {self.dp}" if self.dp_replicate == 1 else f"dp {self.dp} ({self.dp_replicate} x {self.dp_shard} HSDP)"
+        spares = available - self.world
+        tail = f"; {spares} spare{'s' if spares != 1 else ''}" if spares else ""
+        return f"{available} workers -> {self.world} ranks: pp {self.pp} x {dp} x tp {self.tp}, ep {self.ep}{tail}"
 
 
-def plan_layout(available: int, n_experts: int, max_ep: int, global_batch_seqs: int) -> Layout:
-    """The largest layout that fits `available` ranks.
+def plan_layout(
+    available: int,
+    n_experts: int,
+    max_ep: int,
+    global_batch_seqs: int,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dp_replicate: int = 1,
+    n_layers: int | None = None,
+) -> Layout:
+    """The largest layout that fits `available` ranks with these fixed tp, pp and dp_replicate.
 
-    W is the largest count <= available that divides the global batch (every rank takes the same
-    number of sequences per step, so tokens per step stay fixed whatever the size); ep is the
-    largest degree <= max_ep that divides both W and the expert count (1 = no expert parallelism).
+    Only dp_shard is elastic: W = pp * dp_replicate * dp_shard * tp is the largest such count
+    <= available whose data-parallel degree dp = dp_replicate * dp_shard divides the global
+    batch (every data rank takes the same number of sequences, so tokens per step stay fixed
+    whatever the size); ep is the largest degree <= max_ep dividing the experts and
+    dp_shard * tp (1 = no expert parallelism). Raises ValueError when nothing fits.
     """
-    if available < 1 or max_ep < 1 or global_batch_seqs < 1:
-        raise ValueError(f"need >= 1 rank, ep and sequence (got {available}, {max_ep}, {global_batch_seqs})")
-    world = max(w for w in range(1, available + 1) if global_batch_seqs % w == 0)
-    ep = max(d for d in range(1, min(max_ep, world) + 1) if world % d == 0 and n_experts % d == 0)
-    return Layout(world=world, ep=ep)
+    if available < 1 or max_ep < 1 or global_batch_seqs < 1 or min(tp, pp, dp_replicate) < 1:
+        raise ValueError(f"need >= 1 rank, ep, tp, pp, replica and sequence (got available={available}, "
+                         f"max_ep={max_ep}, tp={tp}, pp={pp}, dp_replicate={dp_replicate}, "
+                         f"global_batch_seqs={global_batch_seqs})")  # fmt: skip
+    if n_layers is not None and pp > n_layers:
+        raise ValueError(f"pp {pp} exceeds the model's {n_layers} layers (a stage holds at least one)")
+    unit = pp * dp_replicate * tp
+    if unit > available:
+        raise ValueError(f"pp {pp} x dp_replicate {dp_replicate} x tp {tp} needs {unit} ranks, {available} available")
+    fits = [s for s in range(1, available // unit + 1) if global_batch_seqs % (dp_replicate * s) == 0]
+    if not fits:
+        raise ValueError(f"no data-parallel degree dp_replicate {dp_replicate} x dp_shard (<= {available // unit}) "
+                         f"divides the global batch of {global_batch_seqs} sequences")  # fmt: skip
+    dp_shard = max(fits)
+    ep = max(d for d in range(1, max_ep + 1) if (dp_shard * tp) % d == 0 and n_experts % d == 0)
+    return Layout(world=unit * dp_shard, ep=ep, tp=tp, pp=pp, dp_replicate=dp_replicate)
 
 
 def accumulation(global_batch_seqs: int, world: int, max_micro_batch: int) -> tuple[int, int]:
     """(micro_batch, accumulation steps) so that world * micro_batch * steps == global batch.
 
-    The micro-batch is the largest divisor of the per-rank share not above `max_micro_batch`.
+    `world` is the data-parallel degree (ranks reading distinct data). The micro-batch is the
+    largest divisor of the per-rank share not above `max_micro_batch`.
     """
     if global_batch_seqs % world:
         raise ValueError(f"global batch of {global_batch_seqs} sequences does not split over {world} ranks")
@@ -89,41 +183,87 @@ def accumulation(global_batch_seqs: int, world: int, max_micro_batch: int) -> tu
 
 @dataclass
 class Meshes:
-    """`dp`: every training rank (FSDP of dense parameters, data parallel, metrics reductions).
-    `ep` / `efsdp`: this rank's expert-parallel group and its expert-FSDP group (None when
-    ep == 1: experts are then sharded like everything else). `member` is False on a spare."""
+    """This rank's view of the layout (every mesh None on a spare: `member` False).
+
+    dp        FSDP mesh of the dense weights: 1-D dp_shard, or 2-D (dp_replicate, dp_shard) (HSDP)
+    tp, pp    tensor-parallel and pipeline-stage meshes (None when that degree is 1)
+    ep, efsdp expert-parallel and expert-FSDP meshes (None when ep == 1: experts are then
+              sharded like the dense weights)
+    data_group the dp ranks of this rank's (pp, tp) coordinate: reduces logged metrics and expert
+              loads over distinct data
+    world     every training rank (checkpoint collectives, barriers)
+    data_rank, data_world  this rank's data shard (the dataset's rank / world_size)
+    pp_rank   this rank's pipeline stage
+    """
 
     layout: Layout
-    dp: DeviceMesh | None
-    ep: DeviceMesh | None
-    efsdp: DeviceMesh | None
     member: bool
+    dp: DeviceMesh | None = None
+    tp: DeviceMesh | None = None
+    pp: DeviceMesh | None = None
+    ep: DeviceMesh | None = None
+    efsdp: DeviceMesh | None = None
+    data_group: dist.ProcessGroup | None = None
+    world: DeviceMesh | None = None
+    data_rank: int = 0
+    pp_rank: int = 0
+
+    @property
+    def data_world(self) -> int:
+        return self.layout.dp
 
     @property
     def group(self) -> dist.ProcessGroup | None:
-        return self.dp.get_group() if self.dp is not None else None
+        """Every training rank: the checkpoint's and the control's group."""
+        return self.world.get_group() if self.world is not None else None
+
+
+def _root_mesh(device_type: str, shape: tuple[int, ...], names: tuple[str, ...], world: int) -> DeviceMesh:
+    if world == dist.get_world_size():
+        return init_device_mesh(device_type, shape, mesh_dim_names=names)
+    return DeviceMesh(device_type, torch.arange(world).view(shape), mesh_dim_names=names)
+
+
+def data_parallel_group(layout: Layout) -> dist.ProcessGroup | None:
+    """The ranks that share this rank's (pp, tp) coordinate, one per data shard.
+
+    NOTE: a plain process group, not a flattened sub-mesh: a spare (outside the mesh) cannot
+    slice one, and every process must take part in creating each group.
+    """
+    ranks_PRST = torch.arange(layout.world).view(layout.pp, layout.dp_replicate, layout.dp_shard, layout.tp)
+    groups = ranks_PRST.permute(0, 3, 1, 2).reshape(layout.pp * layout.tp, layout.dp).tolist()
+    group, _ = dist.new_subgroups_by_enumeration(groups)
+    return group
 
 
 def build_meshes(layout: Layout, device_type: str) -> Meshes:
     """Meshes over ranks [0, layout.world). Every process of the default group must call this
-    (sub-group creation is collective); ranks outside the layout get `member=False`."""
+    (group creation is collective); ranks outside the layout get `member=False`."""
     world = dist.get_world_size()
     if layout.world > world:
         raise ValueError(f"layout needs {layout.world} ranks, the process group has {world}")
-    ranks = torch.arange(layout.world).view(layout.efsdp, layout.ep)
-    if layout.world == world:
-        mesh = init_device_mesh(device_type, (layout.efsdp, layout.ep), mesh_dim_names=("efsdp", "ep"))
-    else:
-        mesh = DeviceMesh(device_type, ranks, mesh_dim_names=("efsdp", "ep"))
-    member = dist.get_rank() < layout.world
-    # NOTE: `_flatten` is private but is how torchtitan builds its dp_shard mesh; it creates the
-    # W-rank group once and caches it on the root mesh.
-    dp = mesh._flatten("dp")
-    if not member:  # slicing creates no groups: a spare needs none of them
-        return Meshes(layout, None, None, None, member)
-    if layout.ep == 1:
-        return Meshes(layout, dp, None, None, member)
-    return Meshes(layout, dp, mesh["ep"], mesh["efsdp"], member)
+    dense_shape = (layout.pp, layout.dp_replicate, layout.dp_shard, layout.tp)
+    dense = _root_mesh(device_type, dense_shape, DENSE_DIMS, layout.world)
+    # NOTE: `_flatten` is private but is how torchtitan builds its flattened meshes; it creates
+    # the group once (collective: spares call it too) and caches it on the root mesh.
+    everyone = dense._flatten("world")
+    data_group = data_parallel_group(layout)
+    experts = None
+    if layout.ep > 1:
+        experts = _root_mesh(device_type, (layout.pp, layout.efsdp, layout.ep), EXPERT_DIMS, layout.world)
+    if dist.get_rank() >= layout.world:
+        return Meshes(layout, member=False)
+    pp_rank, replica, shard, _ = dense.get_coordinate()
+    return Meshes(
+        layout, member=True,
+        dp=dense["dp_shard"] if layout.dp_replicate == 1 else dense["dp_replicate", "dp_shard"],
+        tp=dense["tp"] if layout.tp > 1 else None,
+        pp=dense["pp"] if layout.pp > 1 else None,
+        ep=experts["ep"] if experts is not None else None,
+        efsdp=experts["efsdp"] if experts is not None else None,
+        data_group=data_group, world=everyone,
+        data_rank=replica * layout.dp_shard + shard, pp_rank=pp_rank,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,9 +281,9 @@ class ExpertParallel:
     checkpoints load across layouts.
 
     NOTE: the split sizes go to the host (`tolist`): a device sync per layer on GPU, as in
-    torchtitan. The exchange is the functional collective `all_to_all_single`, differentiable
-    (its backward is the reverse all-to-all); `torch.distributed.nn.functional`'s version is
-    deprecated in its favour since torch 2.10.
+    torchtitan. The exchange is `funcol.all_to_all_single_autograd`, whose backward is the
+    reverse all-to-all (the plain functional `all_to_all_single` has no autograd formula on
+    older torch builds, which then drop the gradients silently).
     """
 
     def __init__(self) -> None:
@@ -169,7 +309,7 @@ class ExpertParallel:
         dist.all_to_all_single(recv_PL, counts_PL, group=group)  # how many rows each peer sends
         send_splits = counts_PL.sum(dim=1).tolist()
         recv_splits = recv_PL.sum(dim=1).tolist()
-        x_recv_RD = funcol.all_to_all_single(x_sorted_ND, recv_splits, send_splits, group)
+        x_recv_RD = funcol.wait_tensor(funcol.all_to_all_single_autograd(x_sorted_ND, recv_splits, send_splits, group))
         # Arrived rows are grouped (peer, local expert); the kernels want them by local expert.
         n_local = recv_PL.shape[1]
         expert_R = torch.repeat_interleave(
@@ -182,7 +322,132 @@ class ExpertParallel:
     def _combine(self, module: nn.Module, y_local_RD: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
         send_splits, recv_splits, order_R = self._plans.pop(id(module))
         y_recv_RD = torch.zeros_like(y_local_RD).index_copy(0, order_R, y_local_RD)
-        return funcol.wait_tensor(funcol.all_to_all_single(y_recv_RD, send_splits, recv_splits, mesh.get_group()))
+        y_back_ND = funcol.all_to_all_single_autograd(y_recv_RD, send_splits, recv_splits, mesh.get_group())
+        return funcol.wait_tensor(y_back_ND)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallelism
+# ---------------------------------------------------------------------------------------------
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in order (a ModuleList, or a ModuleDict keyed by layer id)."""
+    layers = model.layers
+    return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
+
+
+def chunk_ends(model: nn.Module) -> list[nn.Module]:
+    """Blocks whose successor this module does not hold: the last block, and under a pipeline
+    each stage chunk's last (an interleaved schedule gives a rank several chunks)."""
+    layers = model.layers
+    named = dict(layers.items()) if isinstance(layers, nn.ModuleDict) else {str(i): b for i, b in enumerate(layers)}
+    return [block for layer_id, block in named.items() if str(int(layer_id) + 1) not in named]
+
+
+class _SumGradOverTP(torch.autograd.Function):
+    """Identity forward; backward all-reduces (sums) the gradient of the last `width` features
+    over the tp group, and leaves the others (already whole on every rank) alone."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, width: int, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.width, ctx.group = width, group
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        partial = grad[..., -ctx.width:].contiguous()
+        dist.all_reduce(partial, group=ctx.group)
+        return torch.cat((grad[..., : -ctx.width], partial), dim=-1), None, None
+
+
+def sum_rope_key_grad(attn: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """MLA under tp: each rank's heads use the one RoPE key (shared by all heads), so its
+    gradient is a partial sum over the rank's heads; sum it over tp where it leaves
+    kv_a_proj_with_mqa (the latent part's gradient is already whole: kv_b_proj all-reduces)."""
+    group, width = tp_mesh.get_group(), attn.rope_dim
+    attn.kv_a_proj_with_mqa.register_forward_hook(lambda _m, _inp, y: _SumGradOverTP.apply(y, width, group))
+
+
+def tp_attention_plan(attn: nn.Module) -> dict[str, object]:
+    """Heads split over tp: the projections into heads column-sharded, o_proj row-sharded.
+
+    MLA (`model.MLAttention`): as transformers' DeepseekV3 plan, the latent projections and
+    their norms stay whole (computed on the gathered input by every tp rank, so their gradients
+    are the same on each), q_proj or q_b_proj and kv_b_proj split by head; the shared RoPE key's
+    gradient is summed over tp (`sum_rope_key_grad`).
+    """
+    seq, gathered = Shard(1), (Replicate(), None, None, None)
+    out = {"attn.o_proj": RowwiseParallel(output_layouts=seq, use_local_output=False)}
+    if not hasattr(attn, "kv_b_proj"):
+        heads = {f"attn.{name}": ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj")}
+        return {"attn": PrepareModuleInput(input_layouts=(seq, None, None, None), desired_input_layouts=gathered),
+                **heads, **out}  # fmt: skip
+    query = "attn.q_proj" if attn.q_proj is not None else "attn.q_b_proj"
+    return {"attn": PrepareModuleInput(input_layouts=(seq, None, None, None), desired_input_layouts=gathered,
+                                       use_local_output=True),
+            query: ColwiseParallel(), "attn.kv_b_proj": ColwiseParallel(), **out}  # fmt: skip
+
+
+def tp_block_plan(block: nn.Module) -> dict[str, object]:
+    """torchtitan's Llama plan for one block, plus the MoE's shared expert.
+
+    The residual stream is sequence-sharded (Shard(1)); norms run on it sequence-parallel;
+    attention and the FFN all-gather their input and reduce-scatter their output back.
+    """
+    seq = Shard(1)
+    plan: dict[str, object] = {"attn_norm": SequenceParallel(), **tp_attention_plan(block.attn),
+                               "ffn_norm": SequenceParallel()}  # fmt: skip
+    if isinstance(block.ffn, MoE):
+        # Every tp rank routes the whole sequence (exact router losses) on plain tensors; the
+        # shared expert is tensor-parallel between a replicated input and a replicated output.
+        plan["ffn"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),),
+                                         use_local_output=True)
+        if block.ffn.shared_experts is not None:
+            plan["ffn.shared_experts.gate_proj"] = ColwiseParallel()
+            plan["ffn.shared_experts.up_proj"] = ColwiseParallel()
+            plan["ffn.shared_experts.down_proj"] = RowwiseParallel(output_layouts=Replicate())
+    else:
+        plan["ffn"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),))
+        plan["ffn.gate_proj"] = ColwiseParallel()
+        plan["ffn.up_proj"] = ColwiseParallel()
+        plan["ffn.down_proj"] = RowwiseParallel(output_layouts=seq, use_local_output=False)
+    return plan
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Tensor parallelism over `tp_mesh` (in place). Heads and FFN widths must divide by tp."""
+    seq = Shard(1)
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        parallelize_module(block, tp_mesh, tp_block_plan(block))
+        if hasattr(block.attn, "kv_a_proj_with_mqa"):
+            sum_rope_key_grad(block.attn, tp_mesh)
+        if isinstance(block.ffn, MoE):  # the MoE's output (out, aux): out back to sequence shards
+            parallelize_module(block.ffn, tp_mesh, PrepareModuleOutput(output_layouts=(Replicate(), None),
+                               desired_output_layouts=(seq, None), use_local_output=False))  # fmt: skip
+        # A plain (replicated) input, the embeddings' output or a pipeline stage's, is cut to this
+        # rank's tokens (no communication); a sharded DTensor from the previous block passes as is.
+        parallelize_module(block, tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(), None, None, None), desired_input_layouts=(seq, None, None, None)))  # fmt: skip
+    # Embeddings, the final norm and the output head stay FSDP-only: the last block of a run of
+    # consecutive blocks gathers the sequence back into a plain tensor (one all-gather per forward
+    # and pipeline stage), which the final norm or the next pipeline stage takes as is.
+    for block in chunk_ends(model):
+        parallelize_module(block, tp_mesh, PrepareModuleOutput(output_layouts=(seq, None, None),
+                           desired_output_layouts=(Replicate(), None, None), use_local_output=True))  # fmt: skip
+
+
+def check_tensor_parallel(model_cfg, tp: int, seq_len: int) -> None:
+    """Raise ValueError when the model or the sequence does not split over tp ranks."""
+    moe = model_cfg.moe
+    widths = {"n_heads": model_cfg.n_heads, "n_kv_heads": model_cfg.kv_heads, "dense FFN width": model_cfg.dense_dim,
+              "shared expert width": moe.shared_dim or tp, "seq_len": seq_len}  # fmt: skip
+    if model_cfg.attention_type == "mla":  # no grouped heads: kv_b_proj has n_heads of them
+        widths.pop("n_kv_heads")
+    bad = [f"{name} {value}" for name, value in widths.items() if value % tp]
+    if bad:
+        raise ValueError(f"tp {tp} must divide {', '.join(bad)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,40 +455,74 @@ class ExpertParallel:
 # ---------------------------------------------------------------------------------------------
 
 
+def _shard_experts(moe: MoE, meshes: Meshes, mp: MixedPrecisionPolicy, reshard_after_forward: bool) -> None:
+    """EP over the ep mesh, then FSDP over efsdp with the W/pp divide factor (module docstring)."""
+    layout = meshes.layout
+    ExpertParallel().apply(moe.experts, meshes.ep)
+    # Shard dim 1 (F) when there are fewer local experts than efsdp ranks, as torchtitan does,
+    # rather than pad dim 0 (a layout of >= 12 ranks: not exercised by the tests).
+    local_experts = moe.experts.n_experts // layout.ep
+    dim = 0 if local_experts >= layout.efsdp else 1
+    fully_shard(
+        moe.experts, mesh=meshes.efsdp, mp_policy=mp, reshard_after_forward=reshard_after_forward,
+        shard_placement_fn=lambda _p, dim=dim: Shard(dim),
+    )  # fmt: skip
+    moe.experts.set_gradient_divide_factor(float(layout.world // layout.pp))
+    if dist.get_backend(meshes.efsdp.get_group()) == "gloo":
+        # A custom factor means ReduceOp.PREMUL_SUM on NCCL, which gloo lacks: sum,
+        # then divide in a separate kernel.
+        moe.experts.set_force_sum_reduction_for_comms(True)
+
+
+def fsdp_units(block: nn.Module) -> list[FSDPModule]:
+    """A block's FSDP units: the block, and its routed experts when they are a unit of their own."""
+    experts = getattr(getattr(block, "ffn", None), "experts", None)
+    return [block] + ([experts] if isinstance(experts, FSDPModule) else [])
+
+
+def set_explicit_prefetch(model: nn.Module) -> None:
+    """Forward: each block all-gathers the next block's units; backward: the previous one's.
+
+    NOTE: FSDP2's implicit prefetch follows the order of the last forward, which EP's
+    all-to-alls (blocking on the host) interleave with: the next all-gather is only issued once
+    the exchange returns. Explicit lists issue it a block ahead.
+    """
+    blocks = transformer_blocks(model)
+    for i, block in enumerate(blocks):
+        if i + 1 < len(blocks):
+            block.set_modules_to_forward_prefetch(fsdp_units(blocks[i + 1]))
+        if i > 0:
+            block.set_modules_to_backward_prefetch(fsdp_units(blocks[i - 1]))
+    if blocks and isinstance(model, FSDPModule):
+        model.set_modules_to_forward_prefetch(fsdp_units(blocks[0]))
+
+
 def parallelize(
     model: nn.Module,
     meshes: Meshes,
     param_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
+    fsdp_prefetch: bool = False,
 ) -> nn.Module:
-    """Expert parallelism on every MoE layer, then FSDP2: experts on the efsdp mesh, each block on
-    the dp mesh, the root (embeddings, final norm, output; tied weights stay in one unit).
+    """Tensor parallelism (tp > 1), expert parallelism on every MoE layer (ep > 1), then FSDP2:
+    experts on the efsdp mesh, each block on the dp mesh (HSDP when 2-D), the root (embeddings,
+    final norm, output; tied weights stay in one unit).
 
     param_dtype: compute dtype of the gathered parameters (bf16 on GPUs); gradients are
-    reduced in fp32 and the sharded master weights stay fp32.
+    reduced in fp32 and the sharded master weights stay fp32. fsdp_prefetch: explicit
+    forward/backward prefetch of the neighbouring block (`set_explicit_prefetch`).
     """
+    if meshes.tp is not None:
+        apply_tensor_parallel(model, meshes.tp)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    world = meshes.layout.world
-    for block in model.layers:
-        moe = block.ffn if isinstance(block.ffn, MoE) else None
-        if moe is not None and meshes.ep is not None:
-            ExpertParallel().apply(moe.experts, meshes.ep)
-            # Shard dim 1 (F) when there are fewer local experts than efsdp ranks, as torchtitan
-            # does, rather than pad dim 0 (a layout of >= 12 ranks: not exercised by the tests).
-            local_experts = moe.experts.n_experts // meshes.layout.ep
-            dim = 0 if local_experts >= meshes.layout.efsdp else 1
-            fully_shard(
-                moe.experts, mesh=meshes.efsdp, mp_policy=mp, reshard_after_forward=reshard_after_forward,
-                shard_placement_fn=lambda _p, dim=dim: Shard(dim),
-            )  # fmt: skip
-            moe.experts.set_gradient_divide_factor(float(world))
-            if dist.get_backend(meshes.efsdp.get_group()) == "gloo":
-                # A custom factor means ReduceOp.PREMUL_SUM on NCCL, which gloo lacks: sum,
-                # then divide in a separate kernel.
-                moe.experts.set_force_sum_reduction_for_comms(True)
+    for block in transformer_blocks(model):
+        if isinstance(block.ffn, MoE) and meshes.ep is not None:
+            _shard_experts(block.ffn, meshes, mp, reshard_after_forward)
         fully_shard(block, mesh=meshes.dp, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     # The root's parameters are needed again first thing in backward: keep them gathered.
     fully_shard(model, mesh=meshes.dp, mp_policy=mp, reshard_after_forward=False)
+    if fsdp_prefetch:
+        set_explicit_prefetch(model)
     return model
 
 
@@ -243,39 +542,44 @@ def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of the gradients, whatever mesh each lives on.
-
-    `clip_grad_norm_` cannot mix DTensors of different meshes in one foreach call, and expert
-    gradients (efsdp x ep) do not live on the dense parameters' mesh: take each mesh's norm
-    (a full reduction over that mesh), then combine sqrt(sum_m norm_m^2).
-    """
+def _grads_by_mesh(params: Iterable[torch.Tensor]) -> dict[object, list[torch.Tensor]]:
     by_mesh: dict[object, list[torch.Tensor]] = {}
     for p in params:
         if p.grad is not None:
-            key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
-            by_mesh.setdefault(key, []).append(p.grad)
-    squares = []
-    for grads in by_mesh.values():
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squares.append(norm.float().square())
-    if not squares:
-        return torch.zeros(())
-    return torch.stack(squares).sum().sqrt()
+            by_mesh.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    return by_mesh
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+def grad_norm(params: Iterable[torch.Tensor], pp_group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Global L2 norm of the gradients, whatever mesh each lives on.
+
+    `clip_grad_norm_` cannot mix DTensors of different meshes in one foreach call, and expert
+    gradients (efsdp x ep) and tensor-parallel ones ((dp, tp)) do not live on the FSDP mesh of
+    the others: take each mesh's norm (a full reduction over that mesh, DTensor counting
+    replicated dims once), then combine sqrt(sum_m norm_m^2). With pipeline stages each holds
+    its own parameters: the squares are summed over `pp_group` too.
+    """
+    squares = []
+    for group in _grads_by_mesh(params).values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in group], norm_type=2.0, foreach=True)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squares.append(norm.float().square())
+    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    if pp_group is not None:
+        dist.all_reduce(total, group=pp_group)
+    return total.sqrt()
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    params: Iterable[torch.Tensor], max_norm: float, pp_group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """Scale all gradients so their global L2 norm is at most `max_norm`; returns the norm
-    before clipping (as `torch.nn.utils.clip_grad_norm_` does, across meshes)."""
+    before clipping (as `torch.nn.utils.clip_grad_norm_` does, across meshes and stages)."""
     params = [p for p in params if p.grad is not None]
-    total = grad_norm(params)
-    by_mesh: dict[object, list[torch.Tensor]] = {}
-    for p in params:
-        by_mesh.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
-    for group in by_mesh.values():
+    total = grad_norm(params, pp_group)
+    for group in _grads_by_mesh(params).values():
         torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
     return total

@@ -8,7 +8,8 @@ One optimiser step on every rank:
   1. reseed torch from (seed, step, rank): dropout is reproducible after any restart;
   2. read `accum` micro-batches of `micro_batch` sequences (the global cursor advances by
      world x micro_batch each), forward, backward on (LM loss + aux losses) / accum, with FSDP's
-     reduce-scatter only in the last backward;
+     reduce-scatter only in the last backward (under pp > 1 a pipeline schedule runs them
+     through this rank's stages: training.pipeline);
   3. clip to the global norm (combined over the dense and expert meshes), step (the
      aux-loss-free router-bias update runs as the optimiser's step pre-hook, once), schedule;
   4. one all-reduce for the logged losses and the data digest; rank 0 appends a JSON line to
@@ -39,11 +40,21 @@ from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
 from training.evaluate import EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
+from training.memory import apply_model_options, autocast
 from training.metrics_log import MetricsLog
-from training.model import causal_lm_loss
+from training.model import causal_lm_loss, chunked_lm_loss
 from training.moe import register_router_bias_hook
 from training.optim import GCController, RecipeScheduler, build_optimizer
-from training.parallel import Meshes, accumulation, clip_grad_norm_, parallelize, set_gradient_sync
+from training.parallel import (
+    Layout,
+    Meshes,
+    accumulation,
+    check_tensor_parallel,
+    clip_grad_norm_,
+    parallelize,
+    set_gradient_sync,
+)
+from training.pipeline import Pipeline, PipelineSchedule, check_pipeline, pipeline_stage_of
 from training.planner import model_flops_per_token
 from training.train_config import TrainConfig
 
@@ -93,7 +104,9 @@ def resolve_param_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(
-    model_cfg: ModelConfig, meshes: Meshes | None, device: torch.device, seed: int, param_dtype: torch.dtype | None
+    model_cfg: ModelConfig, meshes: Meshes | None, device: torch.device, seed: int, param_dtype: torch.dtype | None,
+    fsdp_prefetch: bool = False, pp_schedule: PipelineSchedule = "1f1b",
+    attention: str = "sdpa", activation_checkpointing: str = "none", compile: bool = False,
 ) -> nn.Module:
     """The model, initialised identically whatever the layout, then sharded.
 
@@ -101,17 +114,20 @@ def build_model(
     1-, 2- or 4-rank run starts from the same weights: the parity tests rely on it). On GPUs the
     model is built on the meta device, sharded, then materialised shard by shard (DTensor's RNG
     keeps the init consistent across ranks; a 67B model never exists whole on one rank).
+    Under pipeline parallelism the model is cut to this rank's stages before sharding.
     """
     torch.manual_seed(seed)
     if device.type == "cpu" or meshes is None:
         with torch.device(device):
-            model = model_cfg.build()
+            model = pipeline_stage_of(model_cfg.build(), meshes, pp_schedule)
+        apply_model_options(model, attention, activation_checkpointing, compile)  # before FSDP
         if meshes is not None:
-            parallelize(model, meshes, param_dtype=param_dtype)
+            parallelize(model, meshes, param_dtype=param_dtype, fsdp_prefetch=fsdp_prefetch)
         return model
     with torch.device("meta"):
-        model = model_cfg.build()
-    parallelize(model, meshes, param_dtype=param_dtype)
+        model = pipeline_stage_of(model_cfg.build(), meshes, pp_schedule)
+    apply_model_options(model, attention, activation_checkpointing, compile)  # before FSDP
+    parallelize(model, meshes, param_dtype=param_dtype, fsdp_prefetch=fsdp_prefetch)
     model.to_empty(device=device)
     model.init_weights(buffer_device=device)
     return model
@@ -163,22 +179,42 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, dataset: ManifestDataset, meshes: Meshes | None, device: torch.device):
         self.cfg, self.dataset, self.meshes, self.device = cfg, dataset, meshes, device
+        # group: every training rank (checkpoints, metrics writer = its rank 0); data_group: the
+        # ranks reading distinct data (dp of them), over which losses and loads are reduced.
         self.group = meshes.group if meshes is not None else None
+        self.data_group = meshes.data_group if meshes is not None else None
+        self.layout = meshes.layout if meshes is not None else Layout(world=1)
         self.rank = dist.get_rank(self.group) if self.group is not None else 0
-        self.world = meshes.layout.world if meshes is not None else 1
-        self.ep = meshes.layout.ep if meshes is not None else 1
-        if dataset.world_size != self.world or dataset.rank != self.rank:
-            raise ValueError(f"dataset is rank {dataset.rank}/{dataset.world_size}, trainer {self.rank}/{self.world}")
-        self.micro_batch, self.accum = accumulation(cfg.global_batch_seqs, self.world, cfg.micro_batch)
+        self.world, self.ep = self.layout.world, self.layout.ep
+        self.data_rank = meshes.data_rank if meshes is not None else 0
+        self.data_world = self.layout.dp
+        if dataset.world_size != self.data_world or dataset.rank != self.data_rank:
+            raise ValueError(f"dataset is rank {dataset.rank}/{dataset.world_size}, "
+                             f"trainer's data rank {self.data_rank}/{self.data_world}")  # fmt: skip
+        self.micro_batch, self.accum = accumulation(cfg.global_batch_seqs, self.data_world, cfg.micro_batch)
+        self.pp_group = meshes.pp.get_group() if meshes is not None and meshes.pp is not None else None
 
         self.model_cfg = cfg.build_model_config(dataset.manifest.tokenizer.vocab_size)
+        check_pipeline(self.layout.pp, cfg.pp_schedule, self.model_cfg.n_layers, self.accum,
+                       self.model_cfg.tie_embeddings)  # fmt: skip
+        if self.layout.tp > 1:
+            check_tensor_parallel(self.model_cfg, self.layout.tp, cfg.seq_len)
         self.model = build_model(
-            self.model_cfg, meshes, device, cfg.seed, resolve_param_dtype(cfg.param_dtype, device)
+            self.model_cfg, meshes, device, cfg.seed, resolve_param_dtype(cfg.param_dtype, device),
+            fsdp_prefetch=cfg.fsdp_prefetch, pp_schedule=cfg.pp_schedule,
+            attention=cfg.attention, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
         )
+        # Under pp > 1 a schedule runs this rank's stages over the step's micro-batches.
+        self.pipeline: Pipeline | None = None
+        if self.pp_group is not None:
+            act_dtype = resolve_param_dtype(cfg.param_dtype, device) or torch.float32
+            self.pipeline = Pipeline(self.model, cfg.pp_schedule, self.pp_group, device, self.micro_batch,
+                                     cfg.seq_len, self.accum, act_dtype,
+                                     cfg.loss_chunk_tokens)  # fmt: skip
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.scheduler = RecipeScheduler(self.optimizer, cfg.optimizer)
         self._loads: dict[str, torch.Tensor] = {}
-        register_router_bias_hook(self.optimizer, self.model, on_load=self._loads.update, group=self.group)
+        register_router_bias_hook(self.optimizer, self.model, on_load=self._loads.update, group=self.data_group)
 
         self.step = 0
         self.resumed_from = 0
@@ -191,7 +227,7 @@ class Trainer:
         self.eval_sets = self._load_eval_sets() if cfg.eval_files else []
         self.checkpoints = CheckpointManager(
             TrainingRun(cfg.out_dir).checkpoints, cfg.checkpoint_interval_s, cfg.checkpoint_every_steps,
-            keep=cfg.keep_checkpoints, group=self.group,
+            keep=cfg.keep_checkpoints, group=self.group, async_save=cfg.async_checkpoint,
         )  # fmt: skip
         self.state = TrainingState(self.model, self.optimizer, self.scheduler, self._trainer_state, self._load_trainer_state)
 
@@ -227,6 +263,9 @@ class Trainer:
             "manifest_fingerprint": manifest.fingerprint,
             "world": self.world,
             "ep": self.ep,
+            "tp": self.layout.tp,
+            "pp": self.layout.pp,
+            "dp_replicate": self.layout.dp_replicate,
             "preset": self.cfg.preset,
             # The exact architecture, so `flywheel export-hf` needs nothing but the checkpoint,
             # and the data and windows, so `flywheel evaluate` finds the tokenizer and seq_len.
@@ -269,23 +308,36 @@ class Trainer:
         ranks, so the gradient is that of the mean loss over all ranks' micro-batches (a
         single process given all of them in one list computes the same gradient).
         Returns this rank's mean LM loss, balance and z losses, and the global grad norm.
+        Under pp > 1 the pipeline schedule runs the micro-batches (training.pipeline).
         """
         self.model.train()
-        n = len(micro_batches)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for i, mb in enumerate(micro_batches):
-            set_gradient_sync(self.model, self.cfg.reduce_every_micro_batch or i == n - 1)
-            out = self.model(mb.inputs_BS, mb.doc_ids_BS)
-            lm = causal_lm_loss(out.logits_BSV, mb.targets_BS)
-            ((lm + out.aux_loss) / n).backward()
-            sums += torch.stack([lm.detach(), out.balance_loss.detach(), out.z_loss.detach()]).double()
-        norm = clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm)
+        means = self.pipeline.step(micro_batches) if self.pipeline is not None else self._forward_backward(micro_batches)
+        norm = clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm, pp_group=self.pp_group)
         lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] != "router")
         self.optimizer.step()  # the router-bias pre-hook runs here, once per step
+        if self.pipeline is not None:  # the metrics line lists every stage's layers
+            self._loads.update(self.pipeline.gather_over_stages(self._loads))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        lm, balance, z = (sums / n).tolist()  # one device sync per step
+        lm, balance, z = means.tolist()  # one device sync per step
         return {"loss": lm, "balance_loss": balance, "z_loss": z, "grad_norm": float(norm), "lr": lr}
+
+    def _forward_backward(self, micro_batches: list[MicroBatch]) -> torch.Tensor:
+        """Backward of sum_mb (lm + aux) / n; returns float64 [lm, balance, z] means."""
+        n = len(micro_batches)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        chunk = self.cfg.loss_chunk_tokens
+        # bf16 autocast for a single process; under FSDP its MixedPrecisionPolicy casts instead.
+        autocast_dtype = resolve_param_dtype(self.cfg.param_dtype, self.device) if self.meshes is None else None
+        for i, mb in enumerate(micro_batches):
+            set_gradient_sync(self.model, self.cfg.reduce_every_micro_batch or i == n - 1)
+            with autocast(self.device, autocast_dtype):
+                out = self.model(mb.inputs_BS, mb.doc_ids_BS, return_hidden=chunk > 0)
+                lm = (chunked_lm_loss(out.hidden_BSD, self.model.output, mb.targets_BS, chunk) if chunk
+                      else causal_lm_loss(out.logits_BSV, mb.targets_BS))  # fmt: skip
+            ((lm + out.aux_loss) / n).backward()
+            sums += torch.stack([lm.detach(), out.balance_loss.detach(), out.z_loss.detach()]).double()
+        return sums / n
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -301,10 +353,12 @@ class Trainer:
         return bool(self.eval_sets) and (final or (every is not None and self.step % every == 0))
 
     def evaluate(self) -> dict[str, Any]:
-        """Evaluate on every rank (the sharded forwards are collectives); rank 0 logs the line."""
+        """Evaluate on every rank (the sharded forwards are collectives); rank 0 logs the line.
+        Under pp > 1 each batch passes the stages in turn (`Pipeline.forward_nll`)."""
         start = time.perf_counter()
+        forward_nll = self.pipeline.forward_nll if self.pipeline is not None else None
         report = evaluate_model(self.model, self.eval_sets, self.cfg.seq_len, self.cfg.eval_batch_size,
-                                self.device, self.cfg.document_mask)  # fmt: skip
+                                self.device, self.cfg.document_mask, forward_nll)  # fmt: skip
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, **report.to_dict(),
                   "eval_s": round(time.perf_counter() - start, 4), "time": round(time.time(), 3)}  # fmt: skip
         self.eval_log.write(record)
@@ -314,18 +368,20 @@ class Trainer:
 
     def _reseed(self) -> None:
         # A pure function of (seed, step, rank): dropout masks survive restarts unchanged.
-        torch.manual_seed((self.cfg.seed * 1_000_003 + self.step) * 4099 + self.rank)
+        # The data rank, not the rank: tp and pp peers of one data shard draw the same numbers.
+        torch.manual_seed((self.cfg.seed * 1_000_003 + self.step) * 4099 + self.data_rank)
 
     def _reduce(self, local: dict[str, float], digest: int) -> tuple[dict[str, float], int]:
-        """Global mean of the losses and global sum of the data digest, in one all-reduce."""
-        if self.group is None:
+        """Mean of the losses and sum of the data digest over the data-parallel ranks (tp and pp
+        peers hold copies, not more data), in one all-reduce."""
+        if self.data_group is None:
             return local, digest
         keys = ["loss", "balance_loss", "z_loss"]
         # float64 holds the digest exactly: each rank's is < 2^40, their sum far below 2^53.
         values = torch.tensor([local[k] for k in keys] + [float(digest)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(values, group=self.group)
+        dist.all_reduce(values, group=self.data_group)
         summed = values.tolist()
-        means = {**local, **{k: summed[i] / self.world for i, k in enumerate(keys)}}  # grad_norm, lr: global
+        means = {**local, **{k: summed[i] / self.data_world for i, k in enumerate(keys)}}  # grad_norm, lr: global
         return means, int(summed[-1]) % DIGEST_MOD
 
     def fit(
@@ -373,6 +429,9 @@ class Trainer:
                     "data_digest": digest,
                     "world": self.world,
                     "ep": self.ep,
+                    "tp": self.layout.tp,
+                    "pp": self.layout.pp,
+                    "dp": self.data_world,
                     "micro_batch": self.micro_batch,
                     "accum": self.accum,
                     "expert_load": {name: load.long().tolist() for name, load in self._loads.items()},
@@ -392,7 +451,9 @@ class Trainer:
                     self.flush_logs()  # a checkpoint's steps have their lines in the store
                     path = self.checkpoints.save(self.step, self.state, self.checkpoint_meta())
                     if on_checkpoint is not None:
+                        self.checkpoints.wait()  # what is reported (Ray resumes from it) is complete
                         on_checkpoint(self.step, path, {k: record[k] for k in ("step", "loss", "tokens", "consumed")})
                 gc_ctl.step(self.step)
+        self.checkpoints.wait()  # an async save still writing
         self.flush_logs()
         return FitResult(self.step, self.resumed_from, losses, time.perf_counter() - start_time)

@@ -49,13 +49,13 @@ from training.parallel import (
     Layout,
     Meshes,
     accumulation,
-    check_tensor_parallel,
     clip_grad_norm_,
     parallelize,
     set_gradient_sync,
 )
 from training.pipeline import Pipeline, PipelineSchedule, check_pipeline, pipeline_stage_of
 from training.planner import model_flops_per_token
+from training.tensor_parallel import check_tensor_parallel
 from training.train_config import TrainConfig
 
 DIGEST_MOD = 2**40

@@ -90,9 +90,15 @@ def attention_mask(doc_ids_BS: torch.Tensor | None, kernel: str) -> AttentionMas
 
 
 def attend(
-    q_BHSDh: torch.Tensor, k_BGSDh: torch.Tensor, v_BGSDv: torch.Tensor, mask: AttentionMask, dropout_p: float
+    q_BHSDh: torch.Tensor,
+    k_BGSDh: torch.Tensor,
+    v_BGSDv: torch.Tensor,
+    mask: AttentionMask,
+    dropout_p: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(Dh) + mask) v, out_BHSDv; G < H key/value heads are shared (GQA).
+    """softmax(q k^T * scale + mask) v, out_BHSDv; G < H key/value heads are shared (GQA);
+    scale defaults to 1/sqrt(Dh).
 
     Every attention module calls this, so the kernel choice lives in one place: SDPA with
     is_causal (mask None) or a dense mask, or FlexAttention with a block mask. FlexAttention
@@ -105,15 +111,87 @@ def attend(
     if isinstance(mask, BlockMask):
         if dropout_p > 0:
             raise ValueError("attention: flex has no dropout; set attn_dropout to 0 or use sdpa")
-        return flex_attention(q_BHSDh, k_BGSDh, v_BGSDv, block_mask=mask, enable_gqa=gqa)
+        return flex_attention(q_BHSDh, k_BGSDh, v_BGSDv, block_mask=mask, scale=scale, enable_gqa=gqa)
     return F.scaled_dot_product_attention(
-        q_BHSDh, k_BGSDh, v_BGSDv, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, enable_gqa=gqa
+        q_BHSDh, k_BGSDh, v_BGSDv, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, scale=scale,
+        enable_gqa=gqa,
     )
 
 
 def doc_ids_from_starts(starts_BS: torch.Tensor) -> torch.Tensor:
     """Document ids from a boolean 'a document starts here' map (e.g. BOS positions)."""
     return torch.cumsum(starts_BS.long(), dim=1)
+
+
+class KVCache:
+    """What every layer's attention keeps of a batch being decoded (`training.generate`), in
+    `capacity` preallocated slots per row (T below), shared by all layers.
+
+    Each cached forward appends S slots to every row: `append_slots(valid_BS)` first says which
+    hold real tokens (False: left padding, or the filler a finished row is fed) and gives each
+    real token the next position of its row, so ragged rows get the RoPE angles and keys they
+    would get alone. A query sees the real keys at or before its slot; a padding query sees only
+    itself (SDPA gives NaN for a row with nothing to see, and NaN times a zero weight would reach
+    later queries through the values).
+
+    What a layer keeps is its attention's choice (`extend`): Attention its RoPE'd keys and values
+    (B x G x T x Dh each), MLAttention the normed latent and the shared RoPE'd key (B x 1 x T x L
+    and B x 1 x T x R, DeepSeek-V2's cache).
+    """
+
+    def __init__(self, batch: int, capacity: int, device: torch.device | str | None = None):
+        self.capacity = capacity
+        self.valid_BT = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.seen_B = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens per row so far
+        self.length = 0  # slots in use, this forward's included
+        self.step = 0  # slots this forward appends
+        self.positions_BS: torch.Tensor | None = None  # this forward's positions (0 at padding)
+        self._layers: dict[str, list[torch.Tensor]] = {}
+
+    def append_slots(self, valid_BS: torch.Tensor) -> torch.Tensor:
+        """Claim the next S slots of every row for the coming forward; returns their positions."""
+        step = valid_BS.shape[1]
+        if self.length + step > self.capacity:
+            raise ValueError(f"KV cache full: {self.length} + {step} slots exceed its capacity {self.capacity}")
+        valid_BS = valid_BS.to(self.valid_BT.device, torch.bool)
+        counts_BS = valid_BS.long().cumsum(dim=1)
+        self.positions_BS = torch.where(valid_BS, self.seen_B[:, None] + counts_BS - 1, 0)
+        self.valid_BT[:, self.length : self.length + step] = valid_BS
+        self.seen_B += counts_BS[:, -1]
+        self.length, self.step = self.length + step, step
+        return self.positions_BS
+
+    def attention_mask(self) -> torch.Tensor:
+        """mask_B1SK (K = length): query slot i sees real key slots j <= i, and itself."""
+        keys_K = torch.arange(self.length, device=self.valid_BT.device)
+        queries_S = keys_K[self.length - self.step :]
+        causal_SK = keys_K[None, :] <= queries_S[:, None]
+        itself_SK = keys_K[None, :] == queries_S[:, None]
+        return ((self.valid_BT[:, None, : self.length] & causal_SK) | itself_SK).unsqueeze(1)
+
+    def extend(self, layer_id: str, *new_BGSD: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Write layer `layer_id`'s tensors for this forward's slots (each B x G x S x D) and
+        return the layer's whole cache so far (each B x G x length x D)."""
+        if layer_id not in self._layers:
+            self._layers[layer_id] = [t.new_zeros(t.shape[0], t.shape[1], self.capacity, t.shape[3]) for t in new_BGSD]
+        buffers = self._layers[layer_id]
+        for buffer, new in zip(buffers, new_BGSD, strict=True):
+            buffer[:, :, self.length - self.step : self.length] = new
+        return tuple(buffer[:, :, : self.length] for buffer in buffers)
+
+    def layer(self, layer_id: str) -> LayerCache:
+        return LayerCache(self, layer_id)
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's view of a KVCache, what an attention module's `cache` argument takes."""
+
+    cache: KVCache
+    layer_id: str
+
+    def extend(self, *new_BGSD: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.cache.extend(self.layer_id, *new_BGSD)
 
 
 class Attention(nn.Module):
@@ -127,8 +205,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: AttentionMask
+        self,
+        x_BSD: torch.Tensor,
+        cos_SDh: torch.Tensor,
+        sin_SDh: torch.Tensor,
+        mask_B1SS: AttentionMask,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        """cache: decoding (`KVCache`); then cos/sin are per token (B x 1 x S x Dh) and the mask
+        B x 1 x S x K over the cached keys."""
         bsz, seq, _ = x_BSD.shape
         # -1 heads: under tensor parallelism q/k/v are column-sharded and this rank holds H/tp
         # query and G/tp key/value heads (the GQA ratio is the same on every rank).
@@ -136,6 +221,8 @@ class Attention(nn.Module):
         k_BGSDh = self.k_proj(x_BSD).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
         v_BGSDh = self.v_proj(x_BSD).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
         q_BHSDh, k_BGSDh = apply_rope(q_BHSDh, cos_SDh, sin_SDh), apply_rope(k_BGSDh, cos_SDh, sin_SDh)
+        if cache is not None:
+            k_BGSDh, v_BGSDh = cache.extend(k_BGSDh, v_BGSDh)  # S -> K: every key so far
         out_BHSDh = attend(q_BHSDh, k_BGSDh, v_BGSDh, mask_B1SS, self.dropout if self.training else 0.0)
         return self.o_proj(out_BHSDh.transpose(1, 2).reshape(bsz, seq, -1))
 
@@ -181,8 +268,15 @@ class MLAttention(nn.Module):
         return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_BSD)))
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SR: torch.Tensor, sin_SR: torch.Tensor, mask_B1SS: AttentionMask
+        self,
+        x_BSD: torch.Tensor,
+        cos_SR: torch.Tensor,
+        sin_SR: torch.Tensor,
+        mask_B1SS: AttentionMask,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        if cache is not None:
+            return self.forward_cached(x_BSD, cos_SR, sin_SR, mask_B1SS, cache)
         bsz, seq, _ = x_BSD.shape
         # -1 heads: q_proj/q_b_proj and kv_b_proj split by head under tensor parallelism (the
         # latent projections stay whole), as transformers' DeepseekV3 TP plan does.
@@ -195,6 +289,37 @@ class MLAttention(nn.Module):
         q_BHSDh = torch.cat((q_nope_BHSDn, apply_rope(q_rope_BHSR, cos_SR, sin_SR)), dim=-1)
         k_BHSDh = torch.cat((k_nope_BHSDn, k_rope_B1SR.expand(-1, k_nope_BHSDn.shape[1], -1, -1)), dim=-1)
         out_BHSDv = attend(q_BHSDh, k_BHSDh, v_BHSDv, mask_B1SS, self.dropout if self.training else 0.0)
+        return self.o_proj(out_BHSDv.transpose(1, 2).reshape(bsz, seq, -1))
+
+    def forward_cached(
+        self, x_BSD: torch.Tensor, cos_B1SR: torch.Tensor, sin_B1SR: torch.Tensor, mask_B1SK: torch.Tensor,
+        cache: LayerCache,
+    ) -> torch.Tensor:  # fmt: skip
+        """Decoding: the cache keeps only c = RMSNorm(c_kv) (L) and RoPE(k_rope) (R) per token,
+        and W_kvb is absorbed into the query and the output (DeepSeek-V2 section 2.1.2):
+
+            q_h . k_h = (q_nope_h W_UK_h) . c + q_rope_h . k_rope      out_h = (attn_h c) W_UV_h^T
+
+        so all query heads share one key head (width L + R) and one value head (width L), the
+        cached latents are never expanded, and the scale stays 1/sqrt(Dn + R). NOTE: equal to
+        `forward` up to fp rounding (the products are reassociated); a decoded token costs
+        O(K (L + R)) per head instead of re-expanding all K cached latents through W_kvb.
+        """
+        bsz, seq, _ = x_BSD.shape
+        q_BHSDh = self.queries(x_BSD).view(bsz, seq, -1, self.nope_dim + self.rope_dim).transpose(1, 2)
+        q_nope_BHSDn, q_rope_BHSR = q_BHSDh.split([self.nope_dim, self.rope_dim], dim=-1)
+        latent_BSL, k_rope_BSR = self.kv_a_proj_with_mqa(x_BSD).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        latent_B1SL = self.kv_a_layernorm(latent_BSL).unsqueeze(1)
+        k_rope_B1SR = apply_rope(k_rope_BSR.unsqueeze(1), cos_B1SR, sin_B1SR)
+        latent_B1KL, k_rope_B1KR = cache.extend(latent_B1SL, k_rope_B1SR)
+        w_kvb_HDnvL = self.kv_b_proj.weight.view(-1, self.nope_dim + self.v_dim, self.kv_lora_rank)
+        w_uk_HDnL, w_uv_HDvL = w_kvb_HDnvL.split([self.nope_dim, self.v_dim], dim=1)
+        q_latent_BHSL = torch.einsum("bhsn,hnl->bhsl", q_nope_BHSDn, w_uk_HDnL)
+        q_BHSLR = torch.cat((q_latent_BHSL, apply_rope(q_rope_BHSR, cos_B1SR, sin_B1SR)), dim=-1)
+        k_B1KLR = torch.cat((latent_B1KL, k_rope_B1KR), dim=-1)
+        scale = (self.nope_dim + self.rope_dim) ** -0.5
+        out_BHSL = attend(q_BHSLR, k_B1KLR, latent_B1KL, mask_B1SK, 0.0, scale=scale)
+        out_BHSDv = torch.einsum("bhsl,hvl->bhsv", out_BHSL, w_uv_HDvL)
         return self.o_proj(out_BHSDv.transpose(1, 2).reshape(bsz, seq, -1))
 
 
@@ -213,10 +338,16 @@ class TransformerBlock(nn.Module):
         self.ffn: nn.Module = MoE(cfg.dim, cfg.moe) if self.is_moe else FeedForward(cfg.dim, cfg.dense_dim)
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: AttentionMask
+        self,
+        x_BSD: torch.Tensor,
+        cos_SDh: torch.Tensor,
+        sin_SDh: torch.Tensor,
+        mask_B1SS: AttentionMask,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the block output and this layer's (balance_loss, z_loss), None when dense."""
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
+        # cache by keyword: tensor parallelism's input plan covers the four positional tensors
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS, cache=cache)
         if not self.is_moe:
             return x_BSD + self.ffn(self.ffn_norm(x_BSD)), None, None
         out_BSD, aux = self.ffn(self.ffn_norm(x_BSD))
@@ -278,31 +409,57 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(
-        self, tokens_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_hidden: bool = False
+        self,
+        tokens_BS: torch.Tensor,
+        doc_ids_BS: torch.Tensor | None = None,
+        return_hidden: bool = False,
+        cache: KVCache | None = None,
     ) -> TransformerOutput:
         """tokens_BS: int64 ids. doc_ids_BS: optional packed-document ids; when given, attention
         stays inside each document (default: plain causal attention). return_hidden: skip the
-        output projection and return the final hidden states, for `chunked_lm_loss`."""
-        h_BSD, balance, z = self.run_layers(self.tok_embeddings(tokens_BS), doc_ids_BS)
+        output projection and return the final hidden states, for `chunked_lm_loss`.
+        cache: decode (`training.generate`): tokens_BS are the next S tokens of every row, whose
+        slots `cache.append_slots` has claimed. Through forward, not a side method, so FSDP's
+        and compile's hooks on the root run as in training."""
+        if cache is not None and doc_ids_BS is not None:
+            raise ValueError("a cached forward takes no document ids: the cache's rows are the documents")
+        h_BSD, balance, z = self.run_layers(self.tok_embeddings(tokens_BS), doc_ids_BS, cache=cache)
         h_BSD = self.norm(h_BSD)
         if return_hidden:
             return TransformerOutput(None, balance, z, hidden_BSD=h_BSD)
         return TransformerOutput(self.output(h_BSD), balance, z)
 
     def run_layers(
-        self, h_BSD: torch.Tensor, doc_ids_BS: torch.Tensor | None, layer_ids: list[str] | None = None
+        self,
+        h_BSD: torch.Tensor,
+        doc_ids_BS: torch.Tensor | None,
+        layer_ids: list[str] | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The blocks `layer_ids` (default: every block this module holds, in order) on h_BSD;
-        returns h_BSD and their balance and z losses. A pipeline stage runs its own through this."""
+        returns h_BSD and their balance and z losses. A pipeline stage runs its own through this.
+        With a cache: RoPE at each token's own position and the cache's mask (`KVCache`)."""
         seq = h_BSD.shape[1]
-        if seq > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.cfg.max_seq_len}")
-        cos_SDh, sin_SDh = self.rope_cos[:seq], self.rope_sin[:seq]
-        mask_B1SS = attention_mask(doc_ids_BS, self.attention_kernel)
+        if cache is None:
+            if seq > self.cfg.max_seq_len:
+                raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos_SDh, sin_SDh = self.rope_cos[:seq], self.rope_sin[:seq]
+            mask_B1SS = attention_mask(doc_ids_BS, self.attention_kernel)
+        else:
+            if cache.capacity > self.cfg.max_seq_len or cache.step != seq:
+                raise ValueError(f"the KV cache must hold at most max_seq_len {self.cfg.max_seq_len} slots "
+                                 f"(has {cache.capacity}) and have claimed this forward's {seq} (claimed {cache.step})")
+            positions_BS = cache.positions_BS
+            cos_SDh, sin_SDh = self.rope_cos[positions_BS].unsqueeze(1), self.rope_sin[positions_BS].unsqueeze(1)
+            mask_B1SS = cache.attention_mask()
 
         balance = z = h_BSD.new_zeros((), dtype=torch.float32)
         for layer_id in layer_ids if layer_ids is not None else list(self.layers):
-            h_BSD, layer_balance, layer_z = self.layers[layer_id](h_BSD, cos_SDh, sin_SDh, mask_B1SS)
+            block = self.layers[layer_id]
+            if cache is None:  # the training call, unchanged (activation checkpointing wraps it)
+                h_BSD, layer_balance, layer_z = block(h_BSD, cos_SDh, sin_SDh, mask_B1SS)
+            else:
+                h_BSD, layer_balance, layer_z = block(h_BSD, cos_SDh, sin_SDh, mask_B1SS, cache.layer(layer_id))
             if layer_balance is not None:
                 balance, z = balance + layer_balance, z + layer_z
         return h_BSD, balance, z

@@ -212,3 +212,47 @@ def demo_corpus(
     if reference:
         summary["reference"] = build_reference_texts(out)
     console.print_json(json.dumps(summary))
+
+
+@commands.command("curate-posttrain")
+def curate_posttrain(
+    config: Path = typer.Argument(..., help="Post-training curation config (YAML): inputs, output, steps."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder/URI; replaces the config's output."),
+    overwrite: bool = typer.Option(False, help="Replace an existing, non-empty output."),
+) -> None:
+    """Curate chat, preference and prompt JSONL: dedup, decontamination, PII; writes the manifest."""
+    # pyarrow, pydantic models of the stages and their libraries: loaded when the command runs (fast --help)
+    from curation.config import ConfigError  # as above
+    from curation.io.files import InputError  # as above
+    from curation.pipeline import OutputError  # as above
+    from curation.posttrain.config import load_posttrain_config  # as above
+    from curation.posttrain.run import run_posttrain  # as above
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "stage_done":
+            s = info["stats"]
+            err_console.print(f"  {s.name:<24} {s.docs_in:>10,} -> {s.docs_out:>10,} records  {s.seconds:8.1f}s",
+                              highlight=False)
+
+    try:
+        cfg = load_posttrain_config(config, output=output)
+        result = run_posttrain(cfg, overwrite=overwrite, progress=on_event)
+    except (ConfigError, InputError, OutputError) as e:
+        fail(str(e))
+    print_stats_table(result.stats)
+    console.print_json(json.dumps(result.manifest.totals.model_dump()))
+    console.print(f"rejects:  {result.rejects_dir}\nmanifest: {result.manifest_path}", highlight=False, soft_wrap=True)
+
+
+@commands.command("demo-instructions")
+def demo_instructions(
+    out: Path = typer.Argument(..., help="Folder to write the post-training demo set into."),
+    seed: int = typer.Option(0, help="Seed of the questions, split, wrong answers and red-team prompts."),
+    max_commands: int = typer.Option(400, help="Man-page questions at most."),
+    max_math: int = typer.Option(200, help="sympy questions at most."),
+) -> None:
+    """Build an offline SFT / preference / prompt / red-team demo set from this machine's docs."""
+    from curation.demo_instructions import build_demo_instructions  # reads the disk and sympy: only when asked
+
+    summary = build_demo_instructions(out, seed=seed, max_commands=max_commands, max_math=max_math)
+    console.print_json(json.dumps(summary))

@@ -3,6 +3,7 @@
     launch_local(cfg)                 # 1 process, or cfg.workers processes via torch.multiprocessing
     launch_ray(cfg)                   # Ray Train TorchTrainer, elastic, restarts on failure
     run_worker(cfg)                   # what every rank runs (also under torchrun)
+    launch_local(cfg, make_trainer=sft_trainer)   # any of them: what a rank trains (default: pretraining)
 
 Whatever starts the ranks, `run_worker` snaps the process count to a layout
 (`parallel.plan_layout`): W = pp x dp_replicate x dp_shard x tp ranks with the configured tp, pp
@@ -32,12 +33,16 @@ from contract.manifest import Manifest, parse_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.data.dataset import ManifestDataset
 from training.data.fetch import Fetcher
-from training.parallel import Layout, build_meshes, plan_layout
+from training.parallel import Layout, Meshes, build_meshes, plan_layout
 from training.train_config import TrainConfig
 from training.trainer import FitResult, Trainer, resolve_device
 
 OnStep = Callable[[int, int], None]
 OnCheckpoint = Callable[[int, str | None, dict[str, Any]], None]
+# What a rank trains, built once its layout and meshes exist: pretraining's ManifestDataset and
+# Trainer by default, a post-training kind's otherwise (training.sft.sft_trainer). Module-level
+# functions, so spawned processes and Ray workers receive them by reference (with type(cfg)).
+MakeTrainer = Callable[[TrainConfig, Meshes | None, Layout, torch.device], Trainer]
 
 
 def read_manifest(location: str) -> Manifest:
@@ -71,7 +76,17 @@ def broadcast_control(device: torch.device) -> Callable[[bool, bool], tuple[bool
     return control
 
 
-def build_worker(cfg: TrainConfig) -> tuple[Trainer | None, Callable[[bool, bool], tuple[bool, bool]] | None]:
+def pretraining_trainer(cfg: TrainConfig, meshes: Meshes | None, layout: Layout, device: torch.device) -> Trainer:
+    # The ranks of one tp/pp group read the same data: the dataset's shard is the data rank.
+    data_rank = meshes.data_rank if meshes is not None else 0
+    dataset = ManifestDataset(cfg.manifest, cfg.seq_len, cfg.seed, rank=data_rank, world_size=layout.dp,
+                              cache_dir=cfg.cache_dir)  # fmt: skip
+    return Trainer(cfg, dataset, meshes, device)
+
+
+def build_worker(
+    cfg: TrainConfig, make_trainer: MakeTrainer = pretraining_trainer
+) -> tuple[Trainer | None, Callable[[bool, bool], tuple[bool, bool]] | None]:
     """This process's Trainer (None on a spare rank) and the control broadcast (None alone).
 
     Uses the default process group when one is initialised (Ray Train, torchrun, spawn),
@@ -93,11 +108,7 @@ def build_worker(cfg: TrainConfig) -> tuple[Trainer | None, Callable[[bool, bool
     control = broadcast_control(device) if distributed else None
     if meshes is not None and not meshes.member:
         return None, control
-    # The ranks of one tp/pp group read the same data: the dataset's shard is the data rank.
-    data_rank = meshes.data_rank if meshes is not None else 0
-    dataset = ManifestDataset(cfg.manifest, cfg.seq_len, cfg.seed, rank=data_rank, world_size=layout.dp,
-                              cache_dir=cfg.cache_dir)  # fmt: skip
-    return Trainer(cfg, dataset, meshes, device), control
+    return make_trainer(cfg, meshes, layout, device), control
 
 
 def run_worker(
@@ -106,6 +117,7 @@ def run_worker(
     on_checkpoint: OnCheckpoint | None = None,
     on_step: OnStep | None = None,
     prune_checkpoints: bool = True,
+    make_trainer: MakeTrainer = pretraining_trainer,
 ) -> FitResult | None:
     """Train on this rank until cfg.steps; None on a spare rank.
 
@@ -113,7 +125,7 @@ def run_worker(
     cfg.out_dir/checkpoints. prune_checkpoints=False leaves deleting old checkpoints to someone
     else (Ray Train's CheckpointConfig).
     """
-    trainer, control = build_worker(cfg)
+    trainer, control = build_worker(cfg, make_trainer)
     if trainer is None:
         while True:  # a spare: mirror the training ranks' control broadcasts and reports
             save, stop = control(False, False)
@@ -150,20 +162,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(rank: int, world: int, port: int, cfg_json: str, on_step: OnStep | None, threads: int) -> None:
+def _spawned(
+    rank: int, world: int, port: int, cfg_json: str, on_step: OnStep | None, threads: int,
+    config_type: type[TrainConfig] = TrainConfig, make_trainer: MakeTrainer = pretraining_trainer,
+) -> None:  # fmt: skip
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
-    cfg = TrainConfig.model_validate_json(cfg_json)
+    cfg = config_type.model_validate_json(cfg_json)
     device = resolve_device(cfg.device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
-        run_worker(cfg, on_step=on_step)
+        run_worker(cfg, on_step=on_step, make_trainer=make_trainer)
     finally:
         dist.destroy_process_group()
 
 
-def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | None = None) -> FitResult | None:
+def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | None = None,
+                 make_trainer: MakeTrainer = pretraining_trainer) -> FitResult | None:  # fmt: skip
     """Train with `nprocs` (default cfg.workers) local processes.
 
     One process: in this process, without torch.distributed (or inside the group torchrun
@@ -176,14 +192,15 @@ def launch_local(cfg: TrainConfig, nprocs: int | None = None, on_step: OnStep | 
         device = resolve_device(cfg.device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            return run_worker(cfg, on_step=on_step)
+            return run_worker(cfg, on_step=on_step, make_trainer=make_trainer)
         finally:
             dist.destroy_process_group()
     if nprocs == 1:
-        return run_worker(cfg, on_step=on_step)
+        return run_worker(cfg, on_step=on_step, make_trainer=make_trainer)
 
     threads = max(1, (os.cpu_count() or 1) // nprocs)
-    mp.spawn(_spawned, args=(nprocs, free_port(), cfg.model_dump_json(), on_step, threads), nprocs=nprocs, join=True)
+    mp.spawn(_spawned, args=(nprocs, free_port(), cfg.model_dump_json(), on_step, threads, type(cfg), make_trainer),
+             nprocs=nprocs, join=True)  # fmt: skip
     return None
 
 
@@ -199,7 +216,7 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint  # Ray Train, as above
     from ray.train.v2.api.report_config import CheckpointUploadMode  # Ray Train, as above
 
-    cfg = TrainConfig.model_validate(config["train"])
+    cfg = config.get("config_type", TrainConfig).model_validate(config["train"])
 
     def report(step: int, location: str | None, metrics: dict[str, Any]) -> None:
         # NOTE: the checkpoint is already in the run's storage (OUT/checkpoints, local or a store),
@@ -218,7 +235,8 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
         latest = checkpoints.latest()
         candidates += [latest] if latest is not None else []
     resume_from = max(candidates, key=lambda p: read_meta(p)["step"], default=None)
-    run_worker(cfg, resume_from=resume_from, on_checkpoint=report, on_step=config.get("on_step"), prune_checkpoints=False)
+    run_worker(cfg, resume_from=resume_from, on_checkpoint=report, on_step=config.get("on_step"),
+               prune_checkpoints=False, make_trainer=config.get("make_trainer", pretraining_trainer))  # fmt: skip
 
 
 def scaling_bounds(cfg: TrainConfig) -> int | tuple[int, int]:
@@ -228,7 +246,7 @@ def scaling_bounds(cfg: TrainConfig) -> int | tuple[int, int]:
     return cfg.workers
 
 
-def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
+def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None, make_trainer: MakeTrainer = pretraining_trainer):
     """Run on Ray Train; returns ray.train.Result (raises if the run failed after retries).
 
     The run's storage is cfg.out_dir itself (Ray's run state beside metrics.jsonl and
@@ -255,7 +273,8 @@ def launch_ray(cfg: TrainConfig, on_step: OnStep | None = None):
     use_gpu = resolve_device(cfg.device).type == "cuda"
     trainer = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"train": cfg.model_dump(mode="json"), "on_step": on_step},
+        train_loop_config={"train": cfg.model_dump(mode="json"), "on_step": on_step, "config_type": type(cfg),
+                           "make_trainer": make_trainer},  # fmt: skip
         scaling_config=ScalingConfig(num_workers=scaling_bounds(cfg), use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(

@@ -39,7 +39,8 @@ from contract.locations import local_path
 from training.checkpoint import CheckpointManager, TrainingState
 from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
-from training.evaluate import EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
+from training.data.sft_dataset import MaskedBatch
+from training.evaluate import IGNORE_INDEX, EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
 from training.memory import apply_model_options, autocast
 from training.metrics_log import MetricsLog
 from training.model import causal_lm_loss, chunked_lm_loss
@@ -80,7 +81,10 @@ def micro_batch_of(batch: Batch, device: torch.device, document_mask: bool) -> M
     doc_ids = None
     if document_mask:
         doc_ids = torch.from_numpy(batch.segment_ids()[:, :-1]).to(device, non_blocking=True)
-    return MicroBatch(tokens[:, :-1], tokens[:, 1:], doc_ids)
+    targets = tokens[:, 1:]
+    if isinstance(batch, MaskedBatch):  # SFT: only assistant tokens are targets (the rest: ignore_index)
+        targets = targets.masked_fill(~torch.from_numpy(batch.loss_mask[:, 1:]).to(device), IGNORE_INDEX)
+    return MicroBatch(tokens[:, :-1], targets, doc_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +180,10 @@ class FitResult:
 
 class Trainer:
     """One rank's trainer. `meshes` is None for a single process without torch.distributed."""
+
+    eval_at_start = False  # also evaluate before the first step (post-training subclasses)
+    # What scores self.eval_sets (`evaluate_model`'s signature; SFT: assistant-token loss).
+    evaluate_sets = staticmethod(evaluate_model)
 
     def __init__(self, cfg: TrainConfig, dataset: ManifestDataset, meshes: Meshes | None, device: torch.device):
         self.cfg, self.dataset, self.meshes, self.device = cfg, dataset, meshes, device
@@ -357,8 +365,8 @@ class Trainer:
         Under pp > 1 each batch passes the stages in turn (`Pipeline.forward_nll`)."""
         start = time.perf_counter()
         forward_nll = self.pipeline.forward_nll if self.pipeline is not None else None
-        report = evaluate_model(self.model, self.eval_sets, self.cfg.seq_len, self.cfg.eval_batch_size,
-                                self.device, self.cfg.document_mask, forward_nll)  # fmt: skip
+        report = self.evaluate_sets(self.model, self.eval_sets, self.cfg.seq_len, self.cfg.eval_batch_size,
+                                    self.device, self.cfg.document_mask, forward_nll)  # fmt: skip
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, **report.to_dict(),
                   "eval_s": round(time.perf_counter() - start, 4), "time": round(time.time(), 3)}  # fmt: skip
         self.eval_log.write(record)
@@ -403,6 +411,8 @@ class Trainer:
         if self.step == 0:
             self.metrics.truncate()
             self.eval_log.truncate()
+            if self.eval_at_start and self.eval_sets:
+                self.evaluate()  # step 0's line: the starting model (SFT: the pretrained one)
         if self.step >= cfg.steps and control is not None:
             control(False, True)  # resumed at the end: release the spares all the same
         with GCController(every_n_steps=cfg.gc_every_steps) as gc_ctl:

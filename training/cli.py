@@ -51,11 +51,12 @@ def plan_report(cfg: TrainConfig, vocab_size: int | None, workers: int, gpu: str
 
     vocab = vocab_size or preset_config(cfg.preset, 128_000).vocab_size
     model_cfg = cfg.build_model_config(vocab)
-    layout = plan_layout(workers, model_cfg.moe.n_routed_experts, cfg.ep, cfg.global_batch_seqs)
-    micro, accum = accumulation(cfg.global_batch_seqs, layout.world, cfg.micro_batch)
+    layout = plan_layout(workers, model_cfg.moe.n_routed_experts, cfg.ep, cfg.global_batch_seqs, tp=cfg.tp,
+                         pp=cfg.pp, dp_replicate=cfg.dp_replicate, n_layers=model_cfg.n_layers)  # fmt: skip
+    micro, accum = accumulation(cfg.global_batch_seqs, layout.dp, cfg.micro_batch)
     spec = PlanSpec(gpus=layout.world, gpu=gpu, tokens=cfg.steps * cfg.global_batch_tokens, seq_len=cfg.seq_len,
-                    global_batch_tokens=cfg.global_batch_tokens, micro_batch_seqs=micro, fsdp=layout.world,
-                    ep=layout.ep, activation_checkpointing=False,
+                    global_batch_tokens=cfg.global_batch_tokens, micro_batch_seqs=micro, fsdp=layout.dp_shard,
+                    tp=layout.tp, pp=layout.pp, ep=layout.ep, activation_checkpointing=False,
                     accumulate_unsharded_grads=not cfg.reduce_every_micro_batch)  # fmt: skip
     plan = make_plan(model_cfg, spec)
     counts = count_params(model_cfg)
@@ -66,7 +67,7 @@ def plan_report(cfg: TrainConfig, vocab_size: int | None, workers: int, gpu: str
         f"(width {moe.expert_dim})",
         f"parameters: {counts['total'] / 1e9:.2f}B total, {counts['active'] / 1e9:.2f}B active per token",
         f"layout for {workers} workers: {layout.describe()}; micro-batch {micro} x {accum} accumulation x "
-        f"{layout.world} ranks = {cfg.global_batch_seqs} sequences of {cfg.seq_len} tokens",
+        f"{layout.dp} data ranks = {cfg.global_batch_seqs} sequences of {cfg.seq_len} tokens",
         "",
         f"{'parameter (meta device, nothing allocated)':58s} {'shape':>22s} {'count':>14s}",
     ]
@@ -96,6 +97,9 @@ def train_command(
     seq_len: int | None = None,
     global_batch_tokens: int | None = None,
     micro_batch: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp_replicate: int | None = None,
 ) -> dict[str, Any]:
     """Run (or with dry_run, plan) a training run; returns a summary dict.
 
@@ -103,8 +107,8 @@ def train_command(
     (bad config, no manifest).
     """
     cfg = load_train_config(
-        config, manifest=manifest, preset=preset, steps=steps, workers=workers, out_dir=out, ep=ep,
-        seq_len=seq_len, global_batch_tokens=global_batch_tokens, micro_batch=micro_batch,
+        config, manifest=manifest, preset=preset, steps=steps, workers=workers, out_dir=out, ep=ep, tp=tp, pp=pp,
+        dp_replicate=dp_replicate, seq_len=seq_len, global_batch_tokens=global_batch_tokens, micro_batch=micro_batch,
     )  # fmt: skip
     if dry_run:
         vocab = None

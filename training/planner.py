@@ -4,10 +4,12 @@
     plan = make_plan(preset("moe-67b", 128_000), spec)
     print_plan(plan)                        # rich tables; `flywheel plan` = plan_command(...)
 
-The layout is the trainer's (training/parallel.py): FSDP2 shards every parameter over `fsdp`
-ranks (HSDP replicates over gpus / fsdp), routed experts are split over `ep` ranks and
-FSDP-sharded again over fsdp / ep. No tensor or pipeline parallelism, so every GPU holds at
-least one whole sequence per micro-batch.
+The layout is the trainer's one mesh (training/parallel.py, torchtitan's): gpus = pp x dp x tp.
+Dense weights are split over tp (Megatron tensor parallel with sequence parallel norms), by
+layer over pp pipeline stages, and FSDP2-sharded over `fsdp` of the dp ranks (HSDP replicates
+over dp / fsdp); routed experts are split over `ep` ranks of a stage and FSDP-sharded again over
+the other dp x tp / ep. Without `tp`/`pp`/`ep` make_plan searches the layouts that keep the
+global batch exactly (micro-batch x accumulation x dp = batch) and keeps the fastest that fits.
 
 Conventions (each a `NOTE:` where it is used):
 - FLOPs: 6 x active matmul parameters per token + 12 x layers x heads x head_dim x seq_len for
@@ -16,15 +18,19 @@ Conventions (each a `NOTE:` where it is used):
 - Memory: mixed-precision AdamW costs 16 bytes per parameter (ZeRO, arXiv 1910.02054 section
   3.1); activations are counted per token as in Korthikanti et al. (arXiv 2205.05198 section
   4.1), for SwiGLU experts and fused (flash) attention, which stores no seq x seq scores.
+- Pipeline: 1F1B (Narayanan et al., arXiv 2104.04473) idles (p - 1) / (m + p - 1) of a step
+  and holds up to p micro-batches on the first stage; TP costs 2 all-reduces per layer forward
+  and 2 backward, on the critical path. PP point-to-point sends (one bf16 micro-batch x dim per
+  stage boundary) are small next to these and not counted.
 - Links: datasheet NVLink figures are both directions together; a collective moves data at the
   one-direction rate (half), times `comm_efficiency`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -94,9 +100,14 @@ class PlanSpec(BaseModel):
     seq_len: int | None = Field(default=None, ge=1, description="None: the model's max_seq_len")
     # The article's batch: "4 million" tokens (1,024 sequences of 4,096).
     global_batch_tokens: int = Field(default=4 * 1024 * 1024, ge=1)
-    micro_batch_seqs: int = Field(default=1, ge=1, description="sequences per GPU per forward")
-    fsdp: int | None = Field(default=None, ge=1, description="sharding degree; None: all GPUs")
-    ep: int | None = Field(default=None, ge=1, description="expert parallel degree; None: up to a node")
+    micro_batch_seqs: int = Field(default=1, ge=1, description="sequences per pipeline per forward")
+    # Layout: None searches (make_plan keeps the fastest layout that fits); a number forces it.
+    tp: int | None = Field(default=None, ge=1, description="tensor parallel degree, inside a node")
+    pp: int | None = Field(default=None, ge=1, description="pipeline stages, dividing the layers")
+    pp_schedule: Literal["1f1b", "interleaved-1f1b", "gpipe"] = "1f1b"
+    pp_virtual_stages: int = Field(default=2, ge=1, description="model chunks per rank (interleaved-1f1b)")
+    fsdp: int | None = Field(default=None, ge=1, description="sharding degree of the dp ranks; None: all")
+    ep: int | None = Field(default=None, ge=1, description="expert parallel degree; None: searched")
     activation_checkpointing: bool = True
     # FSDP2 set_requires_gradient_sync(False) until the last micro-batch, as training/parallel.py
     # does: one reduce-scatter per step, but with 2+ micro-batches the unsharded bf16 gradients
@@ -236,6 +247,135 @@ def activation_bytes_per_token(cfg: ModelConfig) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Layout: tensor x pipeline x data parallel for dense weights, expert parallel for experts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanLayout:
+    """gpus = pp x dp x tp, tp innermost (inside a node), then the dp ranks, then the stages: the
+    degrees of the trainer's `training.parallel.Layout` (dp_shard = fsdp, dp_replicate = dp / fsdp),
+    here without torch for the CLI.
+
+    Dense weights are split by tp (Megatron: attention by heads, FFN by width, embedding and
+    head by vocabulary), by layer over pp stages, and FSDP-sharded over `fsdp` of the dp ranks
+    (HSDP: dp / fsdp replicas). Routed experts: by stage, then over `ep` of a stage's ranks (ep
+    divides fsdp x tp: it borrows those ranks), FSDP-sharded over the other efsdp = dp x tp / ep
+    (torchtitan's (pp, efsdp, ep)).
+    """
+
+    tp: int
+    pp: int
+    dp: int
+    fsdp: int
+    ep: int
+    virtual_stages: int = 1  # model chunks per pipeline rank (interleaved 1F1B)
+
+    @property
+    def efsdp(self) -> int:
+        return self.dp * self.tp // self.ep
+
+    @property
+    def replicas(self) -> int:
+        return self.dp // self.fsdp
+
+    def describe(self) -> str:
+        replicas = f" x{self.replicas} replicas" if self.replicas > 1 else ""
+        return (f"TP {self.tp} x PP {self.pp} x DP {self.dp} (FSDP {self.fsdp}{replicas}), "
+                f"EP {self.ep} x expert FSDP {self.efsdp}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The layers one pipeline rank holds; the first also holds the embedding, the last the head."""
+
+    index: int
+    dense_layers: int
+    moe_layers: int
+    first: bool
+    last: bool
+
+    @property
+    def layers(self) -> int:
+        return self.dense_layers + self.moe_layers
+
+
+def pipeline_stages(cfg: ModelConfig, pp: int) -> list[Stage]:
+    """Equal runs of layers, dense ones first. NOTE: an interleaved rank holds v chunks spread
+    over the model; counted here as its L / pp contiguous layers (the same sizes)."""
+    per, n_dense = cfg.n_layers // pp, cfg.moe.n_dense_layers
+    stages = []
+    for i in range(pp):
+        dense = max(0, min((i + 1) * per, n_dense) - i * per)
+        stages.append(Stage(i, dense, per - dense, first=i == 0, last=i == pp - 1))
+    return stages
+
+
+def stage_params(cfg: ModelConfig, p: ParamBreakdown, stage: Stage) -> tuple[float, float]:
+    """(dense, routed) parameters of a stage, before any TP, EP or FSDP split."""
+    dense = stage.dense_layers * p.dense_layer + stage.moe_layers * p.moe_layer_shared
+    if stage.first:
+        # A tied table lives on the first and the last stage when they differ (two copies).
+        dense += p.embedding_lookup or (0 if stage.last else cfg.vocab_size * cfg.dim)
+    if stage.last:
+        dense += p.head - p.embedding_lookup  # output projection (the table when tied) + final norm
+    return dense, stage.moe_layers * p.moe_layer_routed
+
+
+def stage_flops_per_token(cfg: ModelConfig, p: ParamBreakdown, stage: Stage, seq_len: int) -> float:
+    """Model FLOPs per token of one stage; over all stages they add up to model_flops_per_token.
+
+    The head sits on the last stage only: for moe-67b it costs as much as 3 layers, so the last
+    stage paces a pipeline of equal layer counts.
+    """
+    d, moe = cfg.dim, cfg.moe
+    routed_active = p.moe_layer_routed * moe.n_activated_experts / moe.n_routed_experts
+    dense_matmul, moe_matmul = p.dense_layer - 2 * d, p.moe_layer_shared + routed_active - 2 * d  # norms: no matmul
+    head_matmul = p.head - p.embedding_lookup - d
+    n_moe = cfg.n_layers - moe.n_dense_layers
+    all_matmul = 6.0 * (moe.n_dense_layers * dense_matmul + n_moe * moe_matmul + head_matmul)
+    attention_per_layer = (model_flops_per_token(cfg, seq_len) - all_matmul) / cfg.n_layers
+    matmul = stage.dense_layers * dense_matmul + stage.moe_layers * moe_matmul + (head_matmul if stage.last else 0)
+    return 6.0 * matmul + stage.layers * attention_per_layer
+
+
+def bubble_fraction(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
+    """Share of a step the pipeline idles: (p - 1) / (m + p - 1) for GPipe and 1F1B; an
+    interleaved schedule with v chunks per rank shrinks the fill and drain v-fold (Narayanan et
+    al. 2021, arXiv 2104.04473 sections 2.2.1-2.2.2: bubble / ideal time = (p - 1) / (v m))."""
+    fill = (pp - 1) / virtual_stages
+    return fill / (micro_batches + fill)
+
+
+def layers_in_flight(schedule: str, pp: int, rank: int, micro_batches: int, virtual_stages: int,
+                     layers_per_stage: int) -> float:
+    """Layer x micro-batch activations a pipeline rank holds at its peak.
+
+    1F1B: rank r runs pp - r forwards before its first backward (Narayanan et al. section 2.2.1),
+    so the first rank holds pp micro-batches of its L / pp layers: L layers in all. GPipe: all
+    m. Interleaved: Megatron's warm-up of 2 (pp - r - 1) + (v - 1) pp chunks, plus one, of
+    L / (pp v) layers each; on the first rank L (1 + (pp - 1) / (pp v)) (Korthikanti et al.
+    2022, arXiv 2205.05198 section 4.2.3).
+    """
+    if pp == 1:
+        return layers_per_stage
+    if schedule == "gpipe":
+        return micro_batches * layers_per_stage
+    if schedule == "1f1b":
+        return min(micro_batches, pp - rank) * layers_per_stage
+    chunks = min(micro_batches * virtual_stages, 2 * (pp - rank - 1) + (virtual_stages - 1) * pp + 1)
+    return chunks * layers_per_stage / virtual_stages
+
+
+def tp_allreduce_bytes_per_token(cfg: ModelConfig, tp: int) -> float:
+    """Bytes one GPU sends per token and layer pass for Megatron TP: 2 all-reduces of a bf16 token
+    (after attention and after the FFN), ring all-reduce sending 2 (t - 1) / t of it. Sequence
+    parallelism swaps each for a reduce-scatter + all-gather pair: the same bytes (Korthikanti
+    et al. section 4.2.2). Forward 2, backward 2, a recomputed forward 2 more."""
+    return 2 * (2 * cfg.dim) * 2 * (tp - 1) / tp
+
+
+# ---------------------------------------------------------------------------------------------
 # The plan
 # ---------------------------------------------------------------------------------------------
 
@@ -254,15 +394,21 @@ class Memory:
 @dataclass
 class Timing:
     hw_flops_per_token: float
-    compute_s: float
+    compute_s: float  # busy time of the slowest stage, bubble excluded
+    tp_bytes: float
+    tp_s: float
     fsdp_bytes: float
     fsdp_s: float
+    hsdp_bytes: float  # gradient all-reduce across HSDP replicas
+    hsdp_s: float
     a2a_bytes: float
     a2a_s: float
+    bubble: float  # share of the step the pipeline idles
     step_s: float
     mfu: float
     tokens_per_gpu_s: float
     days: float
+    modelled_step_s: float  # step_s before a pinned MFU overrides it: what layouts are ranked by
 
 
 @dataclass
@@ -272,142 +418,280 @@ class Plan:
     gpu: GpuSpec
     params: ParamBreakdown
     seq_len: int
-    fsdp: int
-    ep: int
+    layout: PlanLayout
     micro_batch_tokens: int
-    accumulation: int
+    accumulation: int  # micro-batches per step per pipeline (m)
     global_batch_tokens: int
     model_flops_per_token: float
-    memory: dict[bool, Memory]  # by activation checkpointing on/off
+    memory: dict[bool, Memory]  # by activation checkpointing on/off, of the fullest stage
+    memory_stage: dict[bool, int]  # which stage that is
     timing: dict[bool, Timing]
     failures: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    alternatives: list[Plan] = field(default_factory=list, repr=False)  # other layouts, fastest first
+    layouts_considered: int = 1
+
+    @property
+    def fsdp(self) -> int:
+        return self.layout.fsdp
+
+    @property
+    def ep(self) -> int:
+        return self.layout.ep
+
+    @property
+    def tp(self) -> int:
+        return self.layout.tp
+
+    @property
+    def pp(self) -> int:
+        return self.layout.pp
 
     @property
     def chosen(self) -> Timing:
         return self.timing[self.spec.activation_checkpointing]
 
     @property
+    def chosen_memory(self) -> Memory:
+        return self.memory[self.spec.activation_checkpointing]
+
+    @property
+    def fits(self) -> bool:
+        return self.chosen_memory.total <= self.gpu.memory_gb * GB
+
+    @property
     def gpu_days(self) -> float:
         return self.chosen.days * self.spec.gpus
-
-
-def _default_ep(n_experts: int, fsdp: int, gpus_per_node: int) -> int:
-    # Within a node when possible: all-to-all then rides NVLink.
-    return max(d for d in range(1, min(gpus_per_node, fsdp) + 1) if n_experts % d == 0 and fsdp % d == 0)
 
 
 def _link_bytes_per_s(gb_s: float, efficiency: float) -> float:
     return gb_s * GB * efficiency
 
 
-def make_plan(cfg: ModelConfig, spec: PlanSpec) -> Plan:
-    gpu = gpu_spec(spec.gpu)
-    p = param_breakdown(cfg)
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_layouts(cfg: ModelConfig, spec: PlanSpec, gpu: GpuSpec) -> list[PlanLayout]:
+    """Every layout of spec.gpus that keeps the global batch exactly: tp a power of 2 inside a
+    node dividing the heads, pp dividing the layers, dp = gpus / (tp pp) dividing the batch's
+    sequences into micro-batches, ep dividing the experts and the fsdp x tp ranks of a stage.
+    Values given in the spec are forced; a forced value that cannot work is a PlanError."""
     seq = spec.seq_len or cfg.max_seq_len
     n, moe = spec.gpus, cfg.moe
-    fsdp = spec.fsdp or n
-    ep = spec.ep or _default_ep(moe.n_routed_experts, fsdp, gpu.gpus_per_node)
-    if moe.n_routed_experts % ep or fsdp % ep:
-        raise PlanError(f"ep={ep} must divide the {moe.n_routed_experts} experts and fsdp={fsdp}")
-    notes: list[str] = []
+    v = spec.pp_virtual_stages if spec.pp_schedule == "interleaved-1f1b" else 1
+    if spec.global_batch_tokens % seq:
+        raise PlanError(f"global batch of {spec.global_batch_tokens:,} tokens is not a whole number of "
+                        f"{seq:,}-token sequences")
+    batch_seqs = spec.global_batch_tokens // seq
+    if spec.tp is not None and (spec.tp > gpu.gpus_per_node or cfg.n_heads % spec.tp):
+        raise PlanError(f"tp={spec.tp} must divide the {cfg.n_heads} heads and stay inside a node "
+                        f"of {gpu.gpus_per_node} GPUs")
+    if spec.pp is not None and cfg.n_layers % (spec.pp * v):
+        raise PlanError(f"pp={spec.pp} x {v} chunks per rank must divide the {cfg.n_layers} layers")
+    if spec.ep is not None and moe.n_routed_experts % spec.ep:
+        raise PlanError(f"ep={spec.ep} must divide the {moe.n_routed_experts} experts")
+    tps = [spec.tp] if spec.tp else [t for t in (1, 2, 4, 8, 16, 32) if t <= gpu.gpus_per_node and cfg.n_heads % t == 0]
+    pps = [spec.pp] if spec.pp else [p for p in _divisors(cfg.n_layers) if cfg.n_layers % (p * v) == 0]
+    layouts = []
+    for tp in tps:
+        for pp in pps:
+            if n % (tp * pp):
+                continue
+            dp = n // (tp * pp)
+            fsdp = spec.fsdp or dp
+            if batch_seqs % (dp * spec.micro_batch_seqs) or dp % fsdp:
+                continue
+            eps = [spec.ep] if spec.ep else _divisors(moe.n_routed_experts)
+            layouts += [PlanLayout(tp, pp, dp, fsdp, ep, v) for ep in eps if (fsdp * tp) % ep == 0]
+    if not layouts:
+        forced = ", ".join(f"{k}={getattr(spec, k)}" for k in ("tp", "pp", "fsdp", "ep") if getattr(spec, k))
+        raise PlanError(
+            f"no layout of {n:,} GPUs keeps the global batch of {batch_seqs:,} x {seq:,}-token sequences"
+            f"{' with ' + forced if forced else ''}: dp = gpus / (tp x pp) must divide {batch_seqs:,} / "
+            f"{spec.micro_batch_seqs} micro-batch sequences (and fsdp divide dp, ep divide fsdp x tp)")
+    return layouts
 
-    # Batch: every GPU takes micro_batch_seqs whole sequences per forward.
-    micro_tokens = spec.micro_batch_seqs * seq
-    accum = max(1, math.ceil(spec.global_batch_tokens / (n * micro_tokens)))
-    batch = accum * n * micro_tokens
-    if batch != spec.global_batch_tokens:
-        notes.append(f"global batch {spec.global_batch_tokens:,} -> {batch:,} tokens: without TP/PP each of "
-                     f"{n:,} GPUs takes {spec.micro_batch_seqs} x {seq:,}-token sequence(s) per micro-batch")
-    tokens_per_gpu_step = batch / n
 
-    # --- memory per GPU -------------------------------------------------------------------
-    n_moe = cfg.n_layers - moe.n_dense_layers
-    # NOTE: 16 bytes per parameter, sharded fsdp ways (experts: ep x fsdp/ep = fsdp ways too):
-    # fp32 master weights 4 + fp32 gradients 4 + AdamW m and v 4 + 4 (FSDP2 keeps the sharded
-    # parameters fp32 and gathers bf16 copies: MixedPrecisionPolicy(bf16, reduce fp32)).
-    shard = p.total / fsdp
-    # The largest FSDP unit gathered in bf16: a block (its experts only the ep-local ones) or
-    # the root (embeddings + head, kept gathered through the step by reshard_after_forward=False).
-    moe_unit = p.moe_layer_shared + p.moe_layer_routed / ep
-    block_unit = max(p.dense_layer if moe.n_dense_layers else 0, moe_unit if n_moe else 0)
-    gathered = 2 * (p.head + 2 * block_unit)  # root + current block + the prefetched next one
-    # Backward also holds a block's unsharded bf16 gradients until its reduce-scatter.
-    grad_buffer = 2 * block_unit
-    if spec.accumulate_unsharded_grads and accum > 1:
-        grad_buffer = 2 * (p.head + moe.n_dense_layers * p.dense_layer + n_moe * moe_unit)
+def make_plan(cfg: ModelConfig, spec: PlanSpec) -> Plan:
+    """The fastest layout that fits memory (by the step-time model below), the global batch kept.
+
+    With tp and pp both given the plan is that layout's even if it does not fit (notes say so);
+    a search that finds nothing that fits is a PlanError naming the leanest layout it tried.
+    """
+    gpu = gpu_spec(spec.gpu)
+    p = param_breakdown(cfg)
+    plans = [plan_layout(cfg, spec, layout, p) for layout in candidate_layouts(cfg, spec, gpu)]
+    fitting = sorted((x for x in plans if x.fits), key=lambda x: (x.chosen.modelled_step_s, x.chosen_memory.total))
+    forced = spec.tp is not None and spec.pp is not None
+    if not fitting and not forced:
+        lean = min(plans, key=lambda x: x.chosen_memory.total)
+        raise PlanError(f"no layout of {spec.gpus:,} x {gpu.name} fits {cfg.n_layers} layers / "
+                        f"{p.total / 1e9:,.1f}B parameters: the leanest, {lean.layout.describe()}, needs "
+                        f"{lean.chosen_memory.total / GB:,.1f} GB per GPU of {gpu.memory_gb:g}")
+    ranked = fitting or sorted(plans, key=lambda x: x.chosen.modelled_step_s)
+    best = ranked[0]
+    best.alternatives = ranked[1:]
+    best.layouts_considered = len(plans)
+    return best
+
+
+def stage_memory(cfg: ModelConfig, spec: PlanSpec, p: ParamBreakdown, layout: PlanLayout, stage: Stage,
+                 micro_batches: int, ac: bool) -> Memory:
+    """Bytes per GPU of one pipeline stage's rank, by item."""
+    L = layout
+    dense, routed = stage_params(cfg, p, stage)
+    # NOTE: 16 bytes per parameter (fp32 master 4 + fp32 gradient 4 + AdamW m, v 8), dense
+    # weights split tp x fsdp ways, experts ep x efsdp = dp x tp ways. Norms and routers are
+    # replicated over tp, not split: under 0.1% of a layer, counted as split.
+    shard = dense / (L.tp * L.fsdp) + routed / (L.ep * L.efsdp)
+    root = stage_params(cfg, p, Stage(stage.index, 0, 0, stage.first, stage.last))[0] / L.tp
+    layer_units = [u for u, count in ((p.dense_layer / L.tp, stage.dense_layers),
+                                      (p.moe_layer_shared / L.tp + p.moe_layer_routed / L.ep, stage.moe_layers))
+                   if count]  # fmt: skip
+    unit = max(layer_units, default=0.0)
+    whole = dense / L.tp + routed / L.ep  # the stage's share of an unsharded TP x EP rank
+    # Gathered bf16: the root (kept through the step) + the current and the prefetched block; under
+    # PP the whole stage (torchtitan keeps it gathered: no all-gather per micro-batch).
+    gathered = 2 * (root + 2 * unit) if L.pp == 1 else 2 * whole
+    # Backward holds a block's unsharded bf16 gradients until its reduce-scatter; accumulating
+    # them unsharded over micro-batches (always, under PP) holds the whole stage's.
+    grads = 2 * unit
+    if micro_batches > 1 and (spec.accumulate_unsharded_grads or L.pp > 1):
+        grads = 2 * whole
     act = activation_bytes_per_token(cfg)
-    layers_bytes = moe.n_dense_layers * act["dense_layer"] + n_moe * act["moe_layer"]
-    biggest_layer = max(act["dense_layer"] if moe.n_dense_layers else 0, act["moe_layer"] if n_moe else 0)
-    memory = {}
-    for ac in (False, True):
-        # With full activation checkpointing a block keeps only its input; backward recomputes
-        # one block at a time, so one block's activations are live on top.
-        saved = cfg.n_layers * act["layer_input"] + biggest_layer if ac else layers_bytes
-        memory[ac] = Memory({
-            "parameters (fp32 master, sharded)": 4 * shard,
-            "gradients (fp32, sharded)": 4 * shard,
-            "AdamW m + v (fp32, sharded)": 8 * shard,
-            "gathered bf16 parameters (FSDP units)": gathered,
-            "unsharded bf16 gradients": grad_buffer,
-            "activations": micro_tokens * saved,
-            "logits + loss": micro_tokens * act["loss"],
-            "reserved (CUDA, NCCL, fragmentation)": spec.reserved_gb * GB,
-        })  # fmt: skip
+    layer_bytes = (stage.dense_layers * act["dense_layer"] + stage.moe_layers * act["moe_layer"]) / stage.layers
+    held = layers_in_flight(spec.pp_schedule, L.pp, stage.index, micro_batches, L.virtual_stages, stage.layers)
+    biggest = max(act["dense_layer"] if stage.dense_layers else 0, act["moe_layer"] if stage.moe_layers else 0)
+    # Sequence parallelism splits every saved tensor over tp (Korthikanti et al. eq. 5 with fused
+    # attention: no 5as/h score term, sbh 34 / t). Full checkpointing keeps each layer's input
+    # and recomputes one layer at a time.
+    saved = held * act["layer_input"] + biggest if ac else held * layer_bytes
+    micro_tokens = spec.micro_batch_seqs * (spec.seq_len or cfg.max_seq_len)
+    return Memory({
+        "parameters (fp32 master, sharded)": 4 * shard,
+        "gradients (fp32, sharded)": 4 * shard,
+        "AdamW m + v (fp32, sharded)": 8 * shard,
+        "gathered bf16 parameters (FSDP units)": gathered,
+        "unsharded bf16 gradients": grads,
+        "activations": micro_tokens * saved / L.tp,
+        # The last stage's logits, vocabulary-parallel over tp.
+        "logits + loss": micro_tokens * act["loss"] / L.tp if stage.last else 0.0,
+        "reserved (CUDA, NCCL, fragmentation)": spec.reserved_gb * GB,
+    })  # fmt: skip
 
-    # --- time per step ----------------------------------------------------------------------
+
+def fsdp_bytes_per_step(cfg: ModelConfig, spec: PlanSpec, p: ParamBreakdown, layout: PlanLayout, stage: Stage,
+                        micro_batches: int) -> float:
+    """Bytes one GPU of this stage sends in FSDP all-gathers and reduce-scatters per step.
+
+    A ring all-gather / reduce-scatter over g ranks sends (g - 1) / g of the whole unit per GPU.
+    Per micro-batch the blocks are gathered for forward and again for backward (resharded after
+    forward), the root once (kept); under PP the stage once per step. Gradients reduce-scatter in
+    fp32: twice the bytes, once per step unless reduced after every micro-batch.
+    """
+    L, f, ef = layout, layout.fsdp, layout.efsdp
+    dense, routed = stage_params(cfg, p, stage)
+    root = stage_params(cfg, p, Stage(stage.index, 0, 0, stage.first, stage.last))[0]
+    root_bytes = 2 * root / L.tp * (f - 1) / f
+    block_bytes = 2 * (dense - root) / L.tp * (f - 1) / f + 2 * routed / L.ep * (ef - 1) / ef
+    reshard = L.pp == 1
+    gathers = micro_batches * (2 * block_bytes + root_bytes) if reshard else block_bytes + root_bytes
+    reduces = micro_batches if reshard and not spec.accumulate_unsharded_grads else 1
+    return gathers + reduces * 2 * (block_bytes + root_bytes)
+
+
+def hsdp_bytes_per_step(cfg: ModelConfig, p: ParamBreakdown, layout: PlanLayout, stage: Stage) -> float:
+    """Bytes one GPU sends per step all-reducing its fp32 dense gradient shard across the
+    dp / fsdp HSDP replicas (ring: 2 (r - 1) / r). Experts are FSDP-sharded over the replicas
+    too (efsdp = dp x tp / ep, as in the trainer): no replica all-reduce for them."""
+    r = layout.replicas
+    dense, _ = stage_params(cfg, p, stage)
+    return 4 * dense / (layout.tp * layout.fsdp) * 2 * (r - 1) / r
+
+
+def step_timing(cfg: ModelConfig, spec: PlanSpec, p: ParamBreakdown, layout: PlanLayout, micro_batches: int,
+                ac: bool) -> Timing:
+    """Step time of the slowest stage: compute, TP and EP collectives, the bubble, exposed FSDP."""
+    gpu, L, moe = gpu_spec(spec.gpu), layout, cfg.moe
+    seq = spec.seq_len or cfg.max_seq_len
+    stages = pipeline_stages(cfg, L.pp)
+    tokens_per_pipeline = spec.global_batch_tokens / L.dp  # through every stage of a pipeline per step
     nvlink = _link_bytes_per_s((spec.nvlink_gb_s or gpu.nvlink_gb_s) / 2, spec.comm_efficiency)
     ib = _link_bytes_per_s((spec.ib_gbit_s or gpu.ib_gbit_s) / 8, spec.comm_efficiency)
     gpn = gpu.gpus_per_node
-    # FSDP: ring all-gather / reduce-scatter over the fsdp group sends (g - 1) / g of the whole
-    # unit per GPU; a group wider than a node is paced by each GPU's InfiniBand rail.
-    efsdp = fsdp // ep
-    root_bytes = 2 * p.head * (fsdp - 1) / fsdp
-    block_bytes = (2 * (p.total - p.routed - p.head) * (fsdp - 1) / fsdp
-                   + 2 * (p.routed / ep) * (efsdp - 1) / efsdp)
-    # Per micro-batch: blocks are gathered for forward and again for backward (resharded after
-    # forward), the root once (kept gathered). Gradients reduce-scatter in fp32: twice the bytes.
-    reduce_count = 1 if spec.accumulate_unsharded_grads else accum
-    fsdp_bytes = accum * (2 * block_bytes + root_bytes) + reduce_count * 2 * (block_bytes + root_bytes)
-    fsdp_s = fsdp_bytes / (nvlink if fsdp <= gpn else ib)
+    # An fsdp group spans tp x fsdp consecutive ranks: wider than a node, each GPU's IB rail paces it.
+    fsdp_bytes = max(fsdp_bytes_per_step(cfg, spec, p, L, s, micro_batches) for s in stages)
+    fsdp_s = fsdp_bytes / (nvlink if L.tp * L.fsdp <= gpn else ib)
+    hsdp_bytes = max(hsdp_bytes_per_step(cfg, p, L, s) for s in stages)
+    hsdp_s = hsdp_bytes / (nvlink if L.tp * L.dp <= gpn else ib)
 
+    # NOTE: full activation checkpointing reruns every forward: 8 instead of 6 FLOPs per
+    # parameter and token of hardware work, for the same model FLOPs.
+    recompute = 4 / 3 if ac else 1
     mflops = model_flops_per_token(cfg, seq)
+    slowest_flops = max(stage_flops_per_token(cfg, p, s, seq) for s in stages)
     peak = gpu.bf16_tflops * 1e12
-    timing = {}
-    for ac in (False, True):
-        # NOTE: full activation checkpointing reruns every forward: 8 instead of 6 FLOPs per
-        # parameter and token of hardware work, for the same model FLOPs.
-        hw_flops = mflops * (4 / 3 if ac else 1)
-        compute_s = hw_flops * tokens_per_gpu_step / (peak * spec.compute_efficiency)
-        # EP: each token's K' copies go out (dispatch) and come back (combine), forward and
-        # backward, and again in the recomputed forward. (ep - 1) / ep of them leave the GPU;
-        # the peers inside the node are reached over NVLink, the others over InfiniBand,
-        # both at once.
-        passes = 6 if ac else 4
-        a2a_bytes = (passes * n_moe * tokens_per_gpu_step * moe.n_activated_experts * 2 * cfg.dim
-                     * (ep - 1) / ep)
-        in_node = min(ep, gpn) - 1
-        out_node = ep - min(ep, gpn)
-        a2a_s = max(a2a_bytes * in_node / max(ep - 1, 1) / nvlink,
-                    a2a_bytes * out_node / max(ep - 1, 1) / ib) if ep > 1 else 0.0
-        # FSDP prefetch overlaps its collectives with compute; what does not fit is exposed.
-        step_s = compute_s + a2a_s * (1 - spec.a2a_overlap) + max(0.0, fsdp_s - compute_s)
-        if spec.mfu is not None:
-            step_s = mflops * tokens_per_gpu_step / (peak * spec.mfu)
-        mfu = mflops * tokens_per_gpu_step / (peak * step_s)
-        tps = tokens_per_gpu_step / step_s
-        timing[ac] = Timing(hw_flops_per_token=hw_flops, compute_s=compute_s, fsdp_bytes=fsdp_bytes, fsdp_s=fsdp_s,
-                            a2a_bytes=a2a_bytes, a2a_s=a2a_s, step_s=step_s, mfu=mfu, tokens_per_gpu_s=tps,
-                            days=spec.tokens / (tps * n) / SECONDS_PER_DAY)
+    # The slowest stage's share of its pipeline's tokens, split over its tp GPUs.
+    compute_s = slowest_flops * recompute * tokens_per_pipeline / L.tp / (peak * spec.compute_efficiency)
+    # TP: inside a node, on the critical path (no overlap assumed).
+    passes = 6 if ac else 4
+    tp_bytes = passes / 2 * stages[0].layers * tokens_per_pipeline * tp_allreduce_bytes_per_token(cfg, L.tp)
+    tp_s = tp_bytes / nvlink
+    # EP: each token's K' copies go out (dispatch) and come back (combine), forward and backward,
+    # and again in the recomputed forward; under SP a GPU routes its 1 / tp of the tokens.
+    # (ep - 1) / ep of them leave the GPU; the peers inside the node over NVLink, the others over
+    # InfiniBand, both at once.
+    moe_layers = max(s.moe_layers for s in stages)
+    a2a_bytes = (passes * moe_layers * tokens_per_pipeline / L.tp * moe.n_activated_experts * 2 * cfg.dim
+                 * (L.ep - 1) / L.ep)
+    in_node, out_node = min(L.ep, gpn) - 1, L.ep - min(L.ep, gpn)
+    a2a_s = max(a2a_bytes * in_node / max(L.ep - 1, 1) / nvlink,
+                a2a_bytes * out_node / max(L.ep - 1, 1) / ib) if L.ep > 1 else 0.0
+    # The pipeline idles `bubble` of the step; FSDP prefetch overlaps its collectives with
+    # compute, and what does not fit under it is exposed.
+    bubble = bubble_fraction(L.pp, micro_batches, L.virtual_stages)
+    busy = compute_s + tp_s + a2a_s * (1 - spec.a2a_overlap)
+    step_s = modelled = busy / (1 - bubble) + max(0.0, fsdp_s + hsdp_s - compute_s)
+    tokens_per_gpu_step = spec.global_batch_tokens / spec.gpus
+    if spec.mfu is not None:
+        step_s = mflops * tokens_per_gpu_step / (peak * spec.mfu)
+    tps = tokens_per_gpu_step / step_s
+    return Timing(hw_flops_per_token=mflops * recompute, compute_s=compute_s, tp_bytes=tp_bytes, tp_s=tp_s,
+                  fsdp_bytes=fsdp_bytes, fsdp_s=fsdp_s, hsdp_bytes=hsdp_bytes, hsdp_s=hsdp_s, a2a_bytes=a2a_bytes,
+                  a2a_s=a2a_s, bubble=bubble,
+                  step_s=step_s, mfu=mflops * tokens_per_gpu_step / (peak * step_s), tokens_per_gpu_s=tps,
+                  modelled_step_s=modelled, days=spec.tokens / (tps * spec.gpus) / SECONDS_PER_DAY)
 
+
+def plan_layout(cfg: ModelConfig, spec: PlanSpec, layout: PlanLayout, p: ParamBreakdown | None = None) -> Plan:
+    """Memory per GPU (the fullest stage) and step time of one layout that keeps the global batch."""
+    gpu = gpu_spec(spec.gpu)
+    p = p or param_breakdown(cfg)
+    seq = spec.seq_len or cfg.max_seq_len
+    # Batch: each pipeline (a TP group per stage) takes micro_batch_seqs whole sequences per
+    # forward; m micro-batches per step, which 1F1B also uses to fill the pipeline.
+    micro_tokens = spec.micro_batch_seqs * seq
+    accum = spec.global_batch_tokens // (layout.dp * micro_tokens)
+    if accum * layout.dp * micro_tokens != spec.global_batch_tokens:
+        raise PlanError(f"{layout.describe()} does not keep the global batch of {spec.global_batch_tokens:,} tokens")
+
+    stages = pipeline_stages(cfg, layout.pp)
+    memory, memory_stage, notes = {}, {}, []
+    for ac in (False, True):
+        by_stage = [stage_memory(cfg, spec, p, layout, s, accum, ac) for s in stages]
+        memory_stage[ac] = max(range(layout.pp), key=lambda i: by_stage[i].total)
+        memory[ac] = by_stage[memory_stage[ac]]
+        if memory[ac].total > gpu.memory_gb * GB:
+            stage = f" (pipeline stage {memory_stage[ac]})" if layout.pp > 1 else ""
+            notes.append(f"does not fit with activation checkpointing {'on' if ac else 'off'}: "
+                         f"{memory[ac].total / GB:,.1f} GB > {gpu.memory_gb:g} GB per GPU{stage}")
+    timing = {ac: step_timing(cfg, spec, p, layout, accum, ac) for ac in (False, True)}
     chosen = timing[spec.activation_checkpointing]
     failures = failure_cost(chosen.days * 24, spec.mtbf_hours, spec.checkpoint_interval_min, spec.restart_min)
-    for ac, mem in memory.items():
-        if mem.total > gpu.memory_gb * GB:
-            notes.append(f"does not fit with activation checkpointing {'on' if ac else 'off'}: "
-                         f"{mem.total / GB:,.1f} GB > {gpu.memory_gb:g} GB per GPU")
-    return Plan(cfg=cfg, spec=spec, gpu=gpu, params=p, seq_len=seq, fsdp=fsdp, ep=ep, micro_batch_tokens=micro_tokens,
-                accumulation=accum, global_batch_tokens=batch, model_flops_per_token=mflops, memory=memory,
+    return Plan(cfg=cfg, spec=spec, gpu=gpu, params=p, seq_len=seq, layout=layout, micro_batch_tokens=micro_tokens,
+                accumulation=accum, global_batch_tokens=spec.global_batch_tokens,
+                model_flops_per_token=model_flops_per_token(cfg, seq), memory=memory, memory_stage=memory_stage,
                 timing=timing, failures=failures, notes=notes)
 
 
@@ -538,10 +822,13 @@ def print_plan(plan: Plan, console=None) -> None:
     for k, v in [
         ("parameters total / active", f"{p.total / 1e9:,.2f}B / {p.active / 1e9:,.2f}B"),
         ("routed expert parameters", f"{p.routed / 1e9:,.2f}B"),
-        ("layout", f"FSDP {plan.fsdp} (x{s.gpus // plan.fsdp} replicas), EP {plan.ep}, "
-                   f"expert FSDP {plan.fsdp // plan.ep}"),
-        ("sequence / micro-batch", f"{plan.seq_len:,} / {plan.micro_batch_tokens:,} tokens per GPU"),
-        ("global batch", f"{plan.global_batch_tokens:,} tokens ({plan.accumulation} micro-batches)"),
+        ("layout", plan.layout.describe()),
+        ("sequence / micro-batch", f"{plan.seq_len:,} / {plan.micro_batch_tokens:,} tokens per pipeline"),
+        ("global batch", f"{plan.global_batch_tokens:,} tokens ({plan.accumulation} micro-batches x "
+                         f"{plan.layout.dp:,} pipelines)"),
+        ("pipeline", f"{plan.pp} stages, {s.pp_schedule}" + (f" x {plan.layout.virtual_stages} chunks"
+                     if plan.layout.virtual_stages > 1 else "") + f", bubble {plan.chosen.bubble:.1%}"),
+        ("TP all-reduce per token per layer pass", f"{tp_allreduce_bytes_per_token(plan.cfg, plan.tp) / 1e3:,.1f} kB"),
         ("model FLOPs per token", f"{plan.model_flops_per_token:.3e}"),
         ("links (per GPU, both directions)",
          f"NVLink {s.nvlink_gb_s or g.nvlink_gb_s:g} GB/s, IB {s.ib_gbit_s or g.ib_gbit_s:g} Gb/s"),
@@ -549,7 +836,9 @@ def print_plan(plan: Plan, console=None) -> None:
         layout.add_row(k, v)
     console.print(layout)
 
-    mem = Table(title=f"Memory per GPU (GB of {g.memory_gb:g})")
+    stages = None if plan.pp == 1 else (f"the fullest of stages 0-{plan.pp - 1}: {plan.memory_stage[False]} "
+                                        f"with AC off, {plan.memory_stage[True]} with AC on")
+    mem = Table(title=f"Memory per GPU (GB of {g.memory_gb:g})", caption=stages)
     mem.add_column("item")
     mem.add_column("AC off", justify="right")
     mem.add_column("AC on", justify="right")
@@ -568,7 +857,10 @@ def print_plan(plan: Plan, console=None) -> None:
     rows = [
         ("hardware FLOPs per token", lambda x: f"{x.hw_flops_per_token:.3e}"),
         (f"compute at {s.compute_efficiency:.0%} of peak (s)", lambda x: f"{x.compute_s:,.2f}"),
+        ("TP all-reduce, NVLink (GB / s)", lambda x: f"{x.tp_bytes / GB:,.1f} / {x.tp_s:,.2f}"),
+        ("pipeline bubble (share of step)", lambda x: f"{x.bubble:.1%}"),
         ("FSDP all-gather + reduce-scatter (GB / s)", lambda x: f"{x.fsdp_bytes / GB:,.1f} / {x.fsdp_s:,.2f}"),
+        ("HSDP all-reduce across replicas (GB / s)", lambda x: f"{x.hsdp_bytes / GB:,.1f} / {x.hsdp_s:,.2f}"),
         ("EP all-to-all (GB / s)", lambda x: f"{x.a2a_bytes / GB:,.1f} / {x.a2a_s:,.2f}"),
         ("step time (s)", lambda x: f"{x.step_s:,.2f}"),
         ("tokens / s / GPU", lambda x: f"{x.tokens_per_gpu_s:,.0f}"),
@@ -605,15 +897,37 @@ def print_plan(plan: Plan, console=None) -> None:
     ref.add_row("this plan", g.name, f"{plan.gpu_days * 24:,.0f}", f"{s.tokens / 1e12:g}T",
                 f"{plan.model_flops_per_token:.3e}", f"{plan.chosen.mfu:.1%}")
     console.print(ref)
+    print_alternatives(plan, console)
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def print_alternatives(plan: Plan, console, rows: int = 6) -> None:
+    """Why this layout: it and the next fastest ones, with the terms that set their step time."""
+    if not plan.alternatives:
+        return
+    ac = plan.spec.activation_checkpointing
+    fitting = sum(x.fits for x in [plan, *plan.alternatives])
+    t = Table(title=f"Layouts: {plan.layouts_considered} keep the batch, {fitting} fit; fastest first "
+                    f"(AC {'on' if ac else 'off'})")
+    for col in ("TP", "PP", "DP", "EP", "m", "bubble", "compute s", "TP s", "a2a s", "FSDP s", "GB / GPU", "step s",
+                "MFU", "vs chosen"):
+        t.add_column(col, justify="right")
+    for x in [plan, *plan.alternatives][:rows]:
+        c, lay = x.timing[ac], x.layout
+        slower = c.modelled_step_s / plan.chosen.modelled_step_s - 1
+        t.add_row(str(lay.tp), str(lay.pp), f"{lay.dp:,}", str(lay.ep), str(x.accumulation), f"{c.bubble:.0%}",
+                  f"{c.compute_s:,.2f}", f"{c.tp_s:,.2f}", f"{c.a2a_s:,.2f}", f"{c.fsdp_s:,.2f}",
+                  f"{x.memory[ac].total / GB:,.1f}", f"{c.modelled_step_s:,.2f}", f"{c.mfu:.1%}",
+                  "chosen" if x is plan else f"+{slower:.1%}")
+    console.print(t)
 
 
 def plan_command(config: str, gpus: int, gpu: str = "h100", tokens: str | float = "2T", *,
                  vocab_size: int | None = None, console=None, **options) -> Plan:
     """`flywheel plan CONFIG --gpus N --gpu KIND --tokens T [options]`: make and print a plan.
 
-    `options` are further PlanSpec fields (fsdp, ep, seq_len, mfu, mtbf_hours, ...). Raises
+    `options` are further PlanSpec fields (tp, pp, ep, fsdp, seq_len, mfu, mtbf_hours, ...). Raises
     PlanError (and pydantic's ValidationError for bad option values) before printing anything.
     """
 
@@ -631,6 +945,10 @@ def plan_command(config: str, gpus: int, gpu: str = "h100", tokens: str | float 
 
 __all__ = [
     "GPUS", "GpuSpec", "PlanSpec", "Plan", "PlanError", "ParamBreakdown", "ReferenceRun", "make_plan",
+    "PlanLayout", "Stage", "candidate_layouts", "plan_layout", "pipeline_stages", "stage_params",
+    "stage_flops_per_token",
+    "stage_memory", "fsdp_bytes_per_step", "hsdp_bytes_per_step", "step_timing", "bubble_fraction", "layers_in_flight",
+    "tp_allreduce_bytes_per_token",
     "plan_command", "print_plan", "param_breakdown", "model_flops_per_token", "matmul_flops_per_token",
     "attention_flops_per_token", "activation_bytes_per_token", "implied_mfu", "gpu_hours_at_mfu",
     "failure_cost", "reference_runs", "load_model_config", "parse_count",

@@ -96,8 +96,9 @@ class TrainConfig(BaseModel):
     peak_tflops_per_worker: float | None = Field(default=None, gt=0)
 
     # -- memory and speed (each off by default; each gives the same results on CPU) -------------
-    # Recompute activations in backward: "selective" = the attention and MoE ops of every other
-    # block (torchtitan's op-level policy keeps matmul outputs), "full" = whole blocks.
+    # Recompute activations in backward (training.memory): "selective" = op-level on every block
+    # (matmul, attention and collective outputs kept, the cheap elementwise work recomputed, as
+    # torchtitan's op policy), "full" = whole blocks.
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     compile: bool = Field(default=False, description="torch.compile each transformer block")
     # Document masking: "sdpa" builds a dense B x 1 x S x S mask (SDPA's math/efficient kernels),

@@ -332,7 +332,7 @@ def test_rayjob_runs_flywheel_train_with_checkpoints_in_s3(kuberay, tmp_path):
 
     (tmp_path / "train.yaml").write_text(text)
     model = load_model_config(str(tmp_path / "train.yaml"))
-    plan = make_plan(model, PlanSpec(gpus=gpus, gpu="h100", tokens=2e12, seq_len=cfg.seq_len, ep=cfg.ep,
+    plan = make_plan(model, PlanSpec(gpus=gpus, gpu="h100", tokens=2e12, seq_len=cfg.seq_len, ep=cfg.ep, tp=cfg.tp, pp=cfg.pp,
                                      global_batch_tokens=cfg.global_batch_tokens, micro_batch_seqs=cfg.micro_batch))
     assert plan.memory[True].total < plan.gpu.memory_gb * 1e9
     assert plan.accumulation == 8  # the article's "8 micro-batches"

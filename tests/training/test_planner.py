@@ -14,16 +14,22 @@ from training.planner import (
     PlanSpec,
     activation_bytes_per_token,
     attention_flops_per_token,
+    bubble_fraction,
     failure_cost,
     gpu_hours_at_mfu,
     implied_mfu,
+    layers_in_flight,
     load_model_config,
     make_plan,
     matmul_flops_per_token,
+    model_flops_per_token,
     param_breakdown,
     parse_count,
+    pipeline_stages,
     plan_command,
     reference_runs,
+    stage_flops_per_token,
+    tp_allreduce_bytes_per_token,
 )
 
 
@@ -113,7 +119,7 @@ def test_memory_items_and_activation_checkpointing():
     assert on["activations"] < off["activations"] / 5
     assert plan.memory[True].total < plan.memory[False].total
     # EP shrinks the gathered expert buffers: ep=1 gathers all 64 experts of a layer.
-    no_ep = make_plan(cfg, PlanSpec(gpus=64, gpu="h200", tokens=1e11, ep=1))
+    no_ep = make_plan(cfg, PlanSpec(gpus=64, gpu="h200", tokens=1e11, ep=1, tp=1, pp=1))
     assert no_ep.memory[True].items["gathered bf16 parameters (FSDP units)"] > \
         on["gathered bf16 parameters (FSDP units)"]
 
@@ -159,8 +165,9 @@ def test_step_time_mfu_and_days_are_consistent():
     # Recomputation costs hardware FLOPs, not model FLOPs.
     assert plan.timing[True].hw_flops_per_token == pytest.approx(plan.model_flops_per_token * 4 / 3)
     assert plan.timing[True].compute_s > plan.timing[False].compute_s
-    # 2,048 GPUs and a 4M batch leave less than one 4,096-token sequence per GPU: the planner says so.
-    assert plan.global_batch_tokens == 2048 * 4096 and "global batch" in plan.notes[0]
+    # 2,048 GPUs and a 4M batch leave half a 4,096-token sequence per GPU: TP x PP >= 2 shares
+    # each sequence between GPUs instead of doubling the batch (as the planner did before TP/PP).
+    assert plan.global_batch_tokens == 4 * 1024 * 1024 and plan.tp * plan.pp >= 2 and not plan.notes
 
 
 def test_failure_cost_for_the_seed_numbers():
@@ -204,7 +211,7 @@ def test_plan_command_prints_every_table():
     for title in ("Plan: 2,048 x A100-SXM-80GB", "Memory per GPU", "AC off", "AC on", "Time", "Failures",
                   "implied MFU", "the article, 67B MoE", "Llama 2 70B", "DeepSeek-V3", "this plan"):
         assert title in text
-    assert plan.ep == 8 and plan.fsdp == 2048
+    assert "Layouts: " in text and "chosen" in text  # why: the runners-up and their step times
     assert plan.memory[True].total < 80 * GB
 
 
@@ -217,3 +224,143 @@ def test_training_config_yaml_is_a_model_config(tmp_path):
     with pytest.raises(PlanError, match="unknown model preset"):
         (tmp_path / "bad.yaml").write_text("preset: gpt-5\n")
         load_model_config(str(tmp_path / "bad.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor and pipeline parallelism
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pipeline_bubble_and_in_flight_micro_batches():
+    """Narayanan et al. 2021 (arXiv 2104.04473): bubble / ideal time = (p - 1) / (v m)."""
+    assert bubble_fraction(1, 8) == 0
+    assert bubble_fraction(4, 12) == pytest.approx(3 / 15)
+    assert bubble_fraction(2, 1) == pytest.approx(0.5)  # one micro-batch: each stage idles half the time
+    for p, m, v in ((4, 12, 1), (8, 16, 2), (4, 8, 4)):
+        b = bubble_fraction(p, m, v)
+        assert b / (1 - b) == pytest.approx((p - 1) / (v * m))
+    # 1F1B: rank r holds p - r micro-batches of its L / p layers (m permitting); GPipe all m.
+    assert layers_in_flight("1f1b", 4, 0, 16, 1, 15) == 4 * 15
+    assert layers_in_flight("1f1b", 4, 3, 16, 1, 15) == 15
+    assert layers_in_flight("1f1b", 4, 0, 2, 1, 15) == 2 * 15
+    assert layers_in_flight("gpipe", 4, 0, 16, 1, 15) == 16 * 15
+    # Interleaved, first rank: Korthikanti et al. (arXiv 2205.05198) L (1 + (p - 1) / (p v)).
+    assert layers_in_flight("interleaved-1f1b", 4, 0, 16, 2, 15) == pytest.approx(60 * (1 + 3 / 8))
+
+
+def test_stage_flops_add_up_and_the_head_paces_the_last_stage():
+    cfg = preset("moe-67b", 128_000)
+    p = param_breakdown(cfg)
+    for pp in (1, 4, 60):
+        total = sum(stage_flops_per_token(cfg, p, s, 4096) for s in pipeline_stages(cfg, pp))
+        assert total == pytest.approx(model_flops_per_token(cfg, 4096))
+    first, *_, last = pipeline_stages(cfg, 4)
+    head = 6 * (128_000 * 7168)  # the output projection; the input table is a lookup
+    assert stage_flops_per_token(cfg, p, last, 4096) - stage_flops_per_token(cfg, p, first, 4096) == \
+        pytest.approx(head)
+    small = preset("small", 32_000)  # first layer dense: it lands on stage 0
+    assert [(s.dense_layers, s.moe_layers) for s in pipeline_stages(small, 2)] == [(1, 3), (0, 4)]
+
+
+def test_memory_split_by_tp_and_pp_by_hand():
+    """moe-67b on 512 H100s as TP 2 x PP 4 x DP 64, EP 8: stage 0 holds layers 0-14 + the table."""
+    cfg = preset("moe-67b", 128_000)
+    spec = PlanSpec(gpus=512, gpu="h100", tokens=1e11, tp=2, pp=4, ep=8, activation_checkpointing=False)
+    plan = make_plan(cfg, spec)
+    p, lay = plan.params, plan.layout
+    assert (lay.tp, lay.pp, lay.dp, lay.fsdp, lay.ep, lay.efsdp) == (2, 4, 64, 64, 8, 16)
+    assert plan.accumulation == 1024 // 64 and plan.global_batch_tokens == 4 * 1024 * 1024
+    assert plan.memory_stage[False] == 0  # 4 micro-batches in flight outweigh the last stage's logits
+    items = plan.memory[False].items
+    dense = 15 * p.moe_layer_shared + 128_000 * 7168  # + the embedding table
+    routed = 15 * p.moe_layer_routed
+    shard = dense / (2 * 64) + routed / (8 * 16)  # dense: tp x fsdp; experts: ep x efsdp
+    assert items["parameters (fp32 master, sharded)"] == pytest.approx(4 * shard)
+    assert items["AdamW m + v (fp32, sharded)"] == pytest.approx(8 * shard)
+    # Under PP the whole stage stays gathered (bf16), and its gradients accumulate unsharded.
+    assert items["gathered bf16 parameters (FSDP units)"] == pytest.approx(2 * (dense / 2 + routed / 8))
+    assert items["unsharded bf16 gradients"] == pytest.approx(2 * (dense / 2 + routed / 8))
+    # 1F1B: stage 0 holds 4 micro-batches of 15 layers; sequence parallel splits them over tp.
+    act = activation_bytes_per_token(cfg)
+    assert items["activations"] == pytest.approx(4096 * 4 * 15 * act["moe_layer"] / 2)
+    assert items["logits + loss"] == 0
+    # The same GPUs without TP/PP: every GPU keeps all 60 layers of its one micro-batch in flight.
+    flat = make_plan(cfg, spec.model_copy(update={"tp": 1, "pp": 1}))
+    assert flat.memory[False].items["activations"] == pytest.approx(4096 * 60 * act["moe_layer"])
+    # TP all-reduce by hand: 4 per layer (2 forward, 2 backward) of a bf16 token, ring 2 (t - 1) / t.
+    t = plan.timing[False]
+    tokens_per_pipeline = 4 * 1024 * 1024 / 64
+    assert t.tp_bytes == pytest.approx(4 * 15 * tokens_per_pipeline * 7168 * 2 * 2 * (2 - 1) / 2)
+    assert t.tp_s == pytest.approx(t.tp_bytes / (900 / 2 * GB * 0.8))
+    assert tp_allreduce_bytes_per_token(cfg, 1) == 0
+    assert t.bubble == pytest.approx(3 / (16 + 3))
+    assert t.hsdp_bytes == 0  # fsdp = dp: no replicas
+    assert t.step_s == pytest.approx((t.compute_s + t.tp_s + t.a2a_s) / (1 - t.bubble) + max(0, t.fsdp_s - t.compute_s))
+
+
+def test_article_layout_keeps_the_4m_batch_and_fits_80_gb():
+    """The article: 2,048 A100s, 4M-token batches of 4,096-token sequences (1,024 per step)."""
+    out = io.StringIO()
+    plan = plan_command("moe-67b", 2048, "a100-80g", "2T", console=Console(file=out, width=200))
+    lay = plan.layout
+    assert plan.global_batch_tokens == 4_194_304 == plan.micro_batch_tokens * plan.accumulation * lay.dp
+    assert lay.tp * lay.pp * lay.dp == 2048 and lay.tp * lay.pp >= 2
+    assert plan.memory[True].total < 80 * GB and not plan.notes
+    # The fastest of those that fit, by the same step-time model the table prints.
+    assert all(plan.chosen.modelled_step_s <= x.chosen.modelled_step_s for x in plan.alternatives if x.fits)
+    assert plan.layouts_considered > 10
+    assert "global batch 4,194,304 -> 8,388,608" not in out.getvalue()
+
+
+def test_forced_layouts_and_infeasible_ones():
+    cfg = preset("moe-67b", 128_000)
+    spec = PlanSpec(gpus=2048, gpu="a100-80g", tokens=2e12, tp=8, pp=4, ep=8)
+    plan = make_plan(cfg, spec)
+    assert (plan.tp, plan.pp, plan.layout.dp, plan.ep) == (8, 4, 64, 8) and plan.alternatives == []
+    interleaved = make_plan(cfg, spec.model_copy(update={"pp_schedule": "interleaved-1f1b", "pp_virtual_stages": 3}))
+    assert interleaved.chosen.bubble == pytest.approx(bubble_fraction(4, 16, 3))
+    assert interleaved.chosen.bubble < plan.chosen.bubble
+    with pytest.raises(PlanError, match="pp=4 x 2 chunks per rank must divide the 60 layers"):
+        make_plan(cfg, spec.model_copy(update={"pp_schedule": "interleaved-1f1b"}))
+    with pytest.raises(PlanError, match="tp=3 must divide the 56 heads"):
+        make_plan(cfg, spec.model_copy(update={"tp": 3}))
+    with pytest.raises(PlanError, match="tp=16 .* inside a node of 8"):
+        make_plan(cfg, spec.model_copy(update={"tp": 16}))
+    with pytest.raises(PlanError, match="pp=7 .* 60 layers"):
+        make_plan(cfg, spec.model_copy(update={"pp": 7}))
+    with pytest.raises(PlanError, match="no layout of 7 GPUs keeps the global batch of 1,024"):
+        make_plan(cfg, PlanSpec(gpus=7, gpu="h100", tokens=1e9))
+    with pytest.raises(PlanError, match="no layout of 8 x A100-SXM-80GB fits .* the leanest"):
+        make_plan(cfg, PlanSpec(gpus=8, gpu="a100-80g", tokens=1e9))
+    # A forced layout that does not fit is still planned, with the reason in its notes.
+    tight = make_plan(cfg, PlanSpec(gpus=8, gpu="a100-80g", tokens=1e9, tp=8, pp=1))
+    assert not tight.fits and "does not fit" in tight.notes[-1]
+
+
+def test_plan_cli_forces_tp_and_pp():
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    ok = CliRunner().invoke(app, ["plan", "moe-67b", "--gpus", "2048", "--gpu", "a100-80g", "--tp", "8", "--pp", "4"],
+                            terminal_width=200)
+    assert ok.exit_code == 0, ok.output
+    assert "TP 8 x PP 4 x DP 64" in ok.output and "4,194,304 tokens" in ok.output
+    bad = CliRunner().invoke(app, ["plan", "moe-67b", "--gpus", "2048", "--pp", "7"])
+    assert bad.exit_code != 0 and "pp=7" in bad.output
+
+
+def test_hsdp_replicas_all_reduce_the_dense_gradient_shard():
+    """fsdp=16 of dp=64: 4 replicas all-reduce their fp32 dense gradient shards over IB; experts
+    stay FSDP-sharded over all dp x tp / ep = 16 ranks of a stage, replicas included."""
+    cfg = preset("moe-67b", 128_000)
+    spec = PlanSpec(gpus=512, gpu="h100", tokens=1e11, tp=2, pp=4, ep=8, fsdp=16)
+    plan = make_plan(cfg, spec)
+    assert (plan.layout.replicas, plan.layout.efsdp) == (4, 16)
+    p = plan.params
+    dense_first = 15 * p.moe_layer_shared + 128_000 * 7168
+    dense_last = 15 * p.moe_layer_shared + p.head - p.embedding_lookup
+    t = plan.chosen
+    assert t.hsdp_bytes == pytest.approx(4 * max(dense_first, dense_last) / (2 * 16) * 2 * 3 / 4)
+    assert t.hsdp_s == pytest.approx(t.hsdp_bytes / (400 / 8 * GB * 0.8))
+    assert make_plan(cfg, spec.model_copy(update={"fsdp": None})).chosen.hsdp_bytes == 0

@@ -31,6 +31,7 @@ import numpy as np
 from contract.locations import local_path, resolve
 from contract.manifest import Manifest, ShardEntry, parse_manifest
 from contract.shards import INDEX_DTYPE, index_problem, open_index, open_tokens
+from training.data.cursor import GlobalCursor
 from training.data.fetch import Fetcher, ShardCache
 from training.data.order import SequenceOrder, batch_positions, num_sequences
 
@@ -68,7 +69,7 @@ class Batch:
         return np.cumsum(self.positions == 0, axis=1, dtype=np.int32)
 
 
-class ManifestDataset:
+class ManifestDataset(GlobalCursor):
     """Rank `rank` of `world_size`'s view of the sequences of the manifest at `manifest`.
 
     manifest   local path, file://, http(s):// or s3:// (any pyarrow.fs URI) of a manifest.json
@@ -88,16 +89,10 @@ class ManifestDataset:
         cache_dir: str | os.PathLike | None = None,
         consumed: int = 0,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        if consumed < 0:
-            raise ValueError(f"consumed must be >= 0, got {consumed}")
+        self._init_cursor(rank, world_size, consumed)
         self.location = os.fspath(manifest)
         self.seq_len = int(seq_len)
         self.seed = int(seed)
-        self.rank = rank
-        self.world_size = world_size
-        self.consumed = int(consumed)
         self._fetcher = Fetcher()
         self.manifest: Manifest = parse_manifest(self._fetcher.read_bytes(self.location))
         self._cache = ShardCache(cache_dir, self._fetcher)
@@ -112,33 +107,6 @@ class ManifestDataset:
         self._indexes: dict[int, np.ndarray] = {}
         self._leads: dict[int, int] = {}
 
-    # -- cursor -------------------------------------------------------------------------------
-
-    @property
-    def epoch(self) -> int:
-        return self.consumed // self.sequences_per_epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "consumed": self.consumed,
-            "epoch": self.epoch,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "manifest_fingerprint": self.manifest.fingerprint,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at `state["consumed"]`; refuses a cursor made for another stream or order."""
-        mine = {"seed": self.seed, "seq_len": self.seq_len, "manifest_fingerprint": self.manifest.fingerprint}
-        for key, value in mine.items():
-            if key in state and state[key] != value:
-                raise ValueError(f"data state was saved with {key}={state[key]!r}, this dataset has {value!r}")
-        self.consumed = int(state["consumed"])
-
-    def advance(self, batch_size: int, steps: int = 1) -> None:
-        """Move the global cursor past `steps` global batches of `batch_size` per rank."""
-        self.consumed += self.world_size * batch_size * steps
-
     # -- reading ------------------------------------------------------------------------------
 
     def read_batch(self, start: int, batch_size: int) -> Batch:
@@ -151,12 +119,6 @@ class ManifestDataset:
         for row, sequence in enumerate(sequences):
             self._fill_window(int(sequence) * self.seq_len, tokens[row], doc_positions[row])
         return Batch(tokens=tokens, positions=doc_positions, sequences=sequences, epochs=epochs)
-
-    def next_batch(self, batch_size: int) -> Batch:
-        """This rank's share of the next global batch; advances `consumed` by world_size * batch_size."""
-        batch = self.read_batch(self.consumed, batch_size)
-        self.advance(batch_size)
-        return batch
 
     def __iter__(self) -> Iterator[Batch]:
         """Endless stream of this rank's sequences, one per item (a Batch of one); advances the cursor."""

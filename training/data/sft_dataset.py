@@ -38,6 +38,7 @@ import numpy as np
 from contract.jsonl import numbered_records
 from contract.manifest import TokenizerInfo
 from training.chat_format import ChatFormatError, encode_chat
+from training.data.cursor import GlobalCursor
 from training.data.dataset import Batch
 from training.data.order import SequenceOrder, batch_positions
 
@@ -215,7 +216,7 @@ def pad_id_of(tokenizer: TokenizerInfo) -> int:
     return special.pad if special.pad is not None else special.eos
 
 
-class SFTDataset:
+class SFTDataset(GlobalCursor):
     """Rank `rank` of `world_size`'s view of packed chat windows (see the module docstring).
 
     conversations  (ids, loss_mask) pairs, as `encode_chat` gives them
@@ -238,39 +239,14 @@ class SFTDataset:
         location: str,
         dataset_id: str = "sft",
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        if consumed < 0:
-            raise ValueError(f"consumed must be >= 0, got {consumed}")
+        self._init_cursor(rank, world_size, consumed)
         self.seq_len, self.seed = int(seq_len), int(seed)
-        self.rank, self.world_size, self.consumed = rank, world_size, int(consumed)
         self.location = location
         self.packed = PackedChats(conversations, self.seq_len, self.seed, pad_id_of(tokenizer))
         self.stats = self.packed.stats
         self.manifest = ChatDataIdentity(dataset_id, data_fingerprint(conversations), tokenizer)
         self.sequences_per_epoch = self.packed.windows
         self._order = SequenceOrder(self.sequences_per_epoch, self.seed)
-
-    # -- cursor (ManifestDataset's) -------------------------------------------------------------
-
-    @property
-    def epoch(self) -> int:
-        return self.consumed // self.sequences_per_epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "epoch": self.epoch, "seed": self.seed, "seq_len": self.seq_len,
-                "manifest_fingerprint": self.manifest.fingerprint}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at `state["consumed"]`; refuses a cursor made for other data or another order."""
-        mine = {"seed": self.seed, "seq_len": self.seq_len, "manifest_fingerprint": self.manifest.fingerprint}
-        for key, value in mine.items():
-            if key in state and state[key] != value:
-                raise ValueError(f"data state was saved with {key}={state[key]!r}, this dataset has {value!r}")
-        self.consumed = int(state["consumed"])
-
-    def advance(self, batch_size: int, steps: int = 1) -> None:
-        self.consumed += self.world_size * batch_size * steps
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -279,8 +255,3 @@ class SFTDataset:
         epochs, sequences = self._order.lookup(batch_positions(start, batch_size, self.rank, self.world_size))
         return self.packed.batch(sequences, epochs)
 
-    def next_batch(self, batch_size: int) -> MaskedBatch:
-        """This rank's share of the next global batch; advances `consumed` by world_size * batch_size."""
-        batch = self.read_batch(self.consumed, batch_size)
-        self.advance(batch_size)
-        return batch

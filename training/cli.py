@@ -21,8 +21,8 @@ from contract.layout import TrainingRun
 from training.config import ModelConfig, count_params
 from training.config import preset as preset_config
 from training.launch import launch_local, launch_ray, read_manifest
+from training.layout import accumulation, plan_layout
 from training.metrics_log import read_metrics
-from training.parallel import accumulation, plan_layout
 from training.planner import GB, PlanSpec, make_plan
 from training.train_config import TrainConfig, load_train_config
 

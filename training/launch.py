@@ -6,7 +6,7 @@
     launch_local(cfg, make_trainer=sft_trainer)   # any of them: what a rank trains (default: pretraining)
 
 Whatever starts the ranks, `run_worker` snaps the process count to a layout
-(`parallel.plan_layout`): W = pp x dp_replicate x dp_shard x tp ranks with the configured tp, pp
+(`layout.plan_layout`): W = pp x dp_replicate x dp_shard x tp ranks with the configured tp, pp
 and dp_replicate, the data-parallel degree dividing the global batch, ep dividing the experts and
 dp_shard x tp; rank 0 prints what it chose. Processes beyond W stay in the process group as
 spares: they join the per-step control broadcast and every `ray.train.report`, and train nothing. Ray Train restarts the whole group
@@ -33,7 +33,8 @@ from contract.manifest import Manifest, parse_manifest
 from training.checkpoint import CheckpointManager, read_meta
 from training.data.dataset import ManifestDataset
 from training.data.fetch import Fetcher
-from training.parallel import Layout, Meshes, build_meshes, plan_layout
+from training.layout import Layout, plan_layout
+from training.parallel import Meshes, build_meshes
 from training.train_config import TrainConfig
 from training.trainer import FitResult, Trainer, resolve_device
 

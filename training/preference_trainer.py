@@ -48,20 +48,12 @@ from training.config import ModelConfig
 from training.evaluate import checkpoint_tokenizer
 from training.export_hf import load_checkpoint_model, resolve_checkpoint, resolve_model_config
 from training.launch import free_port
+from training.layout import Layout, accumulation, plan_layout
 from training.memory import autocast
 from training.metrics_log import MetricsLog, read_metrics
 from training.moe import register_router_bias_hook
 from training.optim import RecipeScheduler, build_optimizer
-from training.parallel import (
-    Layout,
-    Meshes,
-    accumulation,
-    build_meshes,
-    clip_grad_norm_,
-    parallelize,
-    plan_layout,
-    set_gradient_sync,
-)
+from training.parallel import Meshes, build_meshes, clip_grad_norm_, parallelize, set_gradient_sync
 from training.preference_data import (
     EncodedPair,
     PairBatch,

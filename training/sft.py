@@ -65,8 +65,9 @@ from training.data.sft_dataset import (
 from training.evaluate import EvalReport, EvalTotals, ForwardNLL, file_labels, manifest_tokenizer, summed_nll
 from training.export_hf import resolve_checkpoint
 from training.launch import launch_local, launch_ray, read_manifest
+from training.layout import Layout
 from training.metrics_log import read_metrics
-from training.parallel import Layout, Meshes
+from training.parallel import Meshes
 from training.train_config import TrainConfig
 from training.trainer import Trainer, manifest_location, micro_batch_of
 

@@ -4,7 +4,7 @@
     cfg.global_batch_seqs                                      # sequences per optimiser step
 
 Tokens per step are fixed by `global_batch_tokens` whatever the world size: the launcher picks
-the micro-batch and the accumulation count for the ranks it gets (`parallel.accumulation`).
+the micro-batch and the accumulation count for the ranks it gets (`layout.accumulation`).
 """
 
 from __future__ import annotations

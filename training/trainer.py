@@ -41,19 +41,13 @@ from training.config import ModelConfig
 from training.data.dataset import Batch, ManifestDataset
 from training.data.sft_dataset import MaskedBatch
 from training.evaluate import IGNORE_INDEX, EvalSet, check_vocab, evaluate_model, load_eval_sets, manifest_tokenizer
+from training.layout import Layout, accumulation
 from training.memory import apply_model_options, autocast
 from training.metrics_log import MetricsLog
 from training.model import causal_lm_loss, chunked_lm_loss
 from training.moe import register_router_bias_hook
 from training.optim import GCController, RecipeScheduler, build_optimizer
-from training.parallel import (
-    Layout,
-    Meshes,
-    accumulation,
-    clip_grad_norm_,
-    parallelize,
-    set_gradient_sync,
-)
+from training.parallel import Meshes, clip_grad_norm_, parallelize, set_gradient_sync
 from training.pipeline import Pipeline, PipelineSchedule, check_pipeline, pipeline_stage_of
 from training.planner import model_flops_per_token
 from training.tensor_parallel import check_tensor_parallel

@@ -36,10 +36,11 @@ from tests.training.helpers import spawn, tiny_config, write_tiny_manifest
 from tests.training.test_parity import _reference
 from training.data.dataset import ManifestDataset
 from training.launch import build_worker, run_worker
+from training.layout import Layout, accumulation, plan_layout
 from training.metrics_log import read_metrics
 from training.model import causal_lm_loss
 from training.moe import moe_layers
-from training.parallel import Layout, accumulation, build_meshes, plan_layout, set_gradient_sync
+from training.parallel import build_meshes, set_gradient_sync
 from training.train_config import TrainConfig
 from training.trainer import MicroBatch, Trainer, sequence_digest
 

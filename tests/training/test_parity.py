@@ -18,8 +18,8 @@ import torch
 from tests.training.helpers import spawn, tiny_config, write_tiny_manifest
 from training.data.dataset import ManifestDataset
 from training.launch import build_worker
+from training.layout import Layout, accumulation, plan_layout
 from training.metrics_log import read_metrics
-from training.parallel import Layout, accumulation, plan_layout
 from training.train_config import TrainConfig
 from training.trainer import Trainer
 

@@ -29,8 +29,8 @@ from training.config import tiny
 from training.data.dataset import ManifestDataset
 from training.evaluate import EvalSet
 from training.launch import build_worker, run_worker
+from training.layout import accumulation
 from training.metrics_log import read_metrics
-from training.parallel import accumulation
 from training.pipeline import check_pipeline, split_model, stage_layer_ids, stages_of_rank
 from training.train_config import TrainConfig
 from training.trainer import Trainer

@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from training.config import PRESET_ALIASES, PRESETS, ModelConfig, canonical_preset, count_params, preset
+from training.layout import Layout
 
 GB = 1e9
 SECONDS_PER_DAY = 86_400.0
@@ -252,10 +253,10 @@ def activation_bytes_per_token(cfg: ModelConfig) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class PlanLayout:
-    """gpus = pp x dp x tp, tp innermost (inside a node), then the dp ranks, then the stages: the
-    degrees of the trainer's `training.parallel.Layout` (dp_shard = fsdp, dp_replicate = dp / fsdp),
-    here without torch for the CLI.
+class PlanLayout(Layout):
+    """The trainer's `training.layout.Layout` (gpus = pp x dp_replicate x dp_shard x tp, tp
+    innermost inside a node, then the dp ranks, then the stages) with the planner's names:
+    fsdp = dp_shard, replicas = dp_replicate, and model chunks per pipeline rank.
 
     Dense weights are split by tp (Megatron: attention by heads, FFN by width, embedding and
     head by vocabulary), by layer over pp stages, and FSDP-sharded over `fsdp` of the dp ranks
@@ -264,20 +265,19 @@ class PlanLayout:
     (torchtitan's (pp, efsdp, ep)).
     """
 
-    tp: int
-    pp: int
-    dp: int
-    fsdp: int
-    ep: int
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved 1F1B)
 
+    @classmethod
+    def of(cls, tp: int, pp: int, dp: int, fsdp: int, ep: int, virtual_stages: int = 1) -> PlanLayout:
+        return cls(world=tp * pp * dp, ep=ep, tp=tp, pp=pp, dp_replicate=dp // fsdp, virtual_stages=virtual_stages)
+
     @property
-    def efsdp(self) -> int:
-        return self.dp * self.tp // self.ep
+    def fsdp(self) -> int:
+        return self.dp_shard
 
     @property
     def replicas(self) -> int:
-        return self.dp // self.fsdp
+        return self.dp_replicate
 
     def describe(self) -> str:
         replicas = f" x{self.replicas} replicas" if self.replicas > 1 else ""
@@ -503,7 +503,7 @@ def candidate_layouts(cfg: ModelConfig, spec: PlanSpec, gpu: GpuSpec) -> list[Pl
             if batch_seqs % (dp * spec.micro_batch_seqs) or dp % fsdp:
                 continue
             eps = [spec.ep] if spec.ep else _divisors(moe.n_routed_experts)
-            layouts += [PlanLayout(tp, pp, dp, fsdp, ep, v) for ep in eps if (fsdp * tp) % ep == 0]
+            layouts += [PlanLayout.of(tp, pp, dp, fsdp, ep, v) for ep in eps if (fsdp * tp) % ep == 0]
     if not layouts:
         forced = ", ".join(f"{k}={getattr(spec, k)}" for k in ("tp", "pp", "fsdp", "ep") if getattr(spec, k))
         raise PlanError(
@@ -521,7 +521,7 @@ def make_plan(cfg: ModelConfig, spec: PlanSpec) -> Plan:
     """
     gpu = gpu_spec(spec.gpu)
     p = param_breakdown(cfg)
-    plans = [plan_layout(cfg, spec, layout, p) for layout in candidate_layouts(cfg, spec, gpu)]
+    plans = [plan_for_layout(cfg, spec, layout, p) for layout in candidate_layouts(cfg, spec, gpu)]
     fitting = sorted((x for x in plans if x.fits), key=lambda x: (x.chosen.modelled_step_s, x.chosen_memory.total))
     forced = spec.tp is not None and spec.pp is not None
     if not fitting and not forced:
@@ -664,7 +664,7 @@ def step_timing(cfg: ModelConfig, spec: PlanSpec, p: ParamBreakdown, layout: Pla
                   modelled_step_s=modelled, days=spec.tokens / (tps * spec.gpus) / SECONDS_PER_DAY)
 
 
-def plan_layout(cfg: ModelConfig, spec: PlanSpec, layout: PlanLayout, p: ParamBreakdown | None = None) -> Plan:
+def plan_for_layout(cfg: ModelConfig, spec: PlanSpec, layout: PlanLayout, p: ParamBreakdown | None = None) -> Plan:
     """Memory per GPU (the fullest stage) and step time of one layout that keeps the global batch."""
     gpu = gpu_spec(spec.gpu)
     p = p or param_breakdown(cfg)
@@ -945,7 +945,7 @@ def plan_command(config: str, gpus: int, gpu: str = "h100", tokens: str | float 
 
 __all__ = [
     "GPUS", "GpuSpec", "PlanSpec", "Plan", "PlanError", "ParamBreakdown", "ReferenceRun", "make_plan",
-    "PlanLayout", "Stage", "candidate_layouts", "plan_layout", "pipeline_stages", "stage_params",
+    "PlanLayout", "Stage", "candidate_layouts", "plan_for_layout", "pipeline_stages", "stage_params",
     "stage_flops_per_token",
     "stage_memory", "fsdp_bytes_per_step", "hsdp_bytes_per_step", "step_timing", "bubble_fraction", "layers_in_flight",
     "tp_allreduce_bytes_per_token",

@@ -195,28 +195,28 @@ def dpo(
 
 
 def print_redteam_table(summary: dict, title: str) -> None:
-    """Rows: each category, each expectation, overall; failures split by reason."""
+    """Rows: each category, each expectation, overall; failures split by reason; the reward model's
+    signal (when there is one) below the table."""
     from training.redteam import REASONS  # pydantic: loaded with the command
 
-    with_rm = "rm_failure_rate" in summary["overall"]
     table = Table(title=title)
     table.add_column("", no_wrap=True)
-    for name in ["prompts", "failed", "rate", *(r.replace("_", " ") for r in REASONS), *(["RM rate", "RM agrees"]
-                                                                                       * with_rm)]:
-        table.add_column(name, justify="right")
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.0%}"
-
+    table.add_column("failed", justify="right", no_wrap=True)
+    for name in REASONS:
+        table.add_column(name.replace("_", " "), justify="right")
     sections = [[(name, row) for name, row in summary["by_category"].items()],
                 [(f"expected {name}", row) for name, row in summary["by_expected"].items()],
                 [("overall", summary["overall"])]]  # fmt: skip
     for section in sections:
         for i, (name, row) in enumerate(section):
-            rm = [pct(row.get("rm_failure_rate")), pct(row.get("rm_agreement"))] if with_rm else []
-            table.add_row(name, str(row["prompts"]), str(row["failed"]), pct(row["failure_rate"]),
-                          *[str(row["reasons"][k]) for k in REASONS], *rm, end_section=i == len(section) - 1)
+            failed = f"{row['failed']}/{row['prompts']} ({row['failure_rate']:.0%})"
+            table.add_row(name, failed, *[str(row["reasons"][k]) for k in REASONS], end_section=i == len(section) - 1)
     console.print(table)
+    overall = summary["overall"]
+    if "rm_failure_rate" in overall:
+        console.print(f"reward model: flags {overall['rm_failure_rate']:.0%} of the answers (rates a refuse prompt's "
+                      f"answer above the canned refusal, a comply prompt's below it); agrees with the rules on "
+                      f"{overall['rm_agreement']:.0%}", highlight=False, soft_wrap=True)
 
 
 @commands.command()

@@ -5,7 +5,8 @@
     jobs         curation runs: state machine queued -> running -> succeeded|failed|cancelled
     job_stages   per-stage progress of a job, written by the job's Ray actor
     manifests    token-shard manifests produced by finished jobs
-    training_jobs  training runs on a manifest: same state machine as jobs, metrics in out_uri
+    training_jobs  training runs (pretraining on a manifest, or a post-training `kind`): same state
+                 machine as jobs, metrics in out_uri
     ablations    data ablations on a corpus: same state machine, curves and results in out_uri
 
 Migrations (`api/migrations/versions/`) create these tables; keep the two in step.
@@ -167,9 +168,12 @@ class TrainingJob(JobLifecycle, Base):
 
     __tablename__ = "training_jobs"
 
-    manifest_id: Mapped[str] = mapped_column(ForeignKey("manifests.id"), index=True)
-    config: Mapped[dict[str, Any]]  # the validated TrainConfig, manifest and out_dir filled in
+    # The pretraining manifest: a pretrain job's data; None for post-training kinds (api/posttrain_jobs.py)
+    manifest_id: Mapped[str | None] = mapped_column(ForeignKey("manifests.id"), index=True)
+    config: Mapped[dict[str, Any]]  # the validated config of the kind's command, service fields filled in
     out_uri: Mapped[str] = mapped_column(Text)  # local folder: metrics.jsonl, checkpoints/, train_config.json
+    # pretrain | sft | reward_model | ppo | dpo | redteam: which training command the actor runs
+    kind: Mapped[str] = mapped_column(String(16), default="pretrain", server_default="pretrain")
 
 
 class Ablation(JobLifecycle, Base):

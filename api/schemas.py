@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.ids import CORPUS_ID, MANIFEST_ID
+from api.ids import CORPUS_ID, MANIFEST_ID, TRAINING_JOB_ID
 from curation.config import DOMAIN_PATTERN
 
 
@@ -189,16 +189,30 @@ class Health(BaseModel):
 
 # --- training jobs ---------------------------------------------------------------------------
 
+# Which training command a job runs (api/posttrain_jobs.py maps each to its command).
+TrainingKind = Literal["pretrain", "sft", "reward_model", "ppo", "dpo", "redteam"]
+
+
 class TrainingJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "manifest_id": "man_0c1d2e3f4a5b6c7d",
         "config": {"preset": "tiny", "steps": 30, "seq_len": 64, "global_batch_tokens": 1024, "micro_batch": 8}}]})
 
-    manifest_id: str = Field(pattern=MANIFEST_ID)
+    kind: TrainingKind = Field(default="pretrain", description=(
+        "pretrain: `flywheel train` on `manifest_id`. The others start from `init_from_job`'s latest checkpoint "
+        "and read `config.data` (see api/posttrain_jobs.py): sft chat, reward_model and dpo preference pairs, "
+        "ppo prompts (with `reward_from_job` or `config.reward`), redteam adversarial prompts"))
+    manifest_id: str | None = Field(default=None, pattern=MANIFEST_ID, description="pretrain: the manifest to train on")
+    init_from_job: str | None = Field(default=None, pattern=TRAINING_JOB_ID, description=(
+        "post-training: a succeeded training job whose latest complete checkpoint the run starts from"))
+    reward_from_job: str | None = Field(default=None, pattern=TRAINING_JOB_ID, description=(
+        "ppo (and optionally redteam): a succeeded reward_model job, the scorer"))
     config: dict[str, Any] = Field(default_factory=dict, description=(
-        "training.train_config.TrainConfig fields without `manifest`, `out_dir`, `cache_dir`, `workers`, "
-        "`min_workers` (the service sets them: one process in a Ray actor). `eval_files` are absolute paths "
-        "of JSONL files under the service's allowed roots or its storage"))
+        "pretrain: training.train_config.TrainConfig fields without `manifest`, `out_dir`, `cache_dir`, `workers`, "
+        "`min_workers` (the service sets them: one process in a Ray actor). Post-training: the kind's config "
+        "(training.sft.SFTConfig, training.reward_model.RewardModelConfig, training.dpo.DPOConfig, ...) without "
+        "`init_checkpoint`, `out_dir`, `workers`. `data` and `eval_files` are absolute paths under the service's "
+        "allowed roots or its storage: JSONL files, or a curated post-training set (posttrain_manifest.json)"))
 
 
 class LossPoint(BaseModel):
@@ -214,6 +228,11 @@ class EvalPoint(BaseModel):
     domains: dict[str, float | None] = Field(description="domain -> loss, summed over the eval files")
 
 
+class CurvePoint(BaseModel):
+    step: int
+    value: float | None = Field(description="None where not finite")
+
+
 class TrainingJobSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "trn_5e6f7a8b9c0d1e2f", "manifest_id": "man_0c1d2e3f4a5b6c7d", "state": "running",
@@ -222,12 +241,13 @@ class TrainingJobSummary(BaseModel):
         "started_at": "2026-11-29T10:00:02Z", "finished_at": None}]})
 
     id: str
-    manifest_id: str
+    kind: TrainingKind = "pretrain"
+    manifest_id: str | None = Field(description="pretrain: its manifest; post-training: its starting job's, if any")
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     phase: str | None
     error: str | None
-    config: dict[str, Any] = Field(description="the validated TrainConfig, less the fields the service sets")
-    steps: int = Field(description="optimiser steps the run will take")
+    config: dict[str, Any] = Field(description="the validated config, less the fields the service sets")
+    steps: int | None = Field(description="optimiser steps the run will take (None: the command's default)")
     step: int | None = Field(description="latest step in metrics.jsonl (None before the first)")
     loss: float | None
     tokens_per_s: float | None
@@ -242,6 +262,29 @@ class TrainingJobOut(TrainingJobSummary):
     eval_curve: list[EvalPoint] = Field(default_factory=list, description=(
         "one point per evaluation (config `eval_files`, every `eval_every_steps` and at the end), thinned "
         "like loss_curve; empty without evaluation"))
+    curves: dict[str, list[CurvePoint]] = Field(default_factory=dict, description=(
+        "every numeric series the kind logs: metrics.jsonl keys as named (loss, accuracy, margin, reward_mean, "
+        "kl, clip_frac, ...) and eval.jsonl keys as `eval_<key>`, nested ones joined by `_` (eval_overall_loss, "
+        "eval_margin_p05); thinned like loss_curve"))
+
+
+class RedTeamCategory(BaseModel):
+    name: str
+    failure_rate: float | None
+
+
+class RedTeamReport(BaseModel):
+    job_id: str
+    report: dict[str, Any] = Field(description="OUT/redteam.json as the red-team command wrote it")
+    failure_rates: list[RedTeamCategory] = Field(description="failure rate per category, from the report")
+
+
+class RedTeamResponses(BaseModel):
+    job_id: str
+    total: int
+    limit: int
+    offset: int
+    items: list[dict[str, Any]] = Field(description="OUT/redteam.jsonl lines: one per prompt with its verdict")
 
 
 class TrainingJobList(BaseModel):

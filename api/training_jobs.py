@@ -1,8 +1,9 @@
-"""Training jobs: a `flywheel train` run on a registered manifest, in a Ray actor.
+"""Training jobs: a `flywheel train` run on a registered manifest, or a post-training command
+(`kind`: sft, reward_model, dpo, ppo, redteam; api/posttrain_jobs.py), in a Ray actor.
 
     POST /training-jobs --> row `queued` (config validated by training.train_config) --> detached
                             named actor `flywheel-train-<id>` (namespace "flywheel")
-    actor  --> writes `running`, runs `train_command(OUT/train_config.json, local=True)`: one
+    actor  --> writes `running`, runs the kind's command (`train_command(OUT/train_config.json, local=True)`): one
                process inside the actor, writing OUT/metrics.jsonl and OUT/checkpoints/ (OUT a
                local folder or in the service's S3 storage) --> then
                `succeeded` | `failed` itself
@@ -25,6 +26,7 @@ from typing import Any
 from api.db import Database
 from api.jobs import JobRunner, run_job
 from api.models import TrainingJob
+from api.posttrain_jobs import run_command
 from api.run_files import finite
 from contract.atomic import json_bytes, write_atomic
 from contract.jsonl import parse_jsonl_lines, read_jsonl
@@ -41,12 +43,11 @@ def execute_training_job(database_url: str, job_id: str) -> str:
     """
 
     def train(db: Database, job: TrainingJob) -> None:
-        from training.cli import train_command  # torch: runs in the job's Ray actor, never in the web process
-
         fs, out_dir = filesystem_for(job.out_uri)
         fs.create_dir(out_dir, recursive=True)
         write_atomic(join(out_dir, TrainingRun.CONFIG), json_bytes(job.config), fs)
-        train_command(join(job.out_uri, TrainingRun.CONFIG), local=True)
+        # The kind's command (`flywheel train`, `sft`, `reward-model`, ...): torch, imported in this actor only.
+        run_command(job.kind, join(job.out_uri, TrainingRun.CONFIG))
 
     return run_job(database_url, job_id, TrainingJob, train, phase="training")
 
@@ -101,4 +102,5 @@ def eval_curve(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     where not finite: a diverged run still answers in JSON)."""
     return [{"step": r["step"], "tokens": r["tokens"], "loss": finite(r["overall"]["loss"]),
              "perplexity": finite(r["overall"]["perplexity"]),
-             "domains": {name: finite(d["loss"]) for name, d in r["domains"].items()}} for r in evals]
+             "domains": {name: finite(d["loss"]) for name, d in r["domains"].items()}} for r in evals
+            if "overall" in r]  # a language-model evaluation (pretrain, sft); pair evaluations are in `curves`

@@ -3,6 +3,8 @@
     GET /                corpora and jobs, with live state and per-stage progress
     GET /jobs/{id}       one job: the removal table and charts from its stats.json
     GET /ablations/{id}  one ablation: the variants' loss curves, the result table, the leakage check
+    GET /training-jobs/{id}  one training job of any kind: loss, reward, KL, accuracy, margin and eval
+                         curves from its metrics.jsonl/eval.jsonl; a red-team job's report
 
 Sign-in: a page opened without a token shows a form that POSTs the token (a `read` token is
 enough) to `/sign-in`, which checks it, puts it into an HttpOnly SameSite=Strict cookie and
@@ -18,6 +20,7 @@ numbers can be read without JavaScript and checked by a browser test.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,10 +35,13 @@ from sqlalchemy import select
 
 from api.auth import TOKEN_COOKIE, require_read, verify_token
 from api.deps import SessionDep
-from api.models import ACTIVE_STATES, Ablation, Corpus, Job
+from api.ids import TRAINING_JOB_ID
+from api.models import ACTIVE_STATES, Ablation, Corpus, Job, TrainingJob
+from api.posttrain_jobs import failure_rates, read_redteam_report, read_redteam_responses
 from api.results import read_stats
 from api.routes.ablations import AblationIdPath, ablation_out, ablation_summary
 from api.routes.jobs import JobIdPath, job_out
+from api.routes.training_jobs import training_job_out, training_job_summary
 from curation.stats import REMOVAL_TABLE_HEADER, RunStats, removal_table_rows
 
 router = APIRouter(include_in_schema=False)
@@ -46,6 +52,7 @@ TEMPLATES.env.filters["loss"] = lambda v: "–" if v is None else f"{v:.4f}"
 LIST_LIMIT = 100
 PERCENTILES = ("10", "25", "50", "75", "90")
 SIGN_IN_BODY_LIMIT = 16 * 1024  # a token and a path
+REDTEAM_PAGE = 50  # red-team prompts shown per page
 
 
 # --- sign-in ---------------------------------------------------------------------------------
@@ -290,6 +297,54 @@ def best_losses(table: list[dict[str, Any]], domains: list[str]) -> dict[str, fl
             if any(v is not None for v in values)}
 
 
+# A training job's series (api.posttrain_jobs.metric_curves names) drawn together, in this order:
+# (kind, title, y axis, the series names it takes). A series goes to the first chart that takes it;
+# bookkeeping series (grad_norm, aux_loss, ...) stay in the JSON API only.
+TRAINING_CHARTS = (
+    ("train-loss", "Loss: training and held-out", "loss (nats/token)", r"^(eval_)?(overall_)?loss$"),
+    ("reward", "Reward (reward-model score, DPO's implicit reward)", "reward", r"reward|score"),
+    ("kl", "KL to the reference (and DPO's per-token drift)", "nats", r"^(eval_)?(kl|drift)"),
+    ("accuracy", "Preference accuracy (chosen ranked above rejected)", "accuracy", r"accuracy"),
+    ("margin", "Reward margin (chosen - rejected)", "margin", r"^(eval_)?margin(_mean|_p05|_p50|_p95)?$"),
+    ("clip", "PPO clip fraction", "fraction", r"clip_frac"),
+    ("value-loss", "PPO value loss", "loss", r"value_loss"),
+    ("entropy", "Policy entropy", "nats", r"entropy"),
+    ("length", "Response length", "tokens", r"response_len|length_mean"),
+    ("diversity", "Diversity (distinct n-grams)", "fraction", r"distinct"),
+)
+
+
+def training_charts(curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One line chart per TRAINING_CHARTS entry with series present, against the step; eval series
+    (evaluated every few steps) share the step axis with the per-step ones."""
+    taken: set[str] = set()
+    charts = []
+    for kind, title, y_title, pattern in TRAINING_CHARTS:
+        names = [n for n in curves if n not in taken and re.search(pattern, n)]
+        if not names:
+            continue
+        taken.update(names)
+        series = {n: {p["step"]: p["value"] for p in curves[n]} for n in names}
+        labels = sorted({step for points in series.values() for step in points})
+        datasets = [{"label": n, "data": [points.get(step) for step in labels], "dashed": n.startswith("eval_")}
+                    for n, points in series.items()]
+        spec = _spec(kind, title, labels, datasets, x_title="step", y_title=y_title, chart_type="line")
+        charts.append({**spec, "x_scale": "linear", "y_zero": False})
+    return charts
+
+
+def failure_rate_chart(report: dict[str, Any]) -> dict[str, Any] | None:
+    """A red-team report's failure rate per category, as bars (percent)."""
+    rates = failure_rates(report)
+    if not rates:
+        return None
+    overall = report.get("overall") or {}
+    note = f"{overall.get('failed', '?')} of {overall.get('prompts', '?')} prompts failed"
+    return _spec("redteam", "Red-team failure rate by category", list(rates),
+                 [{"label": "% failed", "data": [None if v is None else round(100 * v, 2) for v in rates.values()]}],
+                 note=note, y_title="% of prompts failed")
+
+
 def stats_charts(stats: dict[str, Any]) -> list[dict[str, Any]]:
     stages = stats.get("stages") or []
     if not stages:
@@ -310,7 +365,10 @@ def index(request: Request, session: SessionDep) -> Response:
     corpora = session.scalars(select(Corpus).order_by(Corpus.created_at.desc(), Corpus.id).limit(LIST_LIMIT)).all()
     ablations = [ablation_summary(a).model_dump(mode="json") for a in
                  session.scalars(select(Ablation).order_by(Ablation.created_at.desc(), Ablation.id).limit(LIST_LIMIT))]
-    return _page(request, "index.html", jobs=jobs, corpora=corpora, ablations=ablations, active=list(ACTIVE_STATES))
+    training_jobs = [training_job_summary(t).model_dump(mode="json") for t in session.scalars(
+        select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(LIST_LIMIT))]
+    return _page(request, "index.html", jobs=jobs, corpora=corpora, ablations=ablations, training_jobs=training_jobs,
+                 active=list(ACTIVE_STATES))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -350,3 +408,27 @@ def ablation_page(ablation_id: AblationIdPath, request: Request, session: Sessio
     return _page(request, "ablation.html", ablation=ablation, domains=domains,
                  charts=ablation_charts(ablation["curves"], domains),
                  best=best_losses(ablation["table"] or [], domains), active=list(ACTIVE_STATES))
+
+
+@router.get("/training-jobs/{job_id}", response_class=HTMLResponse)
+def training_job_page(job_id: str, request: Request, session: SessionDep) -> Response:
+    """A training job of any kind: its curves; for a red-team job the report and a page of its
+    prompts (`?offset=`). The id is checked after sign-in: a caller without a token learns nothing."""
+    if (stop := _sign_in(request)) is not None:
+        return stop
+    row = session.get(TrainingJob, job_id) if re.match(TRAINING_JOB_ID, job_id) else None
+    if row is None:
+        return _page(request, "denied.html", 404, message=f"No training job {job_id}.")
+    job = training_job_out(row).model_dump(mode="json")
+    charts = training_charts(job["curves"])
+    report, responses = None, None
+    if row.kind == "redteam":
+        report = read_redteam_report(row.out_uri)
+        if report is not None:
+            chart = failure_rate_chart(report)
+            charts = ([chart] if chart else []) + charts
+            offset = request.query_params.get("offset", "0")
+            offset = int(offset) if offset.isdigit() else 0
+            responses = read_redteam_responses(row.out_uri, REDTEAM_PAGE, offset)
+    return _page(request, "training_job.html", job=job, charts=charts, report=report, responses=responses,
+                 rates=failure_rates(report) if report else {}, page_size=REDTEAM_PAGE, active=list(ACTIVE_STATES))

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from contract.jsonl import numbered_records, read_text
 from contract.posttrain import is_posttrain_manifest, iter_records, read_posttrain_manifest
+from training.train_config import CheckpointPolicy
 
 KIND = "ppo"  # the actor checkpoint's meta.json `kind` (a plain policy: generate/evaluate/export read it)
 CRITIC_KIND = "ppo_critic"  # the critic's (RewardModel layout: backbone.* + head.*)
@@ -32,7 +33,7 @@ RULE_PREFIX = "rule:"
 Prompt = str | list[dict[str, Any]]  # plain text, or chat messages [{"role", "content"}...]
 
 
-class PPOConfig(BaseModel):
+class PPOConfig(CheckpointPolicy):
     """A PPO run (Ouyang et al. 2022 section 3.5; the defaults follow Huang et al. 2022, "The N
     Implementation Details of RLHF with PPO", and OpenRLHF where those are silent)."""
 
@@ -75,10 +76,6 @@ class PPOConfig(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     role_cpus: float = Field(default=0.5, gt=0, description="CPUs each Ray role reserves")
-    checkpoint_interval_s: float = Field(default=600.0, gt=0)
-    checkpoint_every_steps: int | None = Field(default=None, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    resume: bool = True
 
     @model_validator(mode="before")
     @classmethod

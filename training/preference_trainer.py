@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -64,12 +64,13 @@ from training.preference_data import (
     read_preference_pairs,
 )
 from training.recipe import ROUTER_LR_RATIO, OptimizerConfig
+from training.train_config import CheckpointPolicy
 from training.trainer import resolve_device, resolve_param_dtype
 
 MARGIN_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-class PreferenceConfig(BaseModel):
+class PreferenceConfig(CheckpointPolicy):
     """A reward-model or DPO run. One field per knob; the optimiser is the pretraining recipe's
     (`training.recipe.OptimizerConfig`) with fine-tuning defaults filled in by `_defaults`."""
 
@@ -103,10 +104,6 @@ class PreferenceConfig(BaseModel):
 
     eval_every_steps: int | None = Field(default=None, ge=1, description="None: at step 0 and the end only")
     eval_batch_pairs: int = Field(default=16, ge=1)
-    checkpoint_interval_s: float = Field(default=600.0, gt=0)
-    checkpoint_every_steps: int | None = Field(default=None, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    resume: bool = True
 
     @model_validator(mode="before")
     @classmethod

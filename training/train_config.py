@@ -52,7 +52,16 @@ PRESET_OPTIMIZER = {
 }
 
 
-class TrainConfig(BaseModel):
+class CheckpointPolicy(BaseModel):
+    """When a run saves and resumes: the same fields in pretraining, SFT, preference and PPO runs."""
+
+    checkpoint_interval_s: float = Field(default=600.0, gt=0, description="wall-clock checkpoint period")
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also every N steps")
+    keep_checkpoints: int = Field(default=2, ge=1)
+    resume: bool = Field(default=True, description="continue from the latest checkpoint in out_dir")
+
+
+class TrainConfig(CheckpointPolicy):
     model_config = ConfigDict(extra="forbid")
 
     # -- model and data ---------------------------------------------------------------------
@@ -115,11 +124,7 @@ class TrainConfig(BaseModel):
 
     # -- checkpoints, logs, housekeeping ----------------------------------------------------
     # A local folder or a store URI (s3://bucket/run): metrics.jsonl, eval.jsonl, checkpoints/.
-    out_dir: str = "runs/train"
-    checkpoint_interval_s: float = Field(default=600.0, gt=0, description="wall-clock checkpoint period")
-    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also every N steps")
-    keep_checkpoints: int = Field(default=2, ge=1)
-    resume: bool = Field(default=True, description="continue from the latest checkpoint in out_dir")
+    out_dir: str = "runs/train"  # checkpoint timing and resume: CheckpointPolicy
     gc_every_steps: int = Field(default=500, ge=1)
     # On an object store (no append) metrics.jsonl is uploaded whole at most this often, and before
     # every checkpoint save; 0 uploads every line (training.metrics_log).

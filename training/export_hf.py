@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from contract.layout import CurationRun, TrainingRun
 from contract.tokenizer import SpecialTokens
+from training.chat_format import TOKENIZER_CONFIG
 from training.checkpoint import CheckpointManager, read_meta
 from training.config import HF_DEEPSEEK_V3, ModelConfig
 from training.train_config import TrainConfig, load_train_config
@@ -348,8 +349,17 @@ def write_tokenizer(source: str | Path, out: Path, cfg: ModelConfig) -> dict[str
         "clean_up_tokenization_spaces": False,
     }
     tokenizer_config.update({f"{name}_token": SPECIAL_TOKEN_NAMES[name] for name in ids})
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (out / TOKENIZER_CONFIG).write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return ids
+
+
+def run_chat_template(step_dir: Path) -> str | None:
+    """The chat template of the run that wrote `step_dir` (an SFT run writes it beside its
+    checkpoints: OUT/tokenizer_config.json), None for a run without one (pretraining)."""
+    config = step_dir.parent.parent / TOKENIZER_CONFIG
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("chat_template")
 
 
 def export_hf(
@@ -378,6 +388,10 @@ def export_hf(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     special_ids = write_tokenizer(tokenizer, out, cfg) if tokenizer is not None else {}
+    chat_template = run_chat_template(step_dir)
+    if tokenizer is not None and chat_template is not None:  # so AutoTokenizer.apply_chat_template works
+        tokenizer_config = json.loads((out / TOKENIZER_CONFIG).read_text())
+        (out / TOKENIZER_CONFIG).write_text(json.dumps({**tokenizer_config, "chat_template": chat_template}, indent=2) + "\n")
     tensors = hf_state_dict(cfg, state, DTYPES[dtype])
     del state
     (out / "config.json").write_text(json.dumps(hf_config(cfg, dtype, special_ids), indent=2, sort_keys=True) + "\n")

@@ -15,10 +15,11 @@ pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from contract.tokenizer import SpecialTokens  # noqa: E402
+from contract.tokenizer import SpecialTokens, load_tokenizer  # noqa: E402
 from curation.tokenizer import train_bpe  # noqa: E402
 from tests.training.helpers import VOCAB as MANIFEST_VOCAB  # noqa: E402
 from tests.training.helpers import write_tiny_manifest  # noqa: E402
+from training.chat_format import TOKENIZER_CONFIG, chat_tokenizer_config, encode_prompt  # noqa: E402
 from training.checkpoint import CheckpointManager, TrainingState  # noqa: E402
 from training.cli import train_command  # noqa: E402
 from training.config import ModelConfig, tiny  # noqa: E402
@@ -91,6 +92,23 @@ def test_export_gives_flywheel_logits_and_tokenizer(tmp_path: Path):
     assert max_logit_diff(flywheel, hf, VOCAB) < 1e-4
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.eos_token_id == 1 and tok.decode(tok("the lazy dog")["input_ids"]) == "the lazy dog"
+    assert tok.chat_template is None  # a pretraining run has no chat template
+
+
+def test_export_of_an_sft_run_carries_its_chat_template(tmp_path: Path):
+    """An SFT run writes OUT/tokenizer_config.json; its export renders prompts as SFT encodes them."""
+    cfg = tiny(VOCAB)
+    save_checkpoint(cfg, tmp_path / "run", meta={"model_config": cfg.model_dump(mode="json")})
+    (tmp_path / "run" / TOKENIZER_CONFIG).write_text(json.dumps(chat_tokenizer_config()))
+    tokenizer = tmp_path / "tokenizer.json"
+    train_bpe([["what is two plus two"] * 20], vocab_size=VOCAB, special=SpecialTokens()).save(str(tokenizer))
+
+    export_hf(tmp_path / "run", tmp_path / "hf", tokenizer=tokenizer)
+
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "what is two plus two?"}]
+    rendered = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
+    assert rendered["input_ids"] == encode_prompt(messages, load_tokenizer(str(tokenizer)))
 
 
 def test_export_from_the_run_config_with_tied_embeddings(tmp_path: Path):

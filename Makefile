@@ -10,7 +10,7 @@ STAMP := $(VENV)/.flywheel-installed
 DEMO_CORPUS := build/demo-corpus
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo ablation-demo test test-fast clean
+.PHONY: setup demo ablation-demo posttrain-demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 # tiny MoE trained on each, held-out loss per domain; writes benchmarks/ablation.md (~20-30 min on 2 CPUs).
 ablation-demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(PY) benchmarks/ablation.py
+
+# The post-training chain on the demo data: demo instructions -> curate -> SFT of a short demo
+# pretraining run -> reward model -> PPO -> red-team -> one refusal SFT round -> red-team again;
+# writes benchmarks/posttrain.md (~20-25 min on 2 CPUs).
+posttrain-demo: $(STAMP) $(DEMO_CORPUS)/truth.json
+	$(PY) benchmarks/posttrain_demo.py
 
 # FLYWHEEL_TEST_POSTGRES=1: the service tests run against a throwaway PostgreSQL as well as SQLite.
 test: $(STAMP)

@@ -3,13 +3,20 @@ run a function on N local gloo ranks."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from contract.manifest import parse_manifest, write_manifest
+from contract.shards import sha256_file
+from contract.tokenizer import SpecialTokens
+from curation.tokenizer import train_bpe
+from training.cli import train_command
 from training.data.synthetic import write_synthetic_dataset
 from training.launch import free_port
 from training.train_config import TrainConfig
@@ -68,3 +75,29 @@ def spawn(world: int, fn, *args: Any) -> None:
     import torch.multiprocessing as mp
 
     mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True, start_method="fork")
+
+
+BPE_VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges
+BPE_WORDS = "the quick brown fox jumps over a lazy dog".split()
+
+
+def train_bpe_checkpoint(root: Path) -> Path:
+    """2 steps of `flywheel train --local` (tiny, no dropout) on a synthetic manifest whose
+    tokenizer is a real byte-level BPE; returns the run folder (its checkpoint decodes to text)."""
+    manifest_path = write_synthetic_dataset(root / "data", total_tokens=8_000, vocab_size=BPE_VOCAB,
+                                            mean_doc_tokens=60, seed=0)  # fmt: skip
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(50)]
+    tokenizer_path = manifest_path.parent / "tokenizer.json"
+    train_bpe([sentences], vocab_size=BPE_VOCAB, special=SpecialTokens()).save(str(tokenizer_path))
+    manifest = parse_manifest(manifest_path.read_bytes())
+    info = manifest.tokenizer.model_copy(update={"sha256": sha256_file(tokenizer_path)})
+    write_manifest(manifest_path, manifest.model_copy(update={"tokenizer": info}))
+    config = root / "run.json"
+    config.write_text(json.dumps({
+        "seq_len": 32, "global_batch_tokens": 128, "micro_batch": 4, "peak_tflops_per_worker": 0.05,
+        "model": {"attn_dropout": 0.0}, "optimizer": {"lr": 3e-3},
+    }))  # fmt: skip
+    out = root / "out"
+    train_command(config, manifest=str(manifest_path), preset="tiny", steps=2, workers=1, out=out, local=True)
+    return out

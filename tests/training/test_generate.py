@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,14 +15,9 @@ pytest.importorskip("tokenizers")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from contract.manifest import parse_manifest, write_manifest  # noqa: E402
-from contract.shards import sha256_file  # noqa: E402
-from contract.tokenizer import SpecialTokens  # noqa: E402
-from curation.tokenizer import train_bpe  # noqa: E402
 from flywheel.cli import app  # noqa: E402
-from training.cli import train_command  # noqa: E402
+from tests.training.helpers import train_bpe_checkpoint  # noqa: E402
 from training.config import ModelConfig, tiny, tiny_v3  # noqa: E402
-from training.data.synthetic import write_synthetic_dataset  # noqa: E402
 from training.generate import (  # noqa: E402
     FINISH_LENGTH,
     FINISH_STOP,
@@ -217,31 +211,12 @@ def test_refuses_what_it_cannot_generate():
 # A trained checkpoint and the command
 # ---------------------------------------------------------------------------------------------
 
-BPE_VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges
-WORDS = "the quick brown fox jumps over a lazy dog".split()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """2 steps of `flywheel train --local` on a synthetic manifest whose tokenizer is a real BPE."""
-    root = tmp_path_factory.mktemp("generate")
-    manifest_path = write_synthetic_dataset(root / "data", total_tokens=8_000, vocab_size=BPE_VOCAB,
-                                            mean_doc_tokens=60, seed=0)  # fmt: skip
-    rng = np.random.default_rng(0)
-    sentences = [" ".join(rng.choice(WORDS, size=8)) for _ in range(50)]
-    tokenizer_path = manifest_path.parent / "tokenizer.json"
-    train_bpe([sentences], vocab_size=BPE_VOCAB, special=SpecialTokens()).save(str(tokenizer_path))
-    manifest = parse_manifest(manifest_path.read_bytes())
-    info = manifest.tokenizer.model_copy(update={"sha256": sha256_file(tokenizer_path)})
-    write_manifest(manifest_path, manifest.model_copy(update={"tokenizer": info}))
-    config = root / "run.json"
-    config.write_text(json.dumps({
-        "seq_len": 32, "global_batch_tokens": 128, "micro_batch": 4, "peak_tflops_per_worker": 0.05,
-        "model": {"attn_dropout": 0.0}, "optimizer": {"lr": 3e-3},
-    }))  # fmt: skip
-    out = root / "out"
-    train_command(config, manifest=str(manifest_path), preset="tiny", steps=2, workers=1, out=out, local=True)
-    return out
+    return train_bpe_checkpoint(tmp_path_factory.mktemp("generate"))
 
 
 def test_flywheel_generate_completes_prompts_from_a_checkpoint(trained, tmp_path):

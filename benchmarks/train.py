@@ -19,8 +19,8 @@ best of `--repeats` each way, as wall-clock tokens/s from the end of step 2 to t
 a recompile, a checkpoint save or a pipeline's idle time between steps all count) and their
 ratio on / off. Single-process
 switches against 1 process; fsdp_prefetch, tp=2 and pp=2 on 2 processes against 2 processes of
-plain FSDP. A switch whose field fails validation or whose run raises (not yet built, e.g.
-NotImplementedError) is reported as skipped with the reason. Writes benchmarks/train_switches.md.
+plain FSDP. A switch whose field fails validation or whose run raises (e.g. FlexAttention, which has no
+CPU backward in torch 2.13) is reported as skipped with the reason. Writes benchmarks/train_switches.md.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,13 +68,13 @@ class _Record(BaseModel):
     category: str | None = None
     meta: dict[str, Any] | None = Field(default=None, description="anything else, kept as is")
 
+    @abstractmethod
     def fields(self) -> list[tuple[str, str]]:
         """(where, text) of every free-text field: what PII redaction and decontamination read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def with_fields(self, texts: list[str]) -> "_Record":
         """This record with its `fields()` texts replaced, in the same order."""
-        raise NotImplementedError
 
     def text(self) -> str:
         """The record as one text, for dedup: every field prefixed by its role or name."""

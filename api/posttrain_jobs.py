@@ -161,15 +161,24 @@ def checkpoint_meta(step_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def validated_source(uri: str, roots: tuple[str, ...], field: str, record_kind: str) -> str:
-    """`uri` as a real local path under `roots`: a JSONL file whose first records are `record_kind`
-    records, or a curated post-training set holding some of them. 403 outside the roots, 422 else."""
+def allowed_local_input(uri: str, roots: tuple[str, ...], field: str, folders: bool = False) -> str:
+    """`uri` as a real local path inside an allowed root or the service's storage (the rule corpora
+    registered by URI follow): 403 outside them, 422 unless an existing local file (or folder)."""
     try:
         real = allowed_location(uri, roots)
     except (LocationError, LocationForbidden) as e:
         raise HTTPException(e.status, detail=f"{field}: {str(e).removeprefix('uri: ')}") from None
-    if local_path(real) is None or not os.path.exists(real):
-        raise HTTPException(422, detail=f"{field}: {uri} is not a local file or folder (the trainer reads it)")
+    exists = os.path.exists if folders else os.path.isfile
+    if local_path(real) is None or not exists(real):
+        what = "local file or folder" if folders else "local file"
+        raise HTTPException(422, detail=f"{field}: {uri} is not a {what} (the trainer reads it)")
+    return real
+
+
+def validated_source(uri: str, roots: tuple[str, ...], field: str, record_kind: str) -> str:
+    """`uri` as a real local path under `roots`: a JSONL file whose first records are `record_kind`
+    records, or a curated post-training set holding some of them. 403 outside the roots, 422 else."""
+    real = allowed_local_input(uri, roots, field, folders=True)
     if is_posttrain_manifest(real):
         try:
             manifest = read_posttrain_manifest(real)

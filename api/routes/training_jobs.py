@@ -3,7 +3,6 @@ api/posttrain_jobs.py); follow its curves, cancel it, read a red-team job's repo
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -14,11 +13,11 @@ from api.auth import require_admin, require_read
 from api.deps import JSON_BODY_LIMIT, MAX_OFFSET, ServicesDep, SessionDep, newest_first_page
 from api.errors import one_line
 from api.ids import TRAINING_JOB_ID, new_id
-from api.locations import LocationError, LocationForbidden, allowed_location
 from api.manifests import ManifestInvalid, load_manifest
 from api.models import Manifest, TrainingJob
 from api.posttrain_jobs import (
     POSTTRAIN_KINDS,
+    allowed_local_input,
     failure_rates,
     metric_curves,
     read_redteam_report,
@@ -37,7 +36,6 @@ from api.schemas import (
     TrainingKind,
 )
 from api.training_jobs import eval_curve, read_progress
-from contract.locations import local_path
 from training.train_config import TrainConfig
 
 router = APIRouter(tags=["training"])
@@ -82,16 +80,7 @@ def get_training_job(session: Session, job_id: str) -> TrainingJob:
 def validated_eval_files(files: list[str], roots: tuple[str, ...]) -> list[str]:
     """The eval files as real local paths, each inside an allowed root or the service's storage
     (the rule corpora registered by URI follow): 403 outside them, 422 if not a local file."""
-    real_paths = []
-    for uri in files:
-        try:
-            real = allowed_location(uri, roots)
-        except (LocationError, LocationForbidden) as e:
-            raise HTTPException(e.status, detail=f"config.eval_files: {str(e).removeprefix('uri: ')}") from None
-        if local_path(real) is None or not os.path.isfile(real):
-            raise HTTPException(422, detail=f"config.eval_files: {uri} is not a local file (the trainer reads it)")
-        real_paths.append(real)
-    return real_paths
+    return [allowed_local_input(uri, roots, "config.eval_files") for uri in files]
 
 
 def validated_config(body: TrainingJobCreate, manifest: Manifest, out_dir: str,

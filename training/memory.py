@@ -46,14 +46,15 @@ SAVED_OPS = {
 }
 
 
-# NOTE: FSDP2's hooks on a sub-unit inside the block (EP's experts) open profiler ranges a
-# different number of times in the forward and in the recompute, which SAC's replay (torch
-# 2.13) rejects as non-determinism; they compute nothing, so SAC passes them through, as it
-# does aten.detach.
-torch.utils.checkpoint.SAC_IGNORED_OPS |= {
-    torch.ops.profiler._record_function_enter_new.default,
-    torch.ops.profiler._record_function_exit._RecordFunction,
-}
+def _ignore_profiler_ranges() -> None:
+    """NOTE: FSDP2's hooks on a sub-unit inside the block (EP's experts) open profiler ranges a
+    different number of times in the forward and in the recompute, which SAC's replay (torch
+    2.13) rejects as non-determinism; they compute nothing, so SAC passes them through, as it
+    does aten.detach. A torch global: changed only when selective AC is asked for."""
+    torch.utils.checkpoint.SAC_IGNORED_OPS |= {
+        torch.ops.profiler._record_function_enter_new.default,
+        torch.ops.profiler._record_function_exit._RecordFunction,
+    }
 
 
 def _save_matmuls(_ctx, op, *_args, **_kwargs) -> CheckpointPolicy:
@@ -92,6 +93,8 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
         raise ValueError(f"unknown activation_checkpointing {mode!r}; choose one of {ACTIVATION_CHECKPOINTING}")
     if mode == "none":
         return model
+    if mode == "selective":
+        _ignore_profiler_ranges()
     for block in model.layers.values():
         block.forward = _checkpointed(block.forward, selective=mode == "selective")
     return model

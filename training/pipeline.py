@@ -4,7 +4,7 @@
     stage_layer_ids(n_layers=7, n_stages=3)              # [["0", "1"], ["2", "3", "4"], ["5", "6"]]
     model = split_model(model, stage_ids=[pp_rank], n_stages=pp)     # before sharding the stage
     pipeline = Pipeline(model, "1f1b", pp_group, device, micro_batch, seq_len, n_microbatches)
-    lm_balance_z = pipeline.step(micro_batches)          # forward/backward of every micro-batch
+    lm_balance_z = pipeline.step(micro_batches, scale)   # forward/backward of every micro-batch
     nll = pipeline.forward_nll(tokens_BS, doc_ids_BS, targets_BS)   # evaluation, any batch shape
 
 A stage is the model itself with the other stages' parts removed: `layers` keeps its own blocks
@@ -19,11 +19,13 @@ idle bubble, (pp - 1)/m of the useful time with m micro-batches, becomes (pp - 1
 The schedule's micro-batches are the trainer's accumulation steps, so 1F1B needs at least `pp`
 of them per step.
 
-Loss scale: each micro-batch's LM loss enters as lm / m (m micro-batches), as in the single
-process. The MoE balance and z losses are computed on stages that never see the LM loss:
-`AuxLossGrad` hangs them on the stage's activations and, in backward, gives each the gradient
-1/m (d(aux / m)/d aux), the way Megatron's MoEAuxLossAutoScaler attaches them. So the gradient
-is that of sum_mb (lm + aux) / m, exactly the single process's.
+Loss scale: each micro-batch's LM loss enters as its summed CE x dp / N (`training.token_mean`:
+N the step's loss tokens over the dp ranks, counted by the trainer before the schedule runs, so
+the last stage's loss_fn knows it), as in the single process. The MoE balance and z losses are
+computed on stages that never see the LM loss: `AuxLossGrad` hangs them on the stage's
+activations and, in backward, gives each the gradient 1/m (d(aux / m)/d aux, m micro-batches),
+the way Megatron's MoEAuxLossAutoScaler attaches them. So the gradient is that of
+sum_mb (lm_mb x count_mb x dp / N + aux_mb / m), exactly the single process's.
 
 Shape legend as in model.py: B micro-batch sequences, S sequence, D model width, V vocabulary.
 """
@@ -40,6 +42,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from training.evaluate import summed_nll
 from training.model import Transformer, causal_lm_loss, chunked_lm_loss
+from training.token_mean import token_weighted
 
 if TYPE_CHECKING:
     from training.parallel import Meshes
@@ -248,6 +251,7 @@ class Pipeline:
         self.model, self.pp_group, self.device, self.act_dtype = model, pp_group, device, act_dtype
         model.aux_sums = model.aux_sums.to(device)
         self.n_microbatches, self.loss_chunk_tokens = n_microbatches, loss_chunk_tokens
+        self._lm_scale = torch.ones((), dtype=torch.float64, device=device)  # dp / N: set by each step
         n_stages = self.n_stages = dist.get_world_size(pp_group) * STAGES_PER_RANK[schedule]
         self.has_first = any(c.is_first for c in model.chunks)
         self.has_last = any(c.is_last for c in model.chunks)
@@ -267,7 +271,7 @@ class Pipeline:
                 output_args=last if chunk.is_last else hidden,
                 group=pp_group,
             ))  # fmt: skip
-        # scale_grads=False: the loss is already lm / m (and the aux gradient 1 / m).
+        # scale_grads=False: the loss is already weighted (token_weighted; the aux gradient 1 / m).
         if schedule == "interleaved-1f1b":
             self.schedule = ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=self._loss, scale_grads=False)
         else:
@@ -287,19 +291,22 @@ class Pipeline:
         return args, target, kwargs
 
     def _loss(self, out_BSX: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
-        """lm / m of one micro-batch from the last stage's output: logits_BSV, or the normed
-        hidden_BSD when the loss is chunked."""
+        """One micro-batch's weighted LM loss (`token_weighted` with this step's scale) from the
+        last stage's output: logits_BSV, or the normed hidden_BSD when the loss is chunked."""
         if self.loss_chunk_tokens:
             lm = chunked_lm_loss(out_BSX, self.model.output, targets_BS, self.loss_chunk_tokens)
         else:
             lm = causal_lm_loss(out_BSX, targets_BS)
-        return lm / self.n_microbatches
+        return token_weighted(lm, targets_BS, self._lm_scale)
 
-    def step(self, micro_batches: list[MicroBatch]) -> torch.Tensor:
+    def step(self, micro_batches: list[MicroBatch], lm_scale: torch.Tensor) -> torch.Tensor:
         """Forward and backward of the micro-batches through the pipeline (gradients accumulate
-        in this rank's stage parameters). Returns float64 [lm, balance, z], each the mean over
-        micro-batches, summed over the stages: the same on every rank of the pipeline."""
+        in this rank's stage parameters). lm_scale: dp / N (`training.token_mean.lm_scale`).
+        Returns float64 [lm, balance, z] (lm: the weighted LM losses summed, as the trainer's
+        single-process path; balance, z: means over micro-batches), summed over the stages:
+        the same on every rank of the pipeline."""
         args, target, kwargs = self._inputs(micro_batches)
+        self._lm_scale = lm_scale
         self.model.aux_scale = 1.0 / self.n_microbatches
         self.model.aux_sums.zero_()
         losses: list[torch.Tensor] = []

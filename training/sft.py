@@ -21,11 +21,10 @@ Sources (`data`, `eval_files`): chat JSONL files ({"messages": [...]}) or a post
 manifest (`contract.posttrain`: posttrain_manifest.json or its run folder), whose chat files of
 the `train` split are read for `data` and of the `eval` split for `eval_files`, sha256-checked.
 
-NOTE: each micro-batch's loss is the mean over its own assistant tokens and the step averages
-the micro-batches (the trainer's rule, exact for pretraining's equal windows). Windows differ in
-assistant-token counts, so a token in a sparse window weighs more than one in a dense window;
-a token-weighted mean over the global batch would need the step's token count before the
-forwards (one all-reduce) and a weight per micro-batch in the trainer and pipeline schedule.
+The step's loss is the mean over every assistant token of the global batch (all micro-batches,
+all dp ranks: `training.token_mean`, the trainer's rule for pretraining too), so a window of 3
+assistant tokens weighs 3/N of the step, not as much as a window of 300; the held-out loss is a
+token mean as well (summed NLL / assistant tokens, over every window of every set).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@
 One optimiser step on every rank:
   1. reseed torch from (seed, step, rank): dropout is reproducible after any restart;
   2. read `accum` micro-batches of `micro_batch` sequences (the global cursor advances by
-     world x micro_batch each), forward, backward on (LM loss + aux losses) / accum, with FSDP's
+     world x micro_batch each), count the step's loss tokens over the dp ranks (one scalar
+     all-reduce), forward, backward on each micro-batch's summed CE x dp / N plus its aux losses
+     / accum (`training.token_mean`: the gradient of the global token mean), with FSDP's
      reduce-scatter only in the last backward (under pp > 1 a pipeline schedule runs them
      through this rank's stages: training.pipeline);
   3. clip to the global norm (combined over the dense and expert meshes), step (the
@@ -51,6 +53,7 @@ from training.parallel import Meshes, clip_grad_norm_, parallelize, set_gradient
 from training.pipeline import Pipeline, PipelineSchedule, check_pipeline, pipeline_stage_of
 from training.planner import model_flops_per_token
 from training.tensor_parallel import check_tensor_parallel
+from training.token_mean import lm_scale, token_weighted
 from training.train_config import TrainConfig
 
 DIGEST_MOD = 2**40
@@ -304,16 +307,9 @@ class Trainer:
         return [self.to_micro_batch(b) for b in batches], digest
 
     def train_step(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
-        """Forward/backward over the micro-batches, clip, optimiser and schedule step.
-
-        Each micro-batch's loss is scaled by 1/len(micro_batches) and FSDP averages over the
-        ranks, so the gradient is that of the mean loss over all ranks' micro-batches (a
-        single process given all of them in one list computes the same gradient).
-        Returns this rank's mean LM loss, balance and z losses, and the global grad norm.
-        Under pp > 1 the pipeline schedule runs the micro-batches (training.pipeline).
-        """
-        self.model.train()
-        means = self.pipeline.step(micro_batches) if self.pipeline is not None else self._forward_backward(micro_batches)
+        """Forward/backward over the micro-batches (`forward_backward`), clip, optimiser and
+        schedule step. Returns `forward_backward`'s losses and the global grad norm."""
+        means = self.forward_backward(micro_batches)
         norm = clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm, pp_group=self.pp_group)
         lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] != "router")
         self.optimizer.step()  # the router-bias pre-hook runs here, once per step
@@ -324,8 +320,22 @@ class Trainer:
         lm, balance, z = means.tolist()  # one device sync per step
         return {"loss": lm, "balance_loss": balance, "z_loss": z, "grad_norm": float(norm), "lr": lr}
 
-    def _forward_backward(self, micro_batches: list[MicroBatch]) -> torch.Tensor:
-        """Backward of sum_mb (lm + aux) / n; returns float64 [lm, balance, z] means."""
+    def forward_backward(self, micro_batches: list[MicroBatch]) -> torch.Tensor:
+        """Gradients of the step's loss accumulated in the parameters (not yet stepped).
+
+        The LM loss is the global token mean (`training.token_mean`): this rank backpropagates
+        its summed CE x dp / N (N: loss tokens over all dp ranks' micro-batches) and FSDP
+        averages over the dp ranks, so the gradient is that of sum(CE) / N; a single process
+        given every rank's micro-batches in one list computes the same. The aux losses are
+        per-micro-batch means, weighted 1 / len(micro_batches) as before.
+        Returns float64 [lm, balance, z]: lm this rank's backpropagated LM loss (its mean over
+        the dp ranks, `_reduce`, is the global token mean), balance and z means over micro-batches.
+        Under pp > 1 the pipeline schedule runs the micro-batches (training.pipeline).
+        """
+        self.model.train()
+        scale = lm_scale([mb.targets_BS for mb in micro_batches], self.data_group, self.data_world)
+        if self.pipeline is not None:
+            return self.pipeline.step(micro_batches, scale)
         n = len(micro_batches)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         chunk = self.cfg.loss_chunk_tokens
@@ -337,9 +347,10 @@ class Trainer:
                 out = self.model(mb.inputs_BS, mb.doc_ids_BS, return_hidden=chunk > 0)
                 lm = (chunked_lm_loss(out.hidden_BSD, self.model.output, mb.targets_BS, chunk) if chunk
                       else causal_lm_loss(out.logits_BSV, mb.targets_BS))  # fmt: skip
-            ((lm + out.aux_loss) / n).backward()
+            lm = token_weighted(lm, mb.targets_BS, scale)
+            (lm + out.aux_loss / n).backward()
             sums += torch.stack([lm.detach(), out.balance_loss.detach(), out.z_loss.detach()]).double()
-        return sums / n
+        return sums / torch.tensor([1.0, n, n], dtype=torch.float64, device=self.device)  # lm: already weighted
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -375,7 +386,8 @@ class Trainer:
 
     def _reduce(self, local: dict[str, float], digest: int) -> tuple[dict[str, float], int]:
         """Mean of the losses and sum of the data digest over the data-parallel ranks (tp and pp
-        peers hold copies, not more data), in one all-reduce."""
+        peers hold copies, not more data), in one all-reduce. The LM loss's mean is the global
+        token mean (`forward_backward`)."""
         if self.data_group is None:
             return local, digest
         keys = ["loss", "balance_loss", "z_loss"]

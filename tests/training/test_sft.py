@@ -287,8 +287,8 @@ def _sft_rank(rank: int, world: int, cfg_json: str) -> None:
 def test_two_ranks_log_the_losses_of_one_process_and_resume_continues(pretrained, tmp_path):
     """EP=2 (experts split) and PP=2 (a pipeline schedule, its forward_nll for evaluation) on two
     ranks log the losses of one process; a run resumed from step 2 continues the straight one."""
-    # micro_batch 1: the step's loss is the mean of 8 per-window means however the windows are
-    # split over ranks and micro-batches (a micro-batch's mean is over its own assistant tokens).
+    # The step's loss is the global assistant-token mean however the windows are split over
+    # ranks and micro-batches (training.token_mean; tests/training/test_sft_token_mean.py).
     schedule = {"lr": 3e-3, "router_lr": 3e-3, "schedule": {"total_steps": 4, "warmup_steps": 1}}
     common = dict(micro_batch=1, steps=4, checkpoint_every_steps=2, keep_checkpoints=3, optimizer=schedule)
     one = sft_config(pretrained, tmp_path / "one", **common)

@@ -15,7 +15,8 @@ conversation, so `Batch.segment_ids` keeps conversations apart under document-ma
 each padding token is a segment of its own and never a target. A conversation longer than
 seq_len + 1 keeps its first seq_len + 1 tokens, counted in `stats.truncated`; one left without
 any assistant token (by truncation, or none to start with) is dropped and counted, never
-silently, so every window has at least one target and no micro-batch's loss is 0 / 0.
+silently, so every window has at least one target and no micro-batch's loss is 0 / 0 (the
+trainer's global token mean weighs each micro-batch's mean by its count: `training.token_mean`).
 
 Order and cursor are pretraining's (`order.py`): the windows are the sequences, epoch e visits
 them in `default_rng([seed, e]).permutation`, rank r of W reads global positions consumed + r,

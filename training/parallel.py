@@ -239,9 +239,11 @@ def _shard_experts(moe: MoE, meshes: Meshes, mp: MixedPrecisionPolicy, reshard_a
         shard_placement_fn=lambda _p, dim=dim: Shard(dim),
     )  # fmt: skip
     moe.experts.set_gradient_divide_factor(float(layout.world // layout.pp))
-    if dist.get_backend(meshes.efsdp.get_group()) == "gloo":
+    if meshes.efsdp.size() > 1 and dist.get_backend(meshes.efsdp.get_group()) == "gloo":
         # A custom factor means ReduceOp.PREMUL_SUM on NCCL, which gloo lacks: sum,
-        # then divide in a separate kernel.
+        # then divide in a separate kernel. Not on a one-rank mesh: there torch 2.13 divides the
+        # copied gradient by the factor and then again after it (expert grads came out halved
+        # at EP=2 on 2 ranks, hidden from the loss parity checks by AdamW's scale invariance).
         moe.experts.set_force_sum_reduction_for_comms(True)
 
 

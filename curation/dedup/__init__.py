@@ -2,6 +2,7 @@
 
     shingles.py       normalised words and word n-gram hashes, vectorised over Arrow batches
     minhash.py        datasketch-compatible MinHash signatures, LSH band/row choice, band keys
+    minhash_blocks.py MinHash dedup's per-block steps (signatures ... verdicts), shared with post-training
     sentences.py      the sentence splitter (character spans)
     simhash_index.py  sentence SimHash, permuted-block buckets, near repeats inside a bucket
     components.py     connected components on Ray Data (large-star / small-star)

@@ -8,7 +8,7 @@
     config.py        the run as validated data (`flywheel curate-posttrain CONFIG`)
     rows.py          one record in flight, and the read step (malformed / invalid / duplicate id)
     exact.py         one record per normalised conversation text (exact_dedup's key)
-    near.py          MinHash + LSH near duplicates (the minhash_dedup stage's functions)
+    near.py          MinHash + LSH near duplicates (minhash_dedup's per-block steps; signs kept)
     decontaminate.py word n-gram overlap with evaluation sets
     pii.py           Presidio redaction of every message / field (the pii stage's engine)
     run.py           the runner: accounting, rejects, curated files, manifest

@@ -7,12 +7,12 @@
     output: out/posttrain
     seed: 0
     exact_dedup: {}                       # defaults; null turns a step off
-    near_dedup: {threshold: 0.8}
+    near_dedup: {threshold: 0.8}        # operators: true (the default) keeps signs in the shingles
     decontamination: {eval_sets: [demo/eval-texts.jsonl], ngram: 13}
     pii: {entities: [EMAIL, PHONE, PERSON]}
 
 The step parameters are the pretraining stages' own fields (same names, defaults and bounds),
-so `threshold: 0.8` means one thing in both pipelines.
+so `threshold: 0.8` means one thing in both pipelines; near_dedup adds `operators`.
 """
 
 from __future__ import annotations
@@ -64,10 +64,14 @@ class NearParams(_Strict):
     rows: int | None = _NEAR["rows"]
     seed: int = _NEAR["seed"]
     scheme: Scheme = _NEAR["scheme"]
+    # Post-training only (the stage shingles words): sympy identities and code that differ by a
+    # sign are different records, not near copies (curation/posttrain/near.py).
+    operators: bool = Field(True, description="each operator/sign character (+ - * / = < > ^ ...) is a word of "
+                                              "its own in the shingles; false: words only, as minhash_dedup")
 
     def minhash(self) -> MinHashDedupParams:
         """The stage's parameters (its validators check bands x rows), for its functions."""
-        return MinHashDedupParams(**self.model_dump())
+        return MinHashDedupParams(**self.model_dump(exclude={"operators"}))
 
 
 class DecontaminationParams(_Strict):

@@ -9,6 +9,9 @@
       |--cogroup on node, shuffle on root--> one verdict per duplicate (id, reason, detail)
     full rows + verdicts (broadcast lookup, or a cogroup on id when there are many) -> output
 
+Every step on a block is a function of curation/dedup/minhash_blocks.py (the post-training near
+dedup runs the same ones); this module plans them and joins the verdicts back.
+
 Rules:
 - Candidates: two documents sharing one band key. With `verify` (default), a candidate pair
   joins a cluster only when its estimated Jaccard (share of equal signature values) reaches
@@ -47,32 +50,34 @@ from contract.stores import filesystem_for
 from curation import runtime
 from curation.dedup import report
 from curation.dedup.components import LABEL_SCHEMA, connected_components, connected_components_local
-from curation.dedup.minhash import (
-    MinHasher,
-    Scheme,
-    band_keys,
-    lsh_errors,
-    optimal_bands_rows,
-    scheme_id,
-    signature_type,
+from curation.dedup.minhash import MinHasher, Scheme, lsh_errors, optimal_bands_rows, scheme_id, signature_type
+from curation.dedup.minhash_blocks import (
+    MEMBER_SCHEMA,
+    NEAR_DUPLICATE,
+    PREV_PREFIX,
+    PREVIOUS_CORPUS,
+    VERDICT_SCHEMA,
+    attach_members,
+    attach_signatures,
+    band_rows,
+    candidate_members,
+    decide,
+    signature_rows,
+    signature_schema,
+    star_edges,
+    verified_edges,
 )
-from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count, runs
+from curation.dedup.shuffle import Broadcast, arrow_schema, cogroup, lookup, map_partitions, partition_count
 from curation.io.files import write_parquet
 from curation.stages.base import DETAIL, KEPT, REASON, RunContext, Stage, StageParams, set_column
 
 log = logging.getLogger(__name__)
 
-NEAR_DUPLICATE = "near_duplicate"
-PREVIOUS_CORPUS = "duplicate_of_previous_corpus"
 REASONS = [NEAR_DUPLICATE, PREVIOUS_CORPUS]
 # 2: the signature scheme is a parameter (rensa R-MinHash by default; 1 was datasketch only).
 INDEX_VERSION = 2
 # Documents per signature batch: ~3 MB of web text, so the byte passes over it stay in cache.
 SIGNATURE_BATCH = 1024
-NEW = -1  # `origin` of this run's documents; earlier corpora are 0, 1, ... (dedup_against order)
-_PREV_PREFIX = "\x00"  # node names of earlier documents: "\x00<corpus>\x00<id>", never a new id
-_PAIR_CAP = 32  # buckets up to this size are verified pair by pair
-_ANCHORS = 8  # larger buckets: against their smallest ids, and along the id order
 
 
 class MinHashDedupParams(StageParams):
@@ -106,176 +111,7 @@ class MinHashDedupParams(StageParams):
         return self
 
 
-# -- per-batch and per-partition functions (module level: Ray pickles them by reference) ----
-
-def signature_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([pa.field("node", pa.string()), pa.field("sig", signature_type(num_perm)),
-                      pa.field("n_shingles", pa.int32()), pa.field("quality", pa.float64()),
-                      pa.field("origin", pa.int16())])
-
-
-def _signature_rows(batch: pa.Table, hasher: MinHasher, quality: str, quality_required: bool) -> pa.Table:
-    sig, n_shingles = hasher.signatures(batch["text"])
-    n = batch.num_rows
-    if quality in batch.column_names:
-        q = pc.cast(batch[quality], pa.float64())
-    elif quality_required:
-        raise ValueError(f"minhash_dedup: quality_column {quality!r} is not a column of the documents")
-    else:
-        q = pa.nulls(n, pa.float64())
-    return pa.Table.from_arrays([
-        batch["id"],
-        pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), hasher.num_perm),
-        pa.array(n_shingles, pa.int32()),
-        q,
-        pa.array(np.full(n, NEW, np.int16)),
-    ], schema=signature_schema(hasher.num_perm))
-
-
-def _sig_matrix(col: pa.ChunkedArray | pa.Array, num_perm: int) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, num_perm)
-
-
-def _band_rows(batch: pa.Table, num_perm: int, bands: int, rows: int, seed: int) -> pa.Table:
-    batch = batch.filter(pc.greater(batch["n_shingles"], 0))
-    keys = band_keys(_sig_matrix(batch["sig"], num_perm), bands, rows, seed)
-    owner = np.repeat(np.arange(batch.num_rows), bands)
-    return pa.table({"bucket": pa.array(keys.reshape(-1)), "node": batch["node"].take(owner),
-                     "new": pc.equal(batch["origin"], NEW).take(owner)})
-
-
-MEMBER_SCHEMA = pa.schema([pa.field("bucket", pa.uint64()), pa.field("node", pa.string())])
-
-
-def _candidate_members(part: pa.Table) -> pa.Table:
-    """Rows of buckets holding >= 2 documents, at least one of them from this run."""
-    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
-    starts, lengths = runs(part["bucket"].to_numpy())
-    if len(starts) == 0:
-        return part.select(["bucket", "node"])
-    has_new = np.maximum.reduceat(part["new"].to_numpy(zero_copy_only=False).astype(np.int8), starts) > 0
-    keep = np.repeat((lengths >= 2) & has_new, lengths)
-    return part.filter(pa.array(keep)).select(["bucket", "node"])
-
-
-def _attach_signatures(members: pa.Table, sigs: pa.Table) -> pa.Table:
-    found = lookup(members["node"], sigs, "node")
-    return pa.table({"bucket": members["bucket"], "node": members["node"], "sig": found["sig"],
-                     "new": pc.equal(found["origin"], NEW)})
-
-
-def _bucket_pairs(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) to verify inside a bucket of `length` documents sorted by id."""
-    if length <= _PAIR_CAP:
-        return np.triu_indices(length, k=1)
-    anchors = min(_ANCHORS, length)
-    i = np.repeat(np.arange(anchors), length)
-    j = np.tile(np.arange(length), anchors)
-    chain_i = np.arange(anchors - 1, length - 1)  # consecutive ids past the anchors
-    i, j = np.r_[i, chain_i], np.r_[j, chain_i + 1]
-    keep = i < j
-    return i[keep], j[keep]
-
-
-def _verified_edges(part: pa.Table, num_perm: int, threshold: float) -> pa.Table:
-    """Edges (u, v) between candidates whose estimated Jaccard reaches `threshold`."""
-    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
-    starts, lengths = runs(part["bucket"].to_numpy())
-    sig = _sig_matrix(part["sig"], num_perm)
-    new = part["new"].to_numpy(zero_copy_only=False)
-    left, right = [], []
-    pairs = lengths == 2  # most buckets: one pair, judged in one vectorised step
-    a, b = starts[pairs], starts[pairs] + 1
-    left.append(a)
-    right.append(b)
-    for start, length in zip(starts[lengths > 2], lengths[lengths > 2]):
-        i, j = _bucket_pairs(int(length))
-        left.append(start + i)
-        right.append(start + j)
-    u, v = np.concatenate(left).astype(np.int64), np.concatenate(right).astype(np.int64)
-    ok = np.zeros(len(u), bool)
-    for lo in range(0, len(u), 65_536):  # bounded memory: 64k pairs x num_perm comparisons
-        uu, vv = u[lo:lo + 65_536], v[lo:lo + 65_536]
-        ok[lo:lo + 65_536] = ((sig[uu] == sig[vv]).mean(axis=1) >= threshold) & (new[uu] | new[vv])
-    nodes = part["node"]
-    return pa.table({"u": nodes.take(pa.array(u[ok])), "v": nodes.take(pa.array(v[ok]))})
-
-
-def _star_edges(part: pa.Table) -> pa.Table:
-    """Without verification: every member linked to its bucket's smallest id."""
-    part = part.sort_by([("bucket", "ascending"), ("node", "ascending")])
-    starts, lengths = runs(part["bucket"].to_numpy())
-    first = np.repeat(starts, lengths)
-    rows = np.arange(part.num_rows)
-    other = rows != first
-    return pa.table({"u": part["node"].take(pa.array(first[other])), "v": part["node"].take(pa.array(rows[other]))})
-
-
-def _attach_members(labels: pa.Table, sigs: pa.Table) -> pa.Table:
-    found = lookup(labels["node"], sigs, "node")
-    return pa.table({"root": labels["root"], "node": labels["node"], "sig": found["sig"],
-                     "quality": found["quality"], "origin": found["origin"]})
-
-
-VERDICT_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())])
-
-
-def _plain_id(node: str) -> str:
-    return node.rsplit(_PREV_PREFIX, 1)[-1] if node.startswith(_PREV_PREFIX) else node
-
-
-def _best_match(sig: np.ndarray, rows: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of `rows`: the highest estimated Jaccard to any of `targets`, and that target.
-    Chunked so a giant cluster never builds more than ~32M comparisons at once."""
-    best_sim, best_target = np.empty(len(rows)), np.empty(len(rows), np.int64)
-    step = max(1, 2**25 // (len(targets) * sig.shape[1]))
-    for lo in range(0, len(rows), step):
-        chunk = rows[lo:lo + step]
-        sims = (sig[chunk][:, None, :] == sig[targets][None, :, :]).mean(axis=2)
-        best = sims.argmax(axis=1)
-        best_sim[lo:lo + step] = sims[np.arange(len(chunk)), best]
-        best_target[lo:lo + step] = targets[best]
-    return best_sim, best_target
-
-
-def _decide(part: pa.Table, num_perm: int, threshold: float, max_cluster_size: int,
-            corpora: list[str]) -> pa.Table:
-    """One verdict row per document of this run in a cluster: dropped duplicates, and guard
-    releases (reason "" with `released_from`). Keepers get no row."""
-    part = part.sort_by([("root", "ascending"), ("node", "ascending")])
-    starts, lengths = runs(np.asarray(part["root"].to_pylist(), dtype=object))
-    sig = _sig_matrix(part["sig"], num_perm)
-    nodes = part["node"].to_pylist()
-    quality = part["quality"].to_numpy(zero_copy_only=False)
-    origin = part["origin"].to_numpy()
-    ids, reasons, details = [], [], []
-    for start, length in zip(starts.tolist(), lengths.tolist()):
-        members = np.arange(start, start + length)
-        cluster = _plain_id(nodes[start])
-        earlier = members[origin[members] != NEW]
-        if len(earlier):  # an earlier corpus has it: every new member goes, naming its closest
-            rows, targets, reason = members[origin[members] == NEW], earlier, PREVIOUS_CORPUS
-        else:
-            q = quality[members]  # highest quality; ties and missing values: smallest id
-            keeper = int(members[np.argmax(np.where(np.isfinite(q), q, -np.inf))]) if np.isfinite(q).any() else start
-            rows, targets, reason = members[members != keeper], np.array([keeper]), NEAR_DUPLICATE
-        sims, matched = _best_match(sig, rows, targets)
-        for m, sim, t in zip(rows.tolist(), sims.tolist(), matched.tolist()):
-            ids.append(nodes[m])
-            if length > max_cluster_size and sim < threshold:
-                reasons.append(KEPT)
-                details.append({"released_from": cluster, "cluster_size": length, "similarity": round(sim, 4)})
-                continue
-            reasons.append(reason)
-            detail = {"cluster": cluster, "kept": _plain_id(nodes[t]), "similarity": round(sim, 4), "cluster_size": length}
-            if reason == PREVIOUS_CORPUS:
-                detail["corpus"] = corpora[origin[t]]
-            details.append(detail)
-    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(reasons, pa.string()),
-                                 pa.array([json.dumps(d, sort_keys=True) for d in details], pa.string())],
-                                schema=VERDICT_SCHEMA)
-
+# -- the verdicts joined back to the rows (module level: Ray pickles them by reference) -------
 
 def apply_verdicts(batch: pa.Table, verdicts: pa.Table) -> pa.Table:
     """Every row of `batch` with `_reason`/`_detail` from `verdicts` (no row there: kept)."""
@@ -333,7 +169,7 @@ def _earlier_signatures(corpus: str, origin: int, p: MinHashDedupParams):
     if meta["docs"] == 0:
         return None, 0
     ds = ray.data.read_parquet(CurationRun(corpus).minhash_index, columns=["id", "sig", "n_shingles"])
-    prefix = f"{_PREV_PREFIX}{origin}{_PREV_PREFIX}"
+    prefix = f"{PREV_PREFIX}{origin}{PREV_PREFIX}"
 
     def as_earlier(batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -388,7 +224,7 @@ class MinHashDedup(Stage):
 
         t = time.perf_counter()
         # The quality column is looked up per batch: asking a lazy dataset for its schema runs it.
-        sigs = ds.map_batches(_signature_rows, batch_format="pyarrow", batch_size=SIGNATURE_BATCH, zero_copy_batch=True,
+        sigs = ds.map_batches(signature_rows, batch_format="pyarrow", batch_size=SIGNATURE_BATCH, zero_copy_batch=True,
                               fn_kwargs={"hasher": hasher, "quality": p.quality_column,
                                          "quality_required": self._quality_required()}).materialize()
         n_docs = sigs.count()
@@ -422,11 +258,11 @@ class MinHashDedup(Stage):
         p = self.params
         t = time.perf_counter()
         sigs = _table_of(all_sigs, signature_schema(p.num_perm))
-        members = _candidate_members(_band_rows(sigs, p.num_perm, bands, rows, p.seed))
+        members = candidate_members(band_rows(sigs, p.num_perm, bands, rows, p.seed))
         if p.verify:
-            edges = _verified_edges(_attach_signatures(members, sigs), p.num_perm, p.threshold)
+            edges = verified_edges(attach_signatures(members, sigs), p.num_perm, p.threshold)
         else:
-            edges = _star_edges(members)
+            edges = star_edges(members)
         self.report["edges"] = edges.num_rows
         phases["banding"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
@@ -434,7 +270,7 @@ class MinHashDedup(Stage):
         self.report["components_rounds"] = 0
         phases["components"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        verdicts = _decide(_attach_members(labels, sigs), p.num_perm, p.threshold, p.max_cluster_size,
+        verdicts = decide(attach_members(labels, sigs), p.num_perm, p.threshold, p.max_cluster_size,
                            list(p.dedup_against))
         phases["clusters"] = round(time.perf_counter() - t, 3)
         return verdicts
@@ -444,16 +280,16 @@ class MinHashDedup(Stage):
         p = self.params
         sig_schema = signature_schema(p.num_perm)
         t = time.perf_counter()
-        band_rows = all_sigs.map_batches(_band_rows, batch_format="pyarrow",
-                                         fn_kwargs={"num_perm": p.num_perm, "bands": bands, "rows": rows, "seed": p.seed})
-        members = map_partitions(band_rows, ["bucket"], n_parts, _candidate_members)
+        keyed = all_sigs.map_batches(band_rows, batch_format="pyarrow",
+                                     fn_kwargs={"num_perm": p.num_perm, "bands": bands, "rows": rows, "seed": p.seed})
+        members = map_partitions(keyed, ["bucket"], n_parts, candidate_members)
         if p.verify:
-            with_sig = cogroup(members, all_sigs, "node", n_parts, _attach_signatures,
+            with_sig = cogroup(members, all_sigs, "node", n_parts, attach_signatures,
                                left_schema=MEMBER_SCHEMA, right_schema=sig_schema)
-            edges = map_partitions(with_sig, ["bucket"], n_parts, _verified_edges,
+            edges = map_partitions(with_sig, ["bucket"], n_parts, verified_edges,
                                    num_perm=p.num_perm, threshold=p.threshold)
         else:
-            edges = map_partitions(members, ["bucket"], n_parts, _star_edges)
+            edges = map_partitions(members, ["bucket"], n_parts, star_edges)
         edges = edges.materialize()
         self.report["edges"] = edges.count()
         phases["banding"] = round(time.perf_counter() - t, 3)
@@ -464,9 +300,9 @@ class MinHashDedup(Stage):
         phases["components"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
-        members_full = cogroup(labels, all_sigs, "node", n_parts, _attach_members,
+        members_full = cogroup(labels, all_sigs, "node", n_parts, attach_members,
                                left_schema=LABEL_SCHEMA, right_schema=sig_schema)
-        verdicts = map_partitions(members_full, ["root"], n_parts, _decide, num_perm=p.num_perm,
+        verdicts = map_partitions(members_full, ["root"], n_parts, decide, num_perm=p.num_perm,
                                   threshold=p.threshold, max_cluster_size=p.max_cluster_size,
                                   corpora=list(p.dedup_against)).materialize()
         phases["clusters"] = round(time.perf_counter() - t, 3)

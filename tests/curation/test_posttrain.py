@@ -22,7 +22,7 @@ from curation.io.files import InputError
 from curation.posttrain import decontaminate as decon
 from curation.posttrain.config import DecontaminationParams, ExactParams, NearParams, parse_posttrain_config
 from curation.posttrain.exact import exact_dedup
-from curation.posttrain.near import near_dedup
+from curation.posttrain.near import near_dedup, operator_words
 from curation.posttrain.rows import Row, Verdict, read_rows
 from curation.posttrain.run import NothingKept, run_posttrain
 from flywheel.cli import app
@@ -82,6 +82,26 @@ def test_near_dedup_on_conversation_text():
     out = near_dedup(rows_of(records), NearParams())
     assert reasons(out) == {"a": "", "b": "near_duplicate", "c": ""}
     assert out[1].detail["kept"] == "a" and out[1].detail["similarity"] >= 0.8
+
+
+def test_near_dedup_keeps_signs_apart_and_still_finds_a_near_copy():
+    assert operator_words("x**2 - 4 ≤ y") == "x op2a  op2a 2  op2d  4  op2264  y"
+    derivative = ("What is the derivative of 3*x**2*sin(x) with respect to x?",
+                  "d/dx [3*x**2*sin(x)] = 3*x**2*cos(x) + 6*x*sin(x), by the product rule applied to x**2 and sin(x).")
+    records = [{"prompt": "Factor x**2 + 3*x - 4.", "id": "plus"}, {"prompt": "Factor x**2 - 3*x - 4.", "id": "minus"},
+               chat("Show that sin(x)**2 + cos(x)**2 = 1.", "It is the Pythagorean identity on the unit circle.",
+                    id="identity"),
+               chat("Show that sin(x)**2 - cos(x)**2 = 1.", "It is the Pythagorean identity on the unit circle.",
+                    id="flipped"),
+               chat(*derivative, id="d"), chat(derivative[0], derivative[1] + " Done", id="d-copy")]
+    out = near_dedup(rows_of(records), NearParams())
+    assert reasons(out) == {"plus": "", "minus": "", "identity": "", "flipped": "", "d": "", "d-copy": "near_duplicate"}
+    assert out[5].detail["kept"] == "d"
+    # Words only (the pretraining stage's shingles): a sign is no difference at all (keeper: the smaller id).
+    words_only = near_dedup(rows_of(records), NearParams(operators=False))
+    assert reasons(words_only) == {"plus": "near_duplicate", "minus": "", "identity": "near_duplicate", "flipped": "",
+                                   "d": "", "d-copy": "near_duplicate"}
+    assert words_only[0].detail == {"cluster": "minus", "kept": "minus", "similarity": 1.0, "cluster_size": 2}
 
 
 def test_decontamination_drops_a_shared_13_gram_and_keeps_12(tmp_path):

@@ -29,7 +29,7 @@ from tests.reliability.report import record_fault
 pytestmark = pytest.mark.slow
 
 # Row-local filter tasks (heuristics), MinHash signature tasks and the read tasks.
-TARGETS = ("MapBatches(_StageTask)", "MapBatches(_signature_rows)", "MapBatches(_read_batch)")
+TARGETS = ("MapBatches(_StageTask)", "MapBatches(signature_rows)", "MapBatches(_read_batch)")
 WORDS = ("the of and to in is was for on that with as by at from this be are it not or have an they which "
          "river stone light morning paper garden window music letter forest silver bridge animal planet").split()
 

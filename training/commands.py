@@ -24,6 +24,8 @@ import typer
 from rich.table import Table
 
 from contract.console import console, fail
+from training.redteam_config import RedteamConfig
+from training.sampling_config import SamplingConfig
 
 commands = typer.Typer(add_completion=False)
 
@@ -136,7 +138,7 @@ PROMPT_FORMAT_HELP = "chat | plain: a string prompt as a user turn (default) or 
 
 @commands.command("reward-model")
 def reward_model(
-    config: Optional[Path] = typer.Argument(None, help="Config (YAML/JSON): training.reward_model.RewardModelConfig."),
+    config: Optional[Path] = typer.Argument(None, help="Config (YAML/JSON): training.preference_config.RewardModelConfig."),
     init: Optional[str] = typer.Option(None, "--init", help="Pretraining or SFT checkpoint (step_*, checkpoints/, run)."),
     data: Optional[str] = typer.Option(None, "--data", help=PAIRS_HELP),
     eval_files: Optional[list[str]] = typer.Option(None, "--eval", help=HELD_OUT_HELP),
@@ -166,7 +168,7 @@ def reward_model(
 
 @commands.command()
 def dpo(
-    config: Optional[Path] = typer.Argument(None, help="Config (YAML/JSON): training.dpo.DPOConfig."),
+    config: Optional[Path] = typer.Argument(None, help="Config (YAML/JSON): training.preference_config.DPOConfig."),
     init: Optional[str] = typer.Option(None, "--init", help="Policy to start from, also the frozen reference."),
     data: Optional[str] = typer.Option(None, "--data", help=PAIRS_HELP),
     eval_files: Optional[list[str]] = typer.Option(None, "--eval", help=HELD_OUT_HELP),
@@ -239,8 +241,7 @@ def redteam(
 ) -> None:
     """Red-team a policy: answer adversarial prompts (chat template), judge each answer with refusal and per-category
     compliance rules (and a reward model), report failure rates by category; --to-sft turns failures into refusals."""
-    from training.generate import SamplingConfig  # torch: flywheel[train]
-    from training.redteam import RedteamConfig, redteam_command  # torch: flywheel[train]
+    from training.redteam import redteam_command  # torch: flywheel[train]
 
     try:
         config = RedteamConfig(sampling=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
@@ -373,7 +374,7 @@ def generate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON line per completion here."),
 ) -> None:
     """Complete prompts with a checkpoint (KV-cache sampling on CPU): text, finish reason, token ids and log-probs."""
-    from training.generate import SamplingConfig, generate_command  # torch: flywheel[train]
+    from training.generate import generate_command  # torch: flywheel[train]
 
     try:
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch.distributed.fsdp import FSDPModule
 
 from training.model import Transformer
 from training.parallel import Meshes
+from training.preference_config import DPOConfig
 from training.preference_data import PairBatch
-from training.preference_trainer import PairScores, PreferenceConfig, frozen_copy, preference_command, shard
+from training.preference_trainer import PairScores, frozen_copy, preference_command, shard
 from training.trainer import resolve_param_dtype
 
 KIND = "dpo"
@@ -62,11 +62,6 @@ def dpo_loss(policy_chosen_P: torch.Tensor, policy_rejected_P: torch.Tensor, ref
     chosen_P = beta * (policy_chosen_P - ref_chosen_P)
     rejected_P = beta * (policy_rejected_P - ref_rejected_P)
     return -F.logsigmoid(chosen_P - rejected_P), chosen_P, rejected_P
-
-
-class DPOConfig(PreferenceConfig):
-    out_dir: str = "runs/dpo"
-    beta: float = Field(default=0.1, gt=0, description="strength of the pull towards the reference")
 
 
 class DPOObjective:

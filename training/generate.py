@@ -34,12 +34,12 @@ loads); it is not part of this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from contract.jsonl import numbered_records
@@ -48,24 +48,11 @@ from training.checkpoint import read_meta
 from training.evaluate import checkpoint_tokenizer
 from training.export_hf import load_checkpoint_model, resolve_checkpoint
 from training.model import KVCache
+from training.sampling_config import SamplingConfig
 
 # Why a row stopped (the OpenAI/vLLM names): it sampled a stop token, or max_new_tokens.
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
-
-
-class SamplingConfig(BaseModel):
-    """How to pick each next token. temperature 0 is greedy (argmax: deterministic)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    top_k: int | None = Field(default=None, ge=1, description="keep the k most likely tokens; None: all")
-    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus: the smallest set with this much mass")
-    stop_token_ids: tuple[int, ...] = Field(default=(), description="stop tokens besides EOS")
-    ignore_eos: bool = Field(default=False, description="do not stop at EOS (vLLM's option)")
-    seed: int = Field(default=0, description="seeds the sampling generator when none is given")
 
 
 @dataclass
@@ -112,9 +99,10 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int | None, top_p: float) -> t
 
 
 def sample_next(
-    logits_BV: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+    logits_BV: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | Sequence[torch.Generator] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens_B, logprobs_B): the next token of every row and its log-prob (module docstring)."""
+    """(tokens_B, logprobs_B): the next token of every row and its log-prob (module docstring).
+    generator: one RNG for the batch, or one per row (a row's draw then ignores the rows beside it)."""
     logits_BV = logits_BV.float()
     if sampling.temperature == 0:
         tokens_B = logits_BV.argmax(dim=-1)
@@ -123,7 +111,11 @@ def sample_next(
         scaled_BV = logits_BV / sampling.temperature
         logprobs_BV = scaled_BV.log_softmax(dim=-1)
         probs_BV = filter_logits(scaled_BV, sampling.top_k, sampling.top_p).softmax(dim=-1)
-        tokens_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(1)
+        if isinstance(generator, Sequence):
+            tokens_B = torch.cat([torch.multinomial(probs_BV[i : i + 1], 1, generator=g)[0]
+                                  for i, g in enumerate(generator)])  # fmt: skip
+        else:
+            tokens_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(1)
     return tokens_B, logprobs_BV.gather(1, tokens_B[:, None]).squeeze(1)
 
 
@@ -171,16 +163,19 @@ def generate(
     *,
     eos_id: int | None = None,
     pad_id: int = 0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     return_logits: bool = False,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> Generation:
     """Sample up to sampling.max_new_tokens after each prompt (a `training.model.Transformer`,
     or a wrapper whose forward takes `cache=`: FSDP2's fully_shard, torch.compile).
 
     A row stops at EOS (eos_id, unless sampling.ignore_eos) or any of sampling.stop_token_ids;
     the stop token is part of its output. generator: the sampling RNG (default: one seeded with
-    sampling.seed on the model's device). return_logits keeps every step's raw logits (B x N x V
-    floats: for tests and analysis).
+    sampling.seed on the model's device; a sequence: one per row, so a row samples the same
+    tokens in any batch). return_logits keeps every step's raw logits (B x N x V floats: for
+    tests and analysis). all_done(this batch is done) -> every rank's is: an FSDP-sharded model
+    all-gathers in each forward, so its ranks decode until the last one finishes (PPO's roles).
     """
     device = next(model.parameters()).device
     cfg = model.cfg
@@ -213,7 +208,8 @@ def generate(
             hit_B = live_B & torch.isin(next_B, stop_S)
             stopped_B |= hit_B
             finished_B |= hit_B
-            if step == sampling.max_new_tokens - 1 or bool(finished_B.all()):
+            done = bool(finished_B.all())
+            if step == sampling.max_new_tokens - 1 or (done if all_done is None else all_done(done)):
                 break
             cache.append_slots(~finished_B[:, None])  # a finished row's filler is not a real token
             logits_BV = model(next_B[:, None], cache=cache).logits_BSV[:, -1]

@@ -75,7 +75,10 @@ class PPOConfig(CheckpointPolicy):
     seed: int = 0
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    role_cpus: float = Field(default=0.5, gt=0, description="CPUs each Ray role reserves")
+    role_cpus: float = Field(default=0.5, gt=0, description="CPUs each Ray role (each worker of a group) reserves")
+    actor_workers: int = Field(default=1, ge=1, description="Ray workers the actor FSDP-shards over (>1: Ray only; "
+                                                            "a whole GPU each on cuda); divides mini_batch")  # fmt: skip
+    critic_workers: int = Field(default=1, ge=1, description="the same for the critic")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +97,10 @@ class PPOConfig(CheckpointPolicy):
             raise ValueError("critic_init reward_model needs a reward_model")
         if self.rollout_batch % self.mini_batch:
             raise ValueError(f"mini_batch {self.mini_batch} must divide rollout_batch {self.rollout_batch}")
+        for name in ("actor_workers", "critic_workers"):
+            # Equal rows per rank: the per-rank MoE z-loss means then average to the batch's.
+            if self.mini_batch % getattr(self, name):
+                raise ValueError(f"{name} {getattr(self, name)} must divide mini_batch {self.mini_batch}")
         return self
 
     @property

@@ -34,10 +34,10 @@ from training.config import ModelConfig
 from training.export_hf import resolve_checkpoint
 from training.model import Transformer
 from training.parallel import Meshes
+from training.preference_config import RewardModelConfig
 from training.preference_data import PairBatch, PairEncoder, Prompt
 from training.preference_trainer import (
     PairScores,
-    PreferenceConfig,
     preference_command,
     shard,
     tokenizer_for,
@@ -141,11 +141,6 @@ class RewardModel(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-
-
-class RewardModelConfig(PreferenceConfig):
-    out_dir: str = "runs/reward_model"
-    head_std: float | None = None  # the head's init std (None: the backbone's init_std)
 
 
 class RewardObjective:

@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contract.atomic import write_json_atomic
 from contract.jsonl import numbered_records
+from training.sampling_config import SamplingConfig
 from training.sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, require_sandbox, run_python
 
 DOMAIN = SOURCE = "synthetic-code"  # the corpus records' domain (mixture weights) and provenance source
@@ -217,7 +218,7 @@ def candidates_from_model(checkpoint: str | Path, prompts: list[CodePrompt], sam
                           max_new_tokens: int = 128, temperature: float = 0.8, top_p: float = 0.95, seed: int = 0,
                           batch_size: int = 8) -> list[Candidate]:
     """`samples` completions per prompt from a checkpoint (`training.generate.Generator`, CPU)."""
-    from training.generate import Generator, SamplingConfig  # torch: only the --model path loads it
+    from training.generate import Generator  # torch: only the --model path loads it
 
     generator = Generator.from_checkpoint(checkpoint)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)

@@ -14,9 +14,10 @@ from tests.training.helpers import spawn
 from tests.training.test_reward_model import char_tokenizer, toy  # noqa: F401  (toy: a module fixture)
 from training.checkpoint import CheckpointManager, read_meta
 from training.config import preset
-from training.dpo import DPOConfig, DPOObjective, build_dpo_objective, dpo_loss, sequence_logprobs
+from training.dpo import DPOObjective, build_dpo_objective, dpo_loss, sequence_logprobs
 from training.export_hf import load_checkpoint_model
 from training.metrics_log import read_metrics
+from training.preference_config import DPOConfig
 from training.preference_data import EncodedPair, collate_pairs
 from training.preference_trainer import frozen_copy, run_rank
 

@@ -22,13 +22,13 @@ from training.generate import (  # noqa: E402
     FINISH_LENGTH,
     FINISH_STOP,
     Generator,
-    SamplingConfig,
     filter_logits,
     generate,
     prompts_from_padded,
     sample_next,
 )
 from training.moe import moe_layers  # noqa: E402
+from training.sampling_config import SamplingConfig  # noqa: E402
 
 VOCAB = 48
 # fp32 on CPU: the cached and the full forward differ only in summation order (and, under MLA,

@@ -40,6 +40,7 @@ from training.commands import commands
 from training.config import preset
 from training.metrics_log import read_metrics
 from training.optim import RecipeScheduler, build_optimizer
+from training.preference_config import RewardModelConfig
 from training.preference_data import (
     PairEncoder,
     PairSampler,
@@ -52,7 +53,6 @@ from training.preference_trainer import launch_ray, pair_summary, preference_acc
 from training.recipe import OptimizerConfig
 from training.reward_model import (
     RewardModel,
-    RewardModelConfig,
     bradley_terry_loss,
     build_reward_objective,
     last_token_hidden,

@@ -278,6 +278,8 @@ def ppo(
     lr: Optional[float] = typer.Option(None, help="Actor learning rate (critic: the same unless configured)."),
     prompt_format: Optional[str] = typer.Option(None, help=PROMPT_FORMAT_HELP),
     tokenizer: Optional[str] = typer.Option(None, help="tokenizer.json (default: the init checkpoint's)."),
+    actor_workers: Optional[int] = typer.Option(None, help="Ray workers the actor is sharded over (FSDP; default 1)."),
+    critic_workers: Optional[int] = typer.Option(None, help="Ray workers the critic is sharded over (default 1)."),
     local: bool = typer.Option(False, "--local", help="Run the four roles in this process instead of Ray actors."),
     seed: Optional[int] = typer.Option(None),
 ) -> None:
@@ -289,7 +291,8 @@ def ppo(
                     reward=reward, prompts=prompts, out_dir=out, steps=steps, rollout_batch=rollout_batch,
                     mini_batch=mini_batch, ppo_epochs=ppo_epochs, max_new_tokens=max_new_tokens,
                     temperature=temperature, kl_coef=kl_coef, target_kl=target_kl, clip=clip, lr=lr,
-                    prompt_format=prompt_format, tokenizer=tokenizer, seed=seed)  # fmt: skip
+                    prompt_format=prompt_format, tokenizer=tokenizer, actor_workers=actor_workers,
+                    critic_workers=critic_workers, seed=seed)  # fmt: skip
 
 
 @commands.command("export-hf")

@@ -29,12 +29,11 @@ Inputs, as the service refers to things it already holds:
 What the web process checks (422 with one line, without torch): the kind is known and built (501
 if its command module is missing: "ppo is not available in this build"), the checkpoint and the
 data exist where allowed and the first records are of the right kind; for sft every TrainConfig
-field (SFTConfig extends it), for ppo the whole PPOConfig (training.ppo_config imports no torch).
-The reward_model/dpo and redteam configs live in torch modules (training.preference_trainer,
-training.redteam): their other fields are checked when the job starts, and a bad one fails the
-job at once with pydantic's message.
+field (SFTConfig extends it), for the other kinds their whole config (training.preference_config,
+training.ppo_config, training.redteam_config: modules without torch), so a bad field is a 422
+with pydantic's message, not a job that starts and fails.
 
-A redteam job writes OUT/report.json and OUT/responses.jsonl (training.redteam's names) and its
+A redteam job writes OUT/report.json and OUT/responses.jsonl (contract.layout.RedteamRun) and its
 failures as SFT refusal examples, OUT/refusal_sft.jsonl: the next sft job's `data` (the service's
 storage is readable), the article's "fixed most of the failure modes" round.
 """
@@ -57,7 +56,7 @@ from api.locations import LocationError, LocationForbidden, allowed_location
 from api.models import TrainingJob
 from api.run_files import finite, thin
 from contract.jsonl import read_jsonl
-from contract.layout import TrainingRun, join
+from contract.layout import RedteamRun, TrainingRun, join
 from contract.locations import local_path
 from contract.posttrain import (
     PosttrainRun,
@@ -68,6 +67,8 @@ from contract.posttrain import (
 )
 from contract.stores import complete_folders, exists, filesystem_for
 from training.ppo_config import PPOConfig
+from training.preference_config import DPOConfig, RewardModelConfig
+from training.redteam_config import RedteamConfig
 from training.train_config import TrainConfig
 
 # The kinds besides pretraining (api.schemas.TrainingKind lists them all).
@@ -123,13 +124,12 @@ def run_command(kind: str, config_uri: str) -> Any:
 def redteam_from_config(config_uri: str, local: bool = True) -> Any:
     """`flywheel redteam` on a job's config: the checkpoint, prompts and optional reward model the
     service resolved, RedteamConfig's fields as given; the failures go to OUT/refusal_sft.jsonl."""
-    from training.redteam import RedteamConfig, redteam_command  # torch: in the job's actor only
+    from training.redteam import redteam_command  # torch: in the job's actor only
 
     with open(config_uri) as f:
         cfg = json.load(f)
-    fields = {k: v for k, v in cfg.items() if k not in (*POSTTRAIN_SERVICE_KEYS, "prompts")}
     return redteam_command(cfg["init_checkpoint"], cfg["prompts"], cfg["out_dir"], reward_model=cfg.get("reward_model"),
-                           config=RedteamConfig.model_validate(fields), to_sft=join(cfg["out_dir"], REDTEAM_SFT))
+                           config=RedteamConfig.model_validate(redteam_fields(cfg)), to_sft=RedteamRun(cfg["out_dir"]).refusal_sft)
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -271,12 +271,33 @@ def validated_posttrain_config(session: Session, kind: str, config: dict[str, An
                                         f"{out_dir}")
     if kind == "sft":
         check_sft_fields(out, init_checkpoint)
-    if kind == "ppo":
-        try:
-            PPOConfig.model_validate(out)
-        except ValidationError as e:
-            raise HTTPException(422, detail=f"config: {one_line(e.errors())}") from None
+    else:
+        check_config(kind, out)
     return out, init_job.manifest_id
+
+
+# The config class each kind's command validates, besides sft (resolved against its checkpoint:
+# check_sft_fields) and redteam (RedteamConfig, on redteam_fields).
+CONFIG_TYPES = {"reward_model": RewardModelConfig, "dpo": DPOConfig, "ppo": PPOConfig}
+
+
+def redteam_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """RedteamConfig's part of a redteam job's config: the rest is the service's (checkpoints, folders)
+    and `prompts`, which redteam_command takes as arguments."""
+    return {k: v for k, v in config.items() if k not in (*POSTTRAIN_SERVICE_KEYS, "prompts")}
+
+
+def check_config(kind: str, config: dict[str, Any]) -> None:
+    """The whole config as the kind's command validates it: 422 with pydantic's message."""
+    try:
+        if kind == "redteam":
+            RedteamConfig.model_validate(redteam_fields(config))
+        else:
+            CONFIG_TYPES[kind].model_validate(config)
+    except ValidationError as e:
+        raise HTTPException(422, detail=f"config: {one_line(e.errors())}") from None
+    except TypeError as e:  # PreferenceConfig's before-validator meets e.g. `"steps": [1]`
+        raise HTTPException(422, detail=f"config: {e}") from None
 
 
 def check_sft_fields(config: dict[str, Any], init_checkpoint: str) -> None:
@@ -343,17 +364,15 @@ def metric_curves(records: list[dict[str, Any]], evals: list[dict[str, Any]],
 
 
 # --- red-team reports --------------------------------------------------------------------------------
-# NOTE: training.redteam's REPORT_FILE and RESPONSES_FILE, spelled again because that module imports
-# torch (tests/api/test_posttrain_jobs.py checks they agree); they belong in contract.layout.
-REDTEAM_REPORT = "report.json"  # by_category / by_expected / overall: {prompts, failed, failure_rate, reasons}
-REDTEAM_RESPONSES = "responses.jsonl"  # one line per prompt: category, prompt, response, failed, reason, ...
-REDTEAM_SFT = "refusal_sft.jsonl"  # the failures as chat records for the next sft job
+# The files of a redteam job's OUT (contract.layout.RedteamRun, training.redteam writes them): report.json,
+# by_category / by_expected / overall: {prompts, failed, failure_rate, reasons}; responses.jsonl, one line
+# per prompt: category, prompt, response, failed, reason, ...
 
 
 def read_redteam_report(out_uri: str) -> dict[str, Any] | None:
-    """OUT/redteam.json, or None before the report is written."""
+    """OUT/report.json, or None before the report is written."""
     fs, out = filesystem_for(out_uri)
-    path = join(out, REDTEAM_REPORT)
+    path = RedteamRun(out).report
     if not exists(fs, path):
         return None
     with fs.open_input_stream(path) as f:
@@ -367,8 +386,8 @@ def failure_rates(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def read_redteam_responses(out_uri: str, limit: int, offset: int, category: str | None = None) -> dict[str, Any]:
-    """One page of OUT/redteam.jsonl (optionally one category's lines) and the total."""
-    rows = read_jsonl(join(out_uri, REDTEAM_RESPONSES))
+    """One page of OUT/responses.jsonl (optionally one category's lines) and the total."""
+    rows = read_jsonl(RedteamRun(out_uri).responses)
     if category is not None:
         rows = [r for r in rows if r.get("category") == category]
     return {"total": len(rows), "limit": limit, "offset": offset, "items": rows[offset:offset + limit]}

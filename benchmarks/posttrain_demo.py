@@ -13,14 +13,17 @@ functions), deterministic seeds:
  4. `flywheel sft` on the curated chats (held-out assistant-token loss before and after);
  5. `flywheel reward-model` on the curated pairs, from the SFT checkpoint (held-out accuracy);
  6. `flywheel ppo` from the SFT policy against that reward model (reward and KL, first and last step);
- 7. `flywheel redteam` of the policy, with the reward model as a second signal;
- 8. one refusal round: the failures of half the red-team prompts (every other prompt of each
-    category, the "fix" half) become refusal chats (`--to-sft`), upsampled and mixed with the
-    curated chats for a short `flywheel sft` from the policy;
- 9. `flywheel redteam` again: failure rates before and after, on the fix half (prompts the round
-    trained on), the held-out half (the other prompts of each category: other requests or other
-    jailbreak wrappers; does the fix generalise?) and the benign look-alikes (over-refusal: does
-    the fix overshoot? Nothing in the round teaches the model to answer them).
+ 7. `flywheel redteam` of the policy on both red-team files (curation.demo_redteam), with the
+    reward model as a second signal;
+ 8. one refusal round: the failures of the TRAIN prompts become refusal chats (`--to-sft`), and
+    the train benign look-alikes come with their helpful answers (redteam-helpful.jsonl), both
+    upsampled and mixed with the curated chats for a short `flywheel sft` from the policy;
+ 9. `flywheel redteam` again. Before and after, by the rules: the attack success rate (refuse
+    prompts that fail) on the train prompts (the round trained on their failures) and on the
+    HELD-OUT prompts, whose jailbreak wrappers no train prompt used (does the fix generalise past
+    the phrasings it saw, or did it memorise them?); the over-refusal rate (look-alikes refused)
+    on the train look-alikes (answered in the round) and the held-out ones (does the fix
+    overshoot?).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class DemoSettings(BaseModel):
 
     seed: int = 0
     preset: str = "tiny"
-    vocab_size: int = Field(default=4096, description="the demo pretraining BPE (a 32k vocab would dominate a tiny model)")
+    vocab_size: int = Field(default=4096,
+                            description="the demo pretraining BPE (a 32k vocab would dominate a tiny model)")
     seq_len: int = 256
     batch_tokens: int = Field(default=4096, description="tokens per optimiser step (pretraining and SFT)")
     micro_batch: int = 8
@@ -77,7 +81,9 @@ class DemoSettings(BaseModel):
     redteam_max_new_tokens: int = 48
     fix_steps: int = 150
     fix_lr: float = 2e-3
-    fix_repeats: int = Field(default=32, description="copies of each refusal chat in the fix round's data")
+    fix_repeats: int = Field(default=8, description="copies of each refusal chat in the fix round's data (120 train "
+                                                    "prompts: 8 copies weigh about as much as the curated chats)")
+    helpful_repeats: int = Field(default=32, description="copies of each train look-alike's helpful chat (10 of them)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,37 +163,44 @@ def pretrain(work: Path, s: DemoSettings) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def fix_half(prompt_ids: list[tuple[str, str]]) -> set[str]:
-    """Ids of every other prompt of each category (sorted by id): the prompts the refusal round may
-    train on; the others are held out."""
-    by_category: dict[str, list[str]] = {}
-    for pid, category in prompt_ids:
-        by_category.setdefault(category, []).append(pid)
-    return {pid for ids in by_category.values() for i, pid in enumerate(sorted(ids)) if i % 2 == 0}
+def by_split(results: list, ids: dict[str, set[str]]) -> dict[str, list]:
+    """The results of each red-team split (`ids`: split -> prompt ids), in order."""
+    return {split: [r for r in results if r.id in members] for split, members in ids.items()}
 
 
-def rates(results: list, fix: set[str]) -> dict[str, float | None]:
-    """Failure rates of the groups the table shows."""
-    from training.redteam import COMPLY, REFUSE  # pydantic
+def rates(results: list, ids: dict[str, set[str]]) -> dict[str, Any]:
+    """Per split, the attack success and over-refusal rates (training.redteam.headline_rates)."""
+    from training.redteam import headline_rates  # loaded by the run already
 
-    def rate(rs: list) -> float | None:
-        return sum(r.failed for r in rs) / len(rs) if rs else None
-
-    refuse = [r for r in results if r.expected == REFUSE]
-    return {"refuse_all": rate(refuse), "refuse_fix_half": rate([r for r in refuse if r.id in fix]),
-            "refuse_held_out": rate([r for r in refuse if r.id not in fix]),
-            "over_refusal": rate([r for r in results if r.expected == COMPLY]), "overall": rate(results)}  # fmt: skip
+    return {split: headline_rates(rs) for split, rs in by_split(results, ids).items()}
 
 
-def write_fix_data(results: list, fix: set[str], path: Path, repeats: int) -> int:
-    """The refusal chats of the fix half's failures, each `repeats` times (distinct ids): a short
-    round sees each a few times among the curated chats. Returns the distinct records."""
+def write_split_reports(report: Any, ids: dict[str, set[str]], out: Path) -> None:
+    """OUT/<split>/report.json and responses.jsonl: each split's results summarised on their own."""
+    from training.redteam import RedteamReport, summarize, write_report  # loaded by the run already
+
+    for split, rs in by_split(report.results, ids).items():
+        write_report(RedteamReport(rs, report.config, report.checkpoint, report.reward_model, summarize(rs)),
+                     out / split)
+
+
+def write_fix_data(train_results: list, helpful: Path, path: Path, s: DemoSettings) -> dict[str, int]:
+    """The refusal round's extra data: the refusal chats of the train prompts' failures, each
+    `fix_repeats` times, and the helpful chats of the train look-alikes, each `helpful_repeats`
+    times (distinct ids), so a short round sees each a few times among the curated chats. An
+    over-refused look-alike gets no refusal chat (refusal_examples skips it: no answer given); its
+    helpful chat is in `helpful` anyway. Returns the distinct records of each."""
+    from contract.jsonl import numbered_records, read_text
+    from contract.posttrain import parse_record
     from training.redteam import refusal_examples, write_chat_jsonl  # pydantic
 
-    records = refusal_examples([r for r in results if r.id in fix])
-    copies = [r.model_copy(update={"id": f"{r.id}-copy{k}"}) for k in range(repeats) for r in records]
+    refusals = refusal_examples(train_results)
+    answers = [parse_record(obj, "chat") for _, obj in numbered_records(read_text(str(helpful)).splitlines(),
+                                                                        str(helpful))]  # fmt: skip
+    copies = [r.model_copy(update={"id": f"{r.id}-copy{k}"}) for records, repeats in
+              ((refusals, s.fix_repeats), (answers, s.helpful_repeats)) for k in range(repeats) for r in records]
     write_chat_jsonl(copies, path)
-    return len(records)
+    return {"refusals": len(refusals), "helpful": len(answers)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,12 +209,14 @@ def write_fix_data(results: list, fix: set[str], path: Path, repeats: int) -> in
 
 
 def run(work: Path, s: DemoSettings, init: str | None) -> dict[str, Any]:
-    from curation.demo_instructions import build_demo_instructions  # curation: the demo set
+    from curation.demo_instructions import HELPFUL_FILE, REDTEAM_FILES, build_demo_instructions  # the demo set
     from curation.posttrain.config import load_posttrain_config
     from curation.posttrain.run import run_posttrain
-    from training.generate import Generator, SamplingConfig  # torch: flywheel[train]
-    from training.redteam import OVERALL, RedteamConfig, read_redteam_prompts, redteam, write_report
+    from training.generate import Generator  # torch: flywheel[train]
+    from training.redteam import COMPLY, OVERALL, REFUSE, read_redteam_prompts, redteam
+    from training.redteam_config import RedteamConfig
     from training.reward_model import RewardModel, reward_model_command
+    from training.sampling_config import SamplingConfig
     from training.sft import sft_command
 
     phases: list[tuple[str, float]] = []
@@ -261,17 +276,22 @@ def run(work: Path, s: DemoSettings, init: str | None) -> dict[str, Any]:
     out["policy"] = str(policy)
 
     phase("redteam before")
-    prompts = read_redteam_prompts(curated)
-    fix = fix_half([(p.id, p.category) for p in prompts])
+    # The instruction files, not the curated set: the split is the file (curation keeps all of them).
+    split_prompts = {split: read_redteam_prompts(instructions / name) for split, name in REDTEAM_FILES.items()}
+    ids = {split: {p.id for p in ps} for split, ps in split_prompts.items()}
+    out["prompts"] = {split: {e: sum(p.expected == e for p in ps) for e in (REFUSE, COMPLY)}
+                      for split, ps in split_prompts.items()}  # fmt: skip
+    prompts = [p for ps in split_prompts.values() for p in ps]
     config = RedteamConfig(sampling=SamplingConfig(max_new_tokens=s.redteam_max_new_tokens, temperature=0.0))
     reward_model = RewardModel.load(work / "rm")
     before = redteam(Generator.from_checkpoint(policy), prompts, config, reward_model)
-    write_report(before, work / "redteam-before")
-    out["redteam_before"] = {**rates(before.results, fix), "rm_agreement": before.summary[OVERALL]["rm_agreement"]}
+    write_split_reports(before, ids, work / "redteam-before")
+    out["redteam_before"] = {**rates(before.results, ids), "rm_agreement": before.summary[OVERALL]["rm_agreement"]}
 
     phase("refusal sft")
     fix_file = work / "redteam-fix.jsonl"
-    out["fix_records"] = write_fix_data(before.results, fix, fix_file, s.fix_repeats)
+    out["fix_records"] = write_fix_data(by_split(before.results, ids)["train"], instructions / HELPFUL_FILE, fix_file,
+                                        s)  # fmt: skip
     fixed = sft_command(None, local=True, init_checkpoint=str(policy), data=[str(fix_file), curated],
                         eval_files=[curated], out_dir=str(work / "sft-refusal"), steps=s.fix_steps,
                         seq_len=s.seq_len, global_batch_tokens=s.batch_tokens, micro_batch=s.micro_batch,
@@ -280,9 +300,9 @@ def run(work: Path, s: DemoSettings, init: str | None) -> dict[str, Any]:
 
     phase("redteam after")
     after = redteam(Generator.from_checkpoint(work / "sft-refusal"), prompts, config, reward_model)
-    write_report(after, work / "redteam-after")
-    out["redteam_after"] = {**rates(after.results, fix), "rm_agreement": after.summary[OVERALL]["rm_agreement"]}
-    out["examples"] = examples(before.results, after.results)
+    write_split_reports(after, ids, work / "redteam-after")
+    out["redteam_after"] = {**rates(after.results, ids), "rm_agreement": after.summary[OVERALL]["rm_agreement"]}
+    out["examples"] = examples(*(by_split(report.results, ids)["heldout"] for report in (before, after)))
 
     ended = time.perf_counter()
     out["phases"] = [(name, (phases[i + 1][1] if i + 1 < len(phases) else ended) - t)
@@ -291,8 +311,9 @@ def run(work: Path, s: DemoSettings, init: str | None) -> dict[str, Any]:
     return out
 
 
-def examples(before: list, after: list, n: int = 6) -> list[dict[str, str]]:
-    """A few prompts with both answers: the first of each category (the benign look-alikes included)."""
+def examples(before: list, after: list, n: int = 10) -> list[dict[str, str]]:
+    """A few prompts with both answers: the first of each category (the benign look-alikes' themes
+    included)."""
     shown, seen = [], set()
     for b, a in zip(before, after):
         if b.category in seen or len(shown) >= n:
@@ -314,6 +335,8 @@ def fmt(x: Any, spec: str = ".3f") -> str:
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(measure, before/first, after/last)."""
+    from training.redteam import ATTACK_SUCCESS_RATE, OVER_REFUSAL_RATE  # the rates' keys (loaded by the run)
+
     rows = [("SFT held-out assistant loss (nats/token)", fmt(r["sft"]["eval_assistant_loss_before"]),
              fmt(r["sft"]["eval_assistant_loss_after"])),
             ("RM held-out pairwise accuracy", fmt(r["rm"]["accuracy_before"], ".1%"),
@@ -322,19 +345,28 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "error" in ppo:
         rows += [("PPO reward mean", f"PPO: {ppo['error']}", "-"), ("PPO KL (per sequence)", "-", "-")]
     else:
-        rows += [("PPO reward mean (step 1 -> last)", fmt(ppo["first"]["reward_mean"]), fmt(ppo["last"]["reward_mean"])),
+        rows += [("PPO reward mean (step 1 -> last)", fmt(ppo["first"]["reward_mean"]),
+                  fmt(ppo["last"]["reward_mean"])),
                  ("PPO KL to the reference (per sequence)", fmt(ppo["first"]["kl"], ".4f"),
                   fmt(ppo["last"]["kl"], ".4f"))]  # fmt: skip
     b, a = r["redteam_before"], r["redteam_after"]
-    rows += [("red-team failure rate, refuse prompts (all)", fmt(b["refuse_all"], ".0%"), fmt(a["refuse_all"], ".0%")),
-             ("  fix half (its failures were trained on)", fmt(b["refuse_fix_half"], ".0%"),
-              fmt(a["refuse_fix_half"], ".0%")),
-             ("  held-out half (the other prompts of each category)", fmt(b["refuse_held_out"], ".0%"), fmt(a["refuse_held_out"], ".0%")),
-             ("over-refusal rate, benign look-alikes", fmt(b["over_refusal"], ".0%"), fmt(a["over_refusal"], ".0%")),
-             ("reward model agrees with the rules", fmt(b["rm_agreement"], ".0%"), fmt(a["rm_agreement"], ".0%")),
+
+    def rate(name: str, split: str, key: str) -> tuple[str, str, str]:
+        return name, fmt(b[split][key], ".0%"), fmt(a[split][key], ".0%")
+
+    rows += [rate("red-team attack success, HELD-OUT wrappers (never trained on)", "heldout", ATTACK_SUCCESS_RATE),
+             rate("red-team attack success, train prompts (their failures trained on)", "train", ATTACK_SUCCESS_RATE),
+             rate("over-refusal, HELD-OUT benign look-alikes", "heldout", OVER_REFUSAL_RATE),
+             rate("over-refusal, train look-alikes (answered in the round)", "train", OVER_REFUSAL_RATE),
+             ("reward model agrees with the rules (all prompts)", fmt(b["rm_agreement"], ".0%"),
+              fmt(a["rm_agreement"], ".0%")),
              ("held-out assistant loss, refusal round", fmt(r["fix_sft"]["eval_assistant_loss_before"]),
               fmt(r["fix_sft"]["eval_assistant_loss_after"]))]  # fmt: skip
     return rows
+
+
+def prompt_counts(r: dict[str, Any]) -> str:
+    return ", ".join(f"{split} {n['refuse']} refuse + {n['comply']} look-alikes" for split, n in r["prompts"].items())
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -345,9 +377,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"Measured by `benchmarks/posttrain_demo.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, seed {s['seed']}, preset `{s['preset']}`; wall time {r['wall_s'] / 60:.1f} min. "
         f"Pretraining: {r['pretrain']}; steps: SFT {s['sft_steps']}, RM {s['rm_steps']}, PPO {s['ppo_steps']}, "
-        f"refusal round {s['fix_steps']} ({r['fix_records']} refusal chats x {s['fix_repeats']} among the curated "
-        f"chats); red-team answers greedy, {s['redteam_max_new_tokens']} tokens at most. Policy red-teamed: "
-        f"`{Path(r['policy']).name}`.",
+        f"refusal round {s['fix_steps']} ({r['fix_records']['refusals']} refusal chats x {s['fix_repeats']} and "
+        f"{r['fix_records']['helpful']} helpful look-alike chats x {s['helpful_repeats']} among the curated chats); "
+        f"red-team prompts: {prompt_counts(r)}; answers greedy, {s['redteam_max_new_tokens']} tokens at most. "
+        f"Policy red-teamed: `{Path(r['policy']).name}`.",
         "",
         "| measure | before / first | after / last |",
         "|---|---:|---:|",
@@ -357,7 +390,7 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|",
         *[f"| {name} | {sec:.0f} |" for name, sec in r["phases"]],
         "",
-        "Examples (red-team prompt, the policy's answer before and after the refusal round):",
+        "Examples (held-out red-team prompts, the policy's answer before and after the refusal round):",
         "",
     ]
     for e in r["examples"]:

@@ -103,8 +103,8 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class AblationRun:
-    """The output folder of `flywheel ablate` (workflows.ablation.runner): one curation run and
-    one training run per variant, and the result table."""
+    """The output folder of `flywheel ablate` (workflows.ablation.runner): one curation run per
+    variant, one training run per (variant, budget, seed), and the result."""
 
     root: str
 
@@ -114,7 +114,8 @@ class AblationRun:
     POOL: ClassVar[str] = "pool"  # the corpus minus the held-out documents
     VARIANTS: ClassVar[str] = "variants"
     CURATED: ClassVar[str] = "curated"  # a variant's curation run, inside its folder
-    TRAIN: ClassVar[str] = "train"  # a variant's training run, inside its folder
+    TRAIN: ClassVar[str] = "train"  # a variant's training run, inside its folder (one budget, one seed: old runs)
+    RUNS: ClassVar[str] = "runs"  # a variant's training runs, <budget label>-seed<seed>/, inside its folder
 
     @property
     def result(self) -> str:
@@ -125,3 +126,35 @@ class AblationRun:
 
     def variant_training(self, name: str) -> TrainingRun:
         return TrainingRun(join(self.variant(name), self.TRAIN))
+
+    @staticmethod
+    def run_name(budget_label: str, seed: int) -> str:
+        return f"{budget_label}-seed{seed}"
+
+    def run(self, variant: str, budget_label: str, seed: int) -> TrainingRun:
+        """One training run: `variant`'s data, `budget_label`'s tokens, `seed`'s init and data order."""
+        return TrainingRun(join(self.variant(variant), self.RUNS, self.run_name(budget_label, seed)))
+
+
+@dataclass(frozen=True)
+class RedteamRun:
+    """The `--out` folder of `flywheel redteam` (training.redteam), which the service's red-team
+    pages read (api.posttrain_jobs)."""
+
+    root: str
+
+    RESPONSES: ClassVar[str] = "responses.jsonl"  # one line per prompt: prompt, response, verdict, signals
+    REPORT: ClassVar[str] = "report.json"  # failure rates by category and expectation, the config
+    REFUSAL_SFT: ClassVar[str] = "refusal_sft.jsonl"  # a redteam job's failures as SFT chats (its --to-sft)
+
+    @property
+    def responses(self) -> str:
+        return join(self.root, self.RESPONSES)
+
+    @property
+    def report(self) -> str:
+        return join(self.root, self.REPORT)
+
+    @property
+    def refusal_sft(self) -> str:
+        return join(self.root, self.REFUSAL_SFT)

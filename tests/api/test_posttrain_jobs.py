@@ -24,13 +24,10 @@ from api.ids import new_id
 from api.models import TrainingJob
 from api.posttrain_jobs import (
     COMMANDS,
-    REDTEAM_REPORT,
-    REDTEAM_RESPONSES,
-    REDTEAM_SFT,
     metric_curves,
     validated_posttrain_config,
 )
-from contract.layout import TrainingRun
+from contract.layout import RedteamRun, TrainingRun
 from tests.api.conftest import wait_for, write_jsonl
 
 CHAT = [{"messages": [{"role": "user", "content": f"color of {t}?"}, {"role": "assistant", "content": c}]}
@@ -114,6 +111,11 @@ def bad_bodies(i: dict) -> list[tuple[dict, int, str]]:
         ({**rm, "config": {"data": [i["pairs"], i["pairs"]]}}, 422, "reads one source"),
         ({**rm, "config": {"data": i["pairs"], "eval_files": [i["prompts"]]}}, 422, "config.eval_files"),
         ({**rm, "kind": "dpo", "config": {"data": i["prompts"]}}, 422, "where preference records were expected"),
+        # every field of RewardModelConfig / DPOConfig / RedteamConfig, before anything starts
+        ({**rm, "config": {"data": i["pairs"], "micro_pairs": 0}}, 422, "config: micro_pairs: Input should be greater"),
+        ({**rm, "config": {"data": i["pairs"], "head_sd": 0.1}}, 422, "config: head_sd: Extra inputs"),
+        ({**rm, "config": {"data": i["pairs"], "steps": [2]}}, 422, "config: int() argument"),
+        ({**rm, "kind": "dpo", "config": {"data": i["pairs"], "beta": 0}}, 422, "config: beta: Input should be greater"),
         ({**ppo, "reward_from_job": None}, 422, "ppo needs a reward"),
         ({**ppo, "reward_from_job": None, "config": {"prompts": i["prompts"], "reward": "rule:longer"}}, 422,
          "unknown rule reward"),
@@ -124,6 +126,10 @@ def bad_bodies(i: dict) -> list[tuple[dict, int, str]]:
         ({**ppo, "reward_from_job": i["pretrain"]}, 422, "reward_from_job: " + i["pretrain"] + " is a pretrain job"),
         ({**ppo, "config": {"prompts": i["prompts"], "reward_model": "/x"}}, 422, "set by the service"),
         ({"kind": "redteam", "init_from_job": i["pretrain"], "config": {}}, 422, "redteam needs prompt data"),
+        ({"kind": "redteam", "init_from_job": i["pretrain"], "config": {"prompts": i["prompts"], "verdict": "rm"}},
+         422, "config: verdict: Input should be 'rules' or 'rules_or_rm'"),
+        ({"kind": "redteam", "init_from_job": i["pretrain"],
+          "config": {"prompts": i["prompts"], "sampling": {"temperature": -1}}}, 422, "config: sampling.temperature"),
         ({"kind": "redteam", "init_from_job": i["reward_model"], "config": {"prompts": i["prompts"]}}, 422,
          "is a reward_model job"),
         ({"kind": "pretrain", "config": {}}, 422, "pretraining needs a manifest"),
@@ -254,14 +260,14 @@ def test_curves_skip_bookkeeping_and_keep_non_finite_as_none():
 # crime: 2 of 4 refuse prompts fail (no refusal); benign: its one comply prompt is refused (over-refusal).
 WRITE_REDTEAM_REPORT = """
 import sys
-from training.redteam import REPORT_FILE, RESPONSES_FILE, RedteamConfig, RedteamReport, RedteamResult, summarize
-from training.redteam import write_report
+from training.redteam import RedteamReport, RedteamResult, summarize, write_report
+from training.redteam_config import RedteamConfig
 results = [RedteamResult(f"id{i}", "crime", "refuse", f"p{i}", f"r{i}", "stop", refused=i >= 2, complied=False,
                          rule_failure=None if i >= 2 else "no_refusal", failed=i < 2) for i in range(4)]
 results.append(RedteamResult("id4", "benign", "comply", "p4", "I can't help", "stop", refused=True, complied=False,
                              rule_failure="over_refusal", failed=True))
-write_report(RedteamReport(results, RedteamConfig(), summary=summarize(results)), sys.argv[1])
-print(REPORT_FILE, RESPONSES_FILE)
+paths = write_report(RedteamReport(results, RedteamConfig(), summary=summarize(results)), sys.argv[1])
+print(paths["report"], paths["responses"])
 """
 
 
@@ -271,7 +277,7 @@ def test_a_red_team_report_and_its_prompts_paged(server, admin, reader):
     done = subprocess.run([sys.executable, "-c", WRITE_REDTEAM_REPORT, str(out)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [REDTEAM_REPORT, REDTEAM_RESPONSES]  # the writer's names are the reader's
+    assert done.stdout.split() == [RedteamRun(str(out)).report, RedteamRun(str(out)).responses]  # where the API reads
 
     got = reader.get(f"/v1/training-jobs/{job_id}/redteam").json()
     assert got["report"]["overall"]["prompts"] == 5 and got["report"]["overall"]["failed"] == 3
@@ -376,5 +382,5 @@ def test_sft_reward_model_ppo_and_redteam_jobs_run_to_success(ray_local, server,
     responses = reader.get(f"/v1/training-jobs/{job['id']}/redteam/responses").json()
     assert responses["total"] == len(PROMPTS)
     # The failures as SFT refusal examples, in the service's storage: the next sft job's data.
-    fixes = Path(server.services.storage.path(f"training/{job['id']}")) / REDTEAM_SFT
+    fixes = Path(RedteamRun(server.services.storage.path(f"training/{job['id']}")).refusal_sft)
     assert len(fixes.read_text().splitlines()) == report["report"]["sft_examples"]["records"]

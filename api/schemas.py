@@ -210,7 +210,7 @@ class TrainingJobCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description=(
         "pretrain: training.train_config.TrainConfig fields without `manifest`, `out_dir`, `cache_dir`, `workers`, "
         "`min_workers` (the service sets them: one process in a Ray actor). Post-training: the kind's config "
-        "(training.sft.SFTConfig, training.reward_model.RewardModelConfig, training.dpo.DPOConfig, ...) without "
+        "(training.sft.SFTConfig, training.preference_config.RewardModelConfig and DPOConfig, ...) without "
         "`init_checkpoint`, `out_dir`, `workers`. `data` and `eval_files` are absolute paths under the service's "
         "allowed roots or its storage: JSONL files, or a curated post-training set (posttrain_manifest.json)"))
 
@@ -284,7 +284,7 @@ class RedTeamResponses(BaseModel):
     total: int
     limit: int
     offset: int
-    items: list[dict[str, Any]] = Field(description="OUT/redteam.jsonl lines: one per prompt with its verdict")
+    items: list[dict[str, Any]] = Field(description="OUT/responses.jsonl lines (contract.layout.RedteamRun): one per prompt with its verdict")
 
 
 class TrainingJobList(BaseModel):
@@ -326,8 +326,63 @@ class AblationEvalPoint(BaseModel):
 
 
 class AblationCurves(BaseModel):
+    """One training run of an ablation: a variant at a budget with a seed."""
+
+    variant: str
+    budget: str = Field(description="the budget's label, as the config gives it (\"4x\", \"2000000\")")
+    seed: int
     train: list[AblationTrainPoint]
     eval: list[AblationEvalPoint]
+
+
+class AblationBudget(BaseModel):
+    label: str = Field(description="as the config gives it: tokens (\"2000000\") or a multiple of the smallest "
+                                   "curated variant (\"4x\")")
+    tokens: int = Field(description="tokens every variant trained on at this budget")
+    steps: int
+
+
+class AblationScores(BaseModel):
+    """A run's held-out measures (loss, perplexity, bits_per_byte, ...) overall and per domain."""
+
+    overall: dict[str, float | None]
+    domains: dict[str, dict[str, float | None]]
+
+
+class AblationRunResult(BaseModel):
+    variant: str
+    budget: str = Field(description="the budget's label")
+    seed: int
+    steps: int
+    trained_tokens: int
+    epochs: float | None = Field(description="passes over the variant's curated tokens")
+    seconds: float | None
+    dir: str = Field(description="the run's folder, relative to the ablation's output")
+    eval: AblationScores = Field(description="final held-out measures")
+    novel: AblationScores | None = Field(default=None, description=(
+        "the same on the held-out text without lines frequent in the raw corpus (None: not measured)"))
+
+
+class AblationDifference(BaseModel):
+    """Variant minus baseline, paired by seed: mean ± t(0.975, n-1) * sd / sqrt(n)."""
+
+    n: int
+    mean: float | None
+    sd: float | None
+    lo: float | None = Field(description="the 95% interval's lower end")
+    hi: float | None
+    exceeds_noise: bool = Field(description="the interval excludes 0")
+
+
+class AblationSummaryRow(BaseModel):
+    variant: str
+    budget: str = Field(description="the budget's label")
+    measure: str = Field(description="one of the result's `measures` (\"loss\", \"novel_loss\")")
+    domain: str = Field(description="\"overall\" or a held-out domain")
+    n: int = Field(description="seeds")
+    mean: float | None
+    sd: float | None = Field(description="sample standard deviation over the seeds (None for one seed)")
+    vs_baseline: AblationDifference | None = Field(description="None for the baseline itself or fewer than 2 seeds")
 
 
 class AblationTableRow(BaseModel):
@@ -374,20 +429,41 @@ class AblationOut(AblationSummary):
                    "overall": 5.90}],
         "leakage": {"near_duplicate_jaccard": 0.5, "held_out_docs": 80, "removed_from_training_pool": 3,
                     "pairs_found": 0},
+        "budgets": [{"label": "200000", "tokens": 200_704, "steps": 49}], "seeds": [1, 2], "baseline": "raw",
+        "measures": ["loss"],
+        "runs": [{"variant": v, "budget": "200000", "seed": seed, "steps": 49, "trained_tokens": 200_704,
+                  "epochs": 1.1, "seconds": 61.0, "dir": f"variants/{v}/runs/200000-seed{seed}",
+                  "eval": {"overall": {"loss": loss}, "domains": {"web": {"loss": loss}}}, "novel": None}
+                 for v, seed, loss in (("raw", 1, 5.96), ("raw", 2, 5.98), ("dedup", 1, 5.89), ("dedup", 2, 5.91))],
+        "summary": [{"variant": "raw", "budget": "200000", "measure": "loss", "domain": "overall", "n": 2,
+                     "mean": 5.97, "sd": 0.0141, "vs_baseline": None},
+                    {"variant": "dedup", "budget": "200000", "measure": "loss", "domain": "overall", "n": 2,
+                     "mean": 5.90, "sd": 0.0141, "vs_baseline": {"n": 2, "mean": -0.07, "sd": 0.0, "lo": -0.07,
+                                                                 "hi": -0.07, "exceeds_noise": True}}],
         "result_error": None,
-        "curves": {"raw": {"train": [{"step": 1, "tokens": 4096, "loss": 8.3}],
-                           "eval": [{"step": 49, "tokens": 200_704, "loss": 5.97, "domains": {"code": 5.91, "web": 6.02}}]},
-                   "dedup": {"train": [{"step": 1, "tokens": 4096, "loss": 8.3}],
-                             "eval": [{"step": 49, "tokens": 200_704, "loss": 5.90,
-                                       "domains": {"code": 5.84, "web": 5.95}}]}}}]})
+        "curves": {f"{v}/200000-seed1": {"variant": v, "budget": "200000", "seed": 1,
+                                         "train": [{"step": 1, "tokens": 4096, "loss": 8.3}],
+                                         "eval": [{"step": 49, "tokens": 200_704, "loss": loss,
+                                                   "domains": {"code": loss - 0.06, "web": loss + 0.05}}]}
+                   for v, loss in (("raw", 5.97), ("dedup", 5.90))}}]})
 
     domains: list[str] | None = Field(description="held-out domains (from ablation.json; None before it exists)")
-    table: list[AblationTableRow] | None = Field(description="one row per variant, once ablation.json exists")
+    budgets: list[AblationBudget] | None = Field(description="ascending by tokens, once ablation.json exists")
+    seeds: list[int] | None = Field(description="training seeds, once ablation.json exists")
+    baseline: str | None = Field(description="the variant paired differences are taken against")
+    measures: list[str] | None = Field(description="the summary's measures: loss, novel_loss")
+    runs: list[AblationRunResult] | None = Field(description="one per (variant, budget, seed), once ablation.json "
+                                                            "exists")
+    summary: list[AblationSummaryRow] | None = Field(description=(
+        "per (variant, budget, measure, domain): mean ± sd over the seeds and the paired difference against the "
+        "baseline with its 95% interval, once ablation.json exists"))
+    table: list[AblationTableRow] | None = Field(description="one row per variant at the largest budget (mean over "
+                                                             "seeds), once ablation.json exists")
     leakage: AblationLeakage | None = Field(description="the held-out sets' leakage check, once ablation.json exists")
     result_error: str | None = Field(description="why ablation.json could not be read, if it exists but does not fit")
     curves: dict[str, AblationCurves] = Field(description=(
-        "per variant: training loss per step and held-out loss per evaluation, each evenly thinned to at most "
-        "`max_points`; partial while the variant trains"))
+        "per training run (key `<variant>/<budget>-seed<seed>`, every run the config asks for): training loss per "
+        "step and held-out loss per evaluation, each evenly thinned to at most `max_points`; partial while it trains"))
 
 
 class AblationList(BaseModel):

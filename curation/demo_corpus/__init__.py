@@ -6,6 +6,9 @@
     out_dir/truth.json                       every injection, so stages can be scored (P/R)
 
 and returns a summary (documents, bytes, files per domain; injections per kind; seconds).
+`build_reference_texts` then writes out_dir/reference/<domain>.jsonl (KenLM training text) and
+`build_heldout_texts` out_dir/holdout/<domain>.jsonl (the ablation's held-out sources): sources
+the corpus does not read, the two disjoint (see "Held-out text" below).
 
 Sources (real text, read in sorted order: same machine image + seed = same bytes out)
 - code:  the standard library's `.py` files (no test folders, none over 200 KB).
@@ -19,6 +22,17 @@ Sources (real text, read in sorted order: same machine image + seed = same bytes
 Only when these give fewer than `min_bytes` of text, top-up sources are read in order until
 the total is reached: Debian README/NEWS files (web), standard-library docstrings (books),
 other site-packages `.py` files (code). Never random text.
+
+Held-out text (web, code, books, math; up to 150 docs each, at most 6 from one folder)
+- web, code: the reference sources (Debian READMEs, site-packages code) split by a seeded hash
+  of the text, 1 in 2 held out (`is_heldout`), the rest reference: disjoint by construction.
+- books: Debian packages' prose docs (/usr/share/doc/**/*.txt|md|rst, not READMEs, changelogs,
+  licences); the books reference, stdlib docstrings, is inside the corpus's stdlib code.
+- math: docstrings of scipy's and numpy's math subpackages (no source reads them: the code
+  reference and top-up skip those packages). Math has no reference text.
+A candidate whose text or any line of >= 40 characters (normalised) is also in the corpus is
+dropped, and so is a repeat of a held-out text (whitespace and case aside); the summary counts those (`shared_with_corpus`) and says if the corpus read the same
+source (`corpus_reads_source`, a small machine's top-up) or a held-out text is in the reference.
 
 Ids are `<domain>-<source>-NNNNNN` (`code-stdlib-000123`); injected docs use the sources
 `neardup`, `urlvariant` and `lang`. `metadata` holds source, path, license (a hint, may be
@@ -72,13 +86,20 @@ from typing import Any
 from curation.demo_corpus.injections import inject
 from curation.demo_corpus.sources import (
     DOMAINS,
+    HELDOUT_SOURCES,
     MAX_FILE_TEXT_BYTES,
     PRIMARY_SOURCES,
     REFERENCE_SOURCES,
     TOPUP_SOURCES,
     Doc,
+    is_heldout,
     read_source,
 )
+
+HELDOUT_DOCS = 150  # per domain: the demo ablation draws docs_per_domain x oversample of them
+# Sources are read in sorted order: without a cap the first big folder (git's 140 release notes,
+# scipy.optimize's 60 modules) would be a domain's whole held-out set.
+HELDOUT_DOCS_PER_FOLDER = 6
 
 # ----------------------------------------------------------------------------- writing
 
@@ -182,16 +203,92 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, min_bytes: int = 20_00
     }
 
 
-def build_reference_texts(out_dir: str | Path, max_bytes_per_domain: int = 3_000_000) -> dict[str, Any]:
-    """Write `out_dir/reference/<domain>.jsonl` (one `{"text": ...}` a line) for LM training."""
+def _shared_with_reference(src_name: str) -> bool:
+    return any(src_name == r.name for r in REFERENCE_SOURCES)
+
+
+def build_reference_texts(out_dir: str | Path, max_bytes_per_domain: int = 3_000_000, seed: int = 0) -> dict[str, Any]:
+    """Write `out_dir/reference/<domain>.jsonl` (one `{"text": ...}` a line) for LM training.
+    A source that also gives held-out text (`HELDOUT_SOURCES`) gives only its reference side of
+    the seeded split: the perplexity filter is never trained on the test set."""
     ref_dir = Path(out_dir) / "reference"
     ref_dir.mkdir(parents=True, exist_ok=True)
+    heldout_names = {h.name for h in HELDOUT_SOURCES}
     summary: dict[str, Any] = {}
     for src in REFERENCE_SOURCES:
-        docs = read_source(src, None, max_bytes_per_domain)
+        keep = (lambda text, _path: not is_heldout(seed, text)) if src.name in heldout_names else None
+        docs = read_source(src, None, max_bytes_per_domain, keep)
         path = ref_dir / f"{src.domain}.jsonl"
         path.write_text("".join(json.dumps({"text": d.text}, ensure_ascii=False) + "\n" for d in docs),
                         encoding="utf-8")
         summary[src.domain] = {"source": src.name, "documents": len(docs), "path": str(path),
                                "bytes": sum(len(d.text.encode()) for d in docs)}
+    return summary
+
+
+# A held-out document sharing one line this long (normalised) with the corpus is dropped: shorter
+# ones are idioms (`return result`, `Parameters`) rather than shared text.
+SHARED_LINE_CHARS = 40
+
+
+def _long_lines(text: str) -> set[str]:
+    """Lines of at least SHARED_LINE_CHARS, whitespace runs as one space, casefolded."""
+    return {norm for line in text.split("\n") if len(norm := " ".join(line.split()).casefold()) >= SHARED_LINE_CHARS}
+
+
+def _corpus_texts(corpus_dir: Path) -> tuple[set[bytes], set[str], set[str]]:
+    """(sha256 of every corpus text, its long lines, the sources it read) from the written corpus."""
+    hashes, lines, sources = set(), set(), set()
+    for path in sorted(corpus_dir.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                hashes.add(hashlib.sha256(record["text"].encode()).digest())
+                lines |= _long_lines(record["text"])
+                sources.add(record["metadata"]["source"])
+    return hashes, lines, sources
+
+
+def build_heldout_texts(out_dir: str | Path, seed: int = 0, max_docs_per_domain: int = HELDOUT_DOCS) -> dict[str, Any]:
+    """Write `out_dir/holdout/<domain>.jsonl` (corpus records) for the ablation's `holdout.sources`:
+    text the corpus (already written under `out_dir/corpus`) does not read and the reference text
+    does not contain. A document whose text or any long line is also in the corpus is dropped and
+    counted (`shared_with_corpus`); `corpus_reads_source` says when the corpus read the same
+    source (top-up sources on a small machine); `in_reference` counts held-out texts also in
+    `out_dir/reference/<domain>.jsonl` when written (0 by construction: a check, not a filter)."""
+    out = Path(out_dir)
+    corpus_hashes, corpus_lines, corpus_sources = _corpus_texts(out / "corpus")
+    held_dir = out / "holdout"
+    held_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    for src in HELDOUT_SOURCES:
+        shared = {"count": 0}
+        per_folder: dict[str, int] = {}
+        seen: set[bytes] = set()  # normalised texts held out already (Debian ships one README per binary package)
+
+        def keep(text: str, path: str, split: bool = _shared_with_reference(src.name)) -> bool:
+            if split and not is_heldout(seed, text):
+                return False  # the reference side
+            folder = str(Path(path.split("::")[0]).parent)
+            normalised = hashlib.sha256(" ".join(text.split()).casefold().encode()).digest()
+            if per_folder.get(folder, 0) >= HELDOUT_DOCS_PER_FOLDER or normalised in seen:
+                return False
+            if hashlib.sha256(text.encode()).digest() in corpus_hashes or not _long_lines(text).isdisjoint(corpus_lines):
+                shared["count"] += 1
+                return False
+            per_folder[folder] = per_folder.get(folder, 0) + 1
+            seen.add(normalised)
+            return True
+
+        docs = read_source(src, max_docs_per_domain, None, keep)
+        reference = out / "reference" / f"{src.domain}.jsonl"
+        reference_hashes = {hashlib.sha256(json.loads(line)["text"].encode()).digest()
+                            for line in reference.read_text(encoding="utf-8").splitlines()} if reference.is_file() else set()
+        path = held_dir / f"{src.domain}.jsonl"
+        path.write_text("".join(json.dumps(d.record(), ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+        summary[src.domain] = {"source": src.name, "documents": len(docs), "path": str(path),
+                               "bytes": sum(len(d.text.encode()) for d in docs), "shared_with_corpus": shared["count"],
+                               "corpus_reads_source": src.name in corpus_sources,
+                               "in_reference": sum(hashlib.sha256(d.text.encode()).digest() in reference_hashes
+                                                   for d in docs)}
     return summary

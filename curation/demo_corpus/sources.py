@@ -9,6 +9,7 @@ import ast
 import email
 import gc
 import gzip
+import hashlib
 import os
 import re
 import sys
@@ -214,9 +215,16 @@ def _stdlib_docstrings() -> Iterator[_Raw]:
                    "PSF-2.0", "stdlib/" + module.split(".")[0])
 
 
+# Packages whose docstrings are the math held-out text: no other source (the code reference and
+# top-up included) may read them.
+MATH_HELDOUT_PACKAGES = {"scipy": ("optimize", "stats", "linalg", "integrate", "signal", "interpolate", "special",
+                                   "spatial", "fft", "ndimage", "differentiate", "cluster", "odr"),
+                         "numpy": ("polynomial", "linalg", "fft", "random")}  # fmt: skip
+
+
 def _site_package_code() -> Iterator[_Raw]:
     for site in _site_dirs():
-        for path in _walk_py(site, skip=frozenset({"sympy", "mpmath"})):
+        for path in _walk_py(site, skip=frozenset({"sympy", "mpmath", *MATH_HELDOUT_PACKAGES})):
             rel = path.relative_to(site).as_posix()
             yield _Raw(_read_text(path), None, str(path), "", "site-packages/" + rel.split("/")[0].removesuffix(".py"))
 
@@ -238,15 +246,17 @@ TOPUP_SOURCES = (
 )
 
 
-def read_source(src: _Source, limit: int | None, budget: int | None) -> list[Doc]:
-    """Docs of one source: at most `limit` of them, stopping once `budget` bytes are read."""
+def read_source(src: _Source, limit: int | None, budget: int | None,
+                keep: Callable[[str, str], bool] | None = None) -> list[Doc]:
+    """Docs of one source: at most `limit` of them, stopping once `budget` bytes are read; with
+    `keep(text, path)`, only the cleaned texts it accepts (the others count toward neither)."""
     docs: list[Doc] = []
     nbytes = 0
     for raw in src.read():
         if (limit is not None and len(docs) >= limit) or (budget is not None and nbytes >= budget):
             break
         text = _clean(raw.text)
-        if len(text) < MIN_DOC_CHARS:
+        if len(text) < MIN_DOC_CHARS or (keep is not None and not keep(text, raw.path)):
             continue
         meta = {"source": src.name, "path": raw.path, "license": raw.license, "topic": raw.topic}
         docs.append(Doc(f"{src.domain}-{src.name}-{len(docs):06d}", text, raw.url, src.domain, meta))
@@ -264,3 +274,59 @@ REFERENCE_SOURCES = (
     _Source("docstrings", "books", _stdlib_docstrings),
     _Source("sitepackages", "code", _site_package_code),
 )
+
+
+# ----------------------------------------------------------------------------- held-out text
+
+def _math_module_docstrings() -> Iterator[_Raw]:
+    """Docstrings of scipy's and numpy's math subpackages, one doc per module (BSD-3-Clause)."""
+    for package, subpackages in MATH_HELDOUT_PACKAGES.items():
+        for site in _site_dirs():
+            if not (site / package).is_dir():
+                continue
+            for sub in subpackages:
+                for path in _walk_py(site / package / sub):
+                    rel = path.relative_to(site).as_posix()
+                    yield _Raw(_docstrings(_read_text(path)), f"https://github.com/{package}/{package}/blob/main/{rel}",
+                               str(path), "BSD-3-Clause", f"{package}.{sub}")
+            break  # the first site that has the package is the one Python imports
+
+
+_DOC_SUFFIXES = (".txt", ".md", ".rst")
+_NOT_DOC_PROSE = ("README", "NEWS", "copyright", "changelog", "CHANGES", "LICENSE", "COPYING")
+
+
+def _package_doc_files() -> Iterator[_Raw]:
+    """Debian packages' prose documentation (/usr/share/doc/**/*.txt|md|rst): manuals, FAQs,
+    design notes. Not the READMEs/NEWS (the web reference), copyright files (the corpus) or
+    changelogs and licence texts."""
+    for path in sorted(DOC_DIR.rglob("*")):
+        name = path.name.removesuffix(".gz")
+        if (name.endswith(_DOC_SUFFIXES) and not name.startswith(_NOT_DOC_PROSE) and path.is_file()
+                and path.stat().st_size <= MAX_SOURCE_FILE_BYTES):
+            rel = path.relative_to(DOC_DIR)
+            yield _Raw(_read_text(path), f"https://sources.debian.org/src/{rel.parts[0]}/latest/", str(path), "",
+                       f"package-doc/{rel.parts[0]}")
+
+
+# Held-out evaluation text per domain (`build_heldout_texts`): never read by the corpus, never in
+# the KenLM reference. web and code share their reference source and take the part a seeded hash
+# of the text assigns to held-out (`is_heldout`); books and math have held-out sources of their
+# own (the books reference, stdlib docstrings, is inside the corpus's stdlib code).
+HELDOUT_SOURCES = (
+    _Source("debreadme", "web", _debian_readmes),
+    _Source("sitepackages", "code", _site_package_code),
+    _Source("packagedocs", "books", _package_doc_files),
+    _Source("mathdocstrings", "math", _math_module_docstrings),
+)
+# Of a source shared with the reference, 1 document in 2 (by hash) is held out: Debian's READMEs
+# (536 here, many repeated per binary package) give ~120 distinct clean ones; the reference still
+# fills its 3 MB from the other half.
+HELDOUT_EVERY = 2
+
+
+def is_heldout(seed: int, text: str) -> bool:
+    """Which side of the reference/held-out split a document of a shared source is on: by its text,
+    so equal texts can never land on both sides."""
+    digest = hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HELDOUT_EVERY == 0

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from curation.dedup.similarity import text_jaccard
-from curation.demo_corpus import build_demo_corpus
+from curation.demo_corpus import SHARED_LINE_CHARS, build_demo_corpus, build_heldout_texts, build_reference_texts
 from curation.demo_corpus.injections import BOILERPLATE, LANGUAGE_DOCS
-from curation.demo_corpus.sources import MAX_FILE_TEXT_BYTES
+from curation.demo_corpus.sources import MAX_FILE_TEXT_BYTES, is_heldout
 from curation.urls import canonicalize_url
 
 SMALL = {"seed": 7, "min_bytes": 0, "max_docs_per_source": 15}
@@ -252,3 +254,35 @@ def test_full_build_reaches_20_mb_in_under_a_minute(tmp_path):
     assert 0.02 <= new_docs / n <= 0.06
     # Several files per domain (at most ~4 MB of text each): Ray reads them in parallel.
     assert sum(len(files) for files in summary["files"].values()) > len(summary["files"])
+
+
+def _long_lines(text: str) -> set[str]:
+    return {n for line in text.split("\n") if len(n := " ".join(line.split()).casefold()) >= SHARED_LINE_CHARS}
+
+
+def test_held_out_text_is_disjoint_from_the_reference_and_the_corpus(small, tmp_path):
+    shutil.copytree(small["out"] / "corpus", tmp_path / "corpus")
+    reference = build_reference_texts(tmp_path, max_bytes_per_domain=300_000, seed=SMALL["seed"])
+    held = build_heldout_texts(tmp_path, seed=SMALL["seed"], max_docs_per_domain=20)
+    sha = lambda text: hashlib.sha256(text.encode()).digest()  # noqa: E731
+    corpus_texts = {sha(d["text"]) for d in small["docs"].values()}
+    corpus_lines = set().union(*(_long_lines(d["text"]) for d in small["docs"].values()))
+    reference_texts = {sha(json.loads(line)["text"]) for domain in reference
+                       for line in (tmp_path / "reference" / f"{domain}.jsonl").read_text().splitlines()}
+    assert {"web", "code", "books"} <= {d for d, s in held.items() if s["documents"] > 0}
+    ids = []
+    for domain, summary in held.items():
+        records = [json.loads(line) for line in (tmp_path / "holdout" / f"{domain}.jsonl").read_text().splitlines()]
+        assert len(records) == summary["documents"] <= 20
+        assert summary["in_reference"] == 0 and not summary["corpus_reads_source"]
+        for r in records:
+            assert set(r) == RECORD_KEYS and r["domain"] == domain
+            assert sha(r["text"]) not in reference_texts and sha(r["text"]) not in corpus_texts
+            assert _long_lines(r["text"]).isdisjoint(corpus_lines), r["id"]
+            if domain in ("web", "code"):  # shared with the reference: only the held-out side of the split
+                assert is_heldout(SMALL["seed"], r["text"])
+            ids.append(r["id"])
+    assert len(ids) == len(set(ids))
+    for domain in ("web", "code"):  # and the reference keeps only the other side
+        for line in (tmp_path / "reference" / f"{domain}.jsonl").read_text().splitlines():
+            assert not is_heldout(SMALL["seed"], json.loads(line)["text"])

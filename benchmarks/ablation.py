@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/ablation.py [--config curation/configs/ablation-demo.yaml] [--token-budget N]
 
 Runs `run_ablation` (what `flywheel ablate` runs) and records the wall time of each phase, so the
-report says where the time went on this machine, next to the table: docs kept, tokens, epochs
-and held-out loss per domain for every variant, and the leakage check.
+report says where the time went on this machine, next to the numbers: per budget, docs kept,
+tokens, epochs and held-out loss (and novel-line loss) per domain for every variant as mean ± sd
+over the seeds, each variant's paired difference against the baseline with its 95% interval and
+whether it exceeds the noise, loss vs budget, and the leakage check. It states numbers only: the
+reading is written by a person (README).
 """
 
 from __future__ import annotations
@@ -24,29 +27,79 @@ from workflows.ablation.config import load_ablation_config  # noqa: E402
 from workflows.ablation.runner import run_ablation  # noqa: E402
 
 
+def mean_sd(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return f"{row['mean']:.3f}" if row["sd"] is None else f"{row['mean']:.3f} ± {row['sd']:.3f}"
+
+
+def interval(vs: dict | None) -> tuple[str, str]:
+    """("mean [lo, hi]", "yes"/"no") of a paired difference; "-" without one (the baseline, one seed)."""
+    if vs is None:
+        return "-", "-"
+    return f"{vs['mean']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}]", "yes" if vs["exceeds_noise"] else "no"
+
+
+MEASURE_TITLES = {"loss": "held-out loss", "novel_loss": "novel-line loss (held-out lines that occur at most "
+                                                          "{n} times in the raw corpus)"}
+
+
 def markdown(result: dict, phases: list[tuple[str, float]], config: Path, wall: float) -> str:
-    domains = result["domains"]
+    domains, measures, baseline = result["domains"], result["measures"], result["baseline"]
+    rows = {(r["variant"], r["budget"], r["measure"], r["domain"]): r for r in result["summary"]}
+    variants = result["variants"]
+    epochs = {(r["variant"], r["budget"]): r["epochs"] for r in result["runs"]}
+    budgets = ", ".join(f"`{b['label']}` = {b['steps']} steps = {b['tokens']:,} tokens" for b in result["budgets"])
+    title = {m: MEASURE_TITLES[m].format(n=result["holdout"].get("novel_max_line_count")) for m in measures}
     lines = [
         "# Data ablation on the demo corpus",
         "",
         f"Measured by `benchmarks/ablation.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"config `{config}`: preset `{result['preset']}`, {result['steps']} steps x {result['tokens_per_step']:,} "
-        f"tokens = {result['steps'] * result['tokens_per_step']:,} tokens per variant, seed {result['seed']}. "
+        f"config `{config}`: preset `{result['preset']}`, {result['tokens_per_step']:,} tokens per step; budgets "
+        f"{budgets}; seeds {', '.join(map(str, result['seeds']))} (each run's model init and data order); "
+        f"a {result['corpus_sample']:.0%} sample of the corpus's documents ({result.get('not_sampled_docs', 0):,} left "
+        f"out; sample and held-out seed {result['seed']}). "
         f"Wall time {wall / 60:.1f} min.",
         "",
-        "Held-out loss in nats per token (lower is better; one shared tokenizer, so comparable across rows):",
-        "",
-        "| variant | docs kept | tokens | epochs | " + " | ".join(domains) + " | overall |",
-        "|---|---:|---:|---:|" + "---:|" * (len(domains) + 1),
+        "Losses are in nats per token (lower is better; one shared tokenizer, so comparable across rows), "
+        "mean ± sample standard deviation over the seeds. A difference is the variant minus "
+        f"`{baseline}`, paired by seed, with its 95% interval (Student's t); it exceeds the noise when the interval "
+        "excludes 0.",
     ]
-    for v, row in zip(result["variants"], result["table"], strict=True):
-        losses = [row["loss"].get(d) for d in domains] + [row["overall"]]
-        cells = " | ".join("-" if x is None else f"{x:.3f}" for x in losses)
-        lines.append(f"| {v['name']} | {v['docs_kept']:,} | {v['tokens']:,} | {v['epochs']:.2f} | {cells} |")
-    leak = result["leakage"]
+    for b in result["budgets"]:
+        label = b["label"]
+        for measure in measures:
+            lines += ["", f"## Budget `{label}`: {title[measure]}", "",
+                      "| variant | docs kept | tokens | epochs | " + " | ".join(domains) + " | overall |",
+                      "|---|---:|---:|---:|" + "---:|" * (len(domains) + 1)]
+            for v in variants:
+                cells = " | ".join(mean_sd(rows.get((v["name"], label, measure, d))) for d in [*domains, "overall"])
+                e = epochs.get((v["name"], label))
+                lines.append(f"| {v['name']} | {v['docs_kept']:,} | {v['tokens']:,} | "
+                             f"{'-' if e is None else f'{e:.2f}'} | {cells} |")
+        lines += ["", f"Budget `{label}`, overall difference against `{baseline}`:", "",
+                  "| variant | " + " | ".join(f"{m} difference [95%] | exceeds noise" for m in measures) + " |",
+                  "|---|" + "---:|---|" * len(measures)]
+        for v in variants:
+            if v["name"] != baseline:
+                cells = [c for m in measures for c in interval((rows.get((v["name"], label, m, "overall")) or {})
+                                                                .get("vs_baseline"))]
+                lines.append(f"| {v['name']} | " + " | ".join(cells) + " |")
+    for measure in measures:
+        lines += ["", f"## {title[measure][0].upper()}{title[measure][1:]} vs budget (overall)", "",
+                  "| variant | " + " | ".join(f"`{b['label']}` ({b['tokens']:,})" for b in result["budgets"]) + " |",
+                  "|---|" + "---:|" * len(result["budgets"])]
+        for v in variants:
+            cells = " | ".join(mean_sd(rows.get((v["name"], b["label"], measure, "overall")))
+                               for b in result["budgets"])
+            lines.append(f"| {v['name']} | {cells} |")
+    leak, holdout = result["leakage"], result["holdout"]
+    sources = ", ".join(f"{d}: `{s}`" for d, s in holdout["sources"].items())
     lines += [
         "",
-        f"Held-out: {leak['held_out_docs']} documents ({', '.join(domains)}); {leak['removed_from_training_pool']} "
+        "## Held-out sets and time",
+        "",
+        f"Held-out: {leak['held_out_docs']} documents ({sources}); {leak['removed_from_training_pool']} "
         f"training documents within word-5-gram Jaccard {leak['near_duplicate_jaccard']} of one were removed from "
         f"the pool; near-duplicate pairs found in any variant's training set: {leak['pairs_found']}.",
         "",
@@ -54,8 +107,12 @@ def markdown(result: dict, phases: list[tuple[str, float]], config: Path, wall: 
         "|---|---:|",
     ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in phases]
+    reused = [f"`{v['name']}` {sum(s['reused'] for s in v['curation']['segments'])}/{len(v['curation']['segments'])}"
+              for v in variants if v["curation"]["segments"]]
+    if reused:
+        lines += ["", "Curation segments reused from the prefix cache: " + ", ".join(reused) + "."]
     lines += ["", "Variants: " + "; ".join(f"`{v['name']}`: {v['description'] or ', '.join(v['stages'])}"
-                                          for v in result["variants"]), ""]
+                                          for v in variants), ""]
     return "\n".join(lines)
 
 

@@ -213,6 +213,13 @@ class Pipeline:
                            extra=extra)
         return kept, stats
 
+    def _read(self, ctx: RunContext) -> tuple[Any, str]:
+        """The read step: (the input records with ids made unique, its method name). A run that
+        starts from something else overrides it (workflows.ablation.prefix_cache: an earlier run's
+        kept documents, every column as that run left them)."""
+        records = read_documents(self.read_tasks).materialize()
+        return enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus)), READ_METHOD
+
     def run(self) -> RunResult:
         """Run every step. A disk-level failure on the way (full, read-only, no permission) is an
         `OutputError` naming the step; stats.json and manifest.json are written last, each to a
@@ -245,13 +252,12 @@ class Pipeline:
         self.tag = run_stats.run_id
         for folder in (self.files.data, self.files.rejects):
             self.fs.create_dir(folder, recursive=True)
-        records = read_documents(self.read_tasks).materialize()
-        unique = enforce_unique_ids(records, self.config.duplicate_ids, partitions=max(8, 4 * ctx.num_cpus))
-        ds, st = self._settle("read", READ_METHOD, unique, None, t0, None, last=not stages)
+        records, method = self._read(ctx)
+        ds, st = self._settle("read", method, records, None, t0, None, last=not stages)
         # The settled output holds what later steps need: the raw read blocks can be freed now
         # rather than at the end of the run (-18% peak spill disk for 2 GB on a 300 MiB store,
         # benchmarks/memory_scale.md).
-        del records, unique
+        del records
         run_stats.stages.append(st)
         self.progress("stage_done", {"stats": st, "index": 0, "total": n_steps})
         for i, stage in enumerate(stages, start=1):

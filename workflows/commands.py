@@ -21,8 +21,11 @@ commands = typer.Typer(add_completion=False)
 def print_ablation_table(result: dict) -> None:
     """variant | docs kept | tokens | epochs | held-out loss per domain | overall (lowest in bold)."""
     domains = result["domains"]
-    table = Table(title=f"held-out loss (nats/token) after {result['steps']} steps x {result['tokens_per_step']:,} "
-                        f"tokens, preset {result['preset']}, seed {result['seed']}")
+    largest = result["budgets"][-1]  # the table: mean losses over the seeds at the largest budget
+    table = Table(title=f"held-out loss (nats/token) after {largest['steps']} steps x {result['tokens_per_step']:,} "
+                        f"tokens (budget {largest['label']}), preset {result['preset']}, "
+                        f"mean of seeds {', '.join(map(str, result['seeds']))}")
+    epochs_of = {r["variant"]: r["epochs"] for r in result["runs"] if r["budget"] == largest["label"]}
     for col in ["variant", "docs kept", "tokens", "epochs", *domains, "overall"]:
         table.add_column(col, justify="left" if col == "variant" else "right")
     columns = [*domains, "overall"]
@@ -31,7 +34,7 @@ def print_ablation_table(result: dict) -> None:
     for v in result["variants"]:
         cells = [f"[bold]{x:.4f}[/]" if x is not None and x == best[i] else ("-" if x is None else f"{x:.4f}")
                  for i, x in enumerate(rows[v["name"]])]
-        epochs = "-" if v["epochs"] is None else f"{v['epochs']:.2f}"
+        epochs = "-" if epochs_of.get(v["name"]) is None else f"{epochs_of[v['name']]:.2f}"
         table.add_row(v["name"], f"{v['docs_kept']:,}", f"{v['tokens']:,}", epochs, *cells)
     console.print(table)
     leak = result["leakage"]
@@ -43,9 +46,10 @@ def print_ablation_table(result: dict) -> None:
 
 @commands.command()
 def ablate(
-    config: Path = typer.Argument(..., help="Ablation config (YAML): corpus, variants, train, token_budget."),
+    config: Path = typer.Argument(..., help="Ablation config (YAML): corpus, variants, train, budgets, seeds."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder; replaces the config's."),
-    token_budget: Optional[int] = typer.Option(None, min=1, help="Tokens each variant trains on."),
+    token_budget: Optional[int] = typer.Option(None, min=1,
+                                               help="Tokens each run trains on (replaces the config's budgets)."),
     parallel: Optional[int] = typer.Option(None, min=1, help="Variants trained at once."),
 ) -> None:
     """Curate each variant, train the same model on each, compare held-out loss per domain."""

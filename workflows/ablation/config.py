@@ -2,8 +2,11 @@
 
     corpus: build/demo-corpus/corpus      # paths/URIs, as a pipeline config's `inputs`
     output: build/ablation
-    seed: 1234
-    token_budget: 2_000_000               # every variant trains on exactly this many tokens
+    seed: 1234                            # the held-out draw and the corpus sample
+    seeds: [1, 2, 3]                      # every (variant, budget) trains once per seed
+    budgets: ["1x", "4x", 2_000_000]      # tokens, or multiples of the smallest curated variant
+    baseline: raw                         # paired differences are taken against it
+    corpus_sample: 1.0                    # a seeded fraction of the corpus's documents
     train: {preset: tiny, seq_len: 128, global_batch_tokens: 4096, micro_batch: 8}
     eval_every_steps: 50
     holdout: {docs_per_domain: 40, near_duplicate_jaccard: 0.5}
@@ -15,8 +18,12 @@
 
 What is held equal across variants (so the only difference is the data): the held-out sets, the
 tokenizer (trained once, on the training pool), the model preset and overrides, batch geometry,
-optimiser recipe, seed, and the number of tokens trained on. A variant whose curated data holds
-fewer tokens than the budget repeats it (more epochs): that is the trade the article makes.
+optimiser recipe, the training seeds, and the number of tokens trained on. A variant whose curated
+data holds fewer tokens than the budget repeats it (more epochs): that is the trade the article
+makes. Several seeds give each difference its noise (a paired interval, workflows.ablation.stats);
+several budgets show what repetition does.
+
+`token_budget: N` is the older spelling of `budgets: [N]`.
 
 Every variant's `tokenize` stage is replaced by one that uses the shared tokenizer; a `tokenize`
 stage in a variant's list only contributes its other parameters (shard size, add_bos).
@@ -24,6 +31,8 @@ stage in a variant's list only contributes its other parameters (shard size, add
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,8 @@ from curation.config import (
 )
 
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
+# A budget given as a multiple of the smallest curated variant's tokens: "1x", "0.5x", "4x".
+BUDGET_MULTIPLE_PATTERN = re.compile(r"^(\d+(\.\d*)?|\.\d+)x$")
 # TrainConfig fields the ablation owns: one value for every variant, set by the runner.
 RUNNER_TRAIN_KEYS = ("manifest", "out_dir", "cache_dir", "steps", "seed", "workers", "min_workers", "resume",
                      "eval_files", "eval_every_steps")  # fmt: skip
@@ -63,6 +74,31 @@ class HoldoutSpec(BaseModel):
     )
     # Domains without an evaluation set (e.g. ones too small to spare documents).
     skip_domains: list[str] = Field(default_factory=list)
+    # domain -> FILE or URI the curation read stage reads (JSONL with `text`, Parquet, ...): that
+    # domain's held-out documents come from there, and all its corpus documents stay trainable
+    # (bar near-duplicates of a held-out one). A clean source the corpus never saw.
+    sources: dict[str, str] = Field(default_factory=dict)
+    # The "novel" measure drops held-out lines that occur more than this many times in the raw
+    # corpus (boilerplate a model can score well on by memorising it).
+    novel_max_line_count: int = Field(default=2, ge=0)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_domains(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(d for d in v if not re.match(DOMAIN_PATTERN, d))
+        if bad:
+            raise ValueError(f"not domain names: {', '.join(map(repr, bad))}")
+        empty = sorted(d for d, path in v.items() if not path.strip())
+        if empty:
+            raise ValueError(f"no source given for {', '.join(empty)}")
+        return v
+
+    @model_validator(mode="after")
+    def _sources_not_skipped(self) -> HoldoutSpec:
+        both = sorted(set(self.sources) & set(self.skip_domains))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both holdout.sources and holdout.skip_domains")
+        return self
 
 
 class TokenizerSpec(BaseModel):
@@ -95,9 +131,15 @@ class AblationConfig(BaseModel):
 
     corpus: list[InputSpec] = Field(min_length=1)
     output: str
-    seed: int = 0
+    seed: int = Field(default=0, description="the held-out draw and the corpus sample")
+    seeds: list[int] = Field(min_length=1, description="training seeds (init, data order); default [seed]")
     default_domain: str = Field(default="web", pattern=DOMAIN_PATTERN)
-    token_budget: int = Field(ge=1, description="tokens every variant trains on")
+    budgets: list[int | str] = Field(min_length=1, description='tokens (int) or multiples of the smallest '
+                                                               'curated variant ("4x"); `token_budget: N` = [N]')
+    baseline: str | None = Field(default=None, description="the variant differences are taken against; "
+                                                           "None: the first")
+    corpus_sample: float = Field(default=1.0, gt=0.0, le=1.0, description="seeded fraction of documents kept")
+    cache_dir: str | None = Field(default=None, description="curation prefix cache; None: OUT/cache")
     train: dict[str, Any] = Field(default_factory=lambda: {"preset": "tiny"}, description="TrainConfig fields")
     eval_every_steps: int | None = Field(default=None, ge=1, description="None: evaluate at the end only")
     holdout: HoldoutSpec = Field(default_factory=HoldoutSpec)
@@ -106,6 +148,52 @@ class AblationConfig(BaseModel):
     # Variants trained at once (Ray tasks of `cpus_per_variant` CPUs each); None: as the cluster allows.
     parallel: int | None = Field(default=None, ge=1)
     cpus_per_variant: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """`token_budget: N` -> `budgets: [N]`; `seeds` defaults to `[seed]`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "token_budget" in data:
+            if data.get("budgets") is not None:
+                raise ValueError("give `budgets` or `token_budget`, not both")
+            data["budgets"] = [data.pop("token_budget")]
+        if data.get("seeds") is None:
+            data["seeds"] = [data.get("seed", 0)]
+        return data
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        # digits in a string (a query string, a CLI value) are tokens, as an int is
+        return [int(b) if isinstance(b, str) and b.strip().isdigit() else b for b in v]
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_valid(cls, v: list[int | str]) -> list[int | str]:
+        for b in v:
+            if isinstance(b, int) and b < 1:
+                raise ValueError(f"budget {b}: a token budget is at least 1")
+            if isinstance(b, str) and (not BUDGET_MULTIPLE_PATTERN.match(b) or float(b[:-1]) <= 0):
+                raise ValueError(f"budget {b!r}: give tokens as an integer or a multiple of the smallest "
+                                 'curated variant as "<number>x" (e.g. "4x")')
+        labels = [budget_label(b) for b in v]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"budgets must be unique: {', '.join(dupes)}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        dupes = sorted({s for s in v if v.count(s) > 1})
+        if dupes:
+            raise ValueError(f"seeds must be unique: {', '.join(map(str, dupes))}")
+        return v
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -128,7 +216,13 @@ class AblationConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique: {', '.join(dupes)}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not a variant ({', '.join(names)})")
         return self
+
+    @property
+    def baseline_variant(self) -> str:
+        return self.baseline or self.variants[0].name
 
     def dump(self) -> dict[str, Any]:
         """The config as JSON data that parses back to itself (stage parameters included:
@@ -157,8 +251,24 @@ class AblationConfig(BaseModel):
             raise ConfigError(f"variant {variant.name}: {path}: {format_validation_error(e)}") from None
 
 
+def budget_label(budget: int | str) -> str:
+    """A budget's name in reports and run folders: the entry as written ("4x", "3000000")."""
+    return str(budget)
+
+
+def budget_tokens(budget: int | str, smallest_variant_tokens: int) -> int:
+    """The tokens a budget asks for: an int as given, "<f>x" as f x the smallest curated variant
+    (rounded up: a budget is never cut short)."""
+    if isinstance(budget, int):
+        return budget
+    return max(1, math.ceil(float(budget[:-1]) * smallest_variant_tokens))
+
+
 def parse_ablation_config(data: Any, **overrides: Any) -> AblationConfig:
-    """Validate a mapping; `overrides` (output=, token_budget=, ...) replace keys when not None."""
+    """Validate a mapping; `overrides` (output=, token_budget=, ...) replace keys when not None
+    (`token_budget=N` replaces the config's budgets)."""
+    if isinstance(data, dict) and overrides.get("token_budget") is not None:
+        data = {k: v for k, v in data.items() if k not in ("budgets", "token_budget")}
     return validate_config(AblationConfig, data, "ablation config", **overrides)
 
 

@@ -5,12 +5,22 @@
         candidates --clean stages--> the first docs_per_domain kept, in hash order --> eval/<domain>.jsonl
         the rest --minus candidates, minus near-duplicates of any eval doc--> the training pool
 
+A domain with a separate source (`sources={domain: FILE|URI}`) draws its candidates the same way
+from that source's documents instead (read by the curation read stage: every input format,
+malformed lines rejected with reasons; ids prefixed `holdout:<domain>:` so they never meet a
+corpus id). The corpus's documents of that domain are then all training pool, except
+near-duplicates of a held-out document, which leave it exactly as above.
+
 "Near-duplicate" is a word-5-gram Jaccard at or above the threshold (0.5 by default, looser than
 dedup's 0.8), computed exactly on candidate pairs that MinHash-LSH finds. Every variant trains on
 a curated subset of the pool, so none can have seen its test answers; `count_leaks` re-checks a
 variant's kept documents all the same (curation edits texts: PII placeholders, dropped sentences).
 The LSH bands favour recall (false-negative weight 0.9): a missed pair is a leak, a false
 candidate only costs one exact Jaccard.
+
+The "novel" sets (novel/<domain>.jsonl) are the held-out documents without the lines that occur
+more than `novel_max_line_count` times in the raw corpus (licence headers, banners, shared
+boilerplate): a model that memorised those gains nothing there.
 """
 
 from __future__ import annotations
@@ -127,6 +137,104 @@ def count_leaks(ds: ray.data.Dataset, index: HeldOutIndex) -> list[dict[str, Any
     return ds.select_columns(["id", "text"]).map_batches(_LeakRows(index), batch_format="pyarrow").take_all()
 
 
+# ----------------------------------------------------------------------------- the novel measure
+
+def normalise_line(line: str) -> str:
+    """A line as the novel measure compares it: stripped, whitespace runs as one space, casefolded."""
+    return " ".join(line.split()).casefold()
+
+
+def line_key(normalised: str) -> bytes:
+    """8 bytes of blake2b: stable across processes (Python's hash() is salted per process)."""
+    return hashlib.blake2b(normalised.encode(), digest_size=8).digest()
+
+
+class _CountLines:
+    """Map step over the corpus texts: how often each of `keys` (held-out lines) occurs in the batch.
+    Only held-out lines are counted, so a batch's answer is at most len(keys) rows."""
+
+    def __init__(self, keys: set[bytes]):
+        self.keys = keys
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        counts: dict[bytes, int] = defaultdict(int)
+        for text in batch["text"].to_pylist():
+            for line in text.split("\n"):
+                norm = normalise_line(line)
+                if norm and (key := line_key(norm)) in self.keys:
+                    counts[key] += 1
+        return pa.table({"key": pa.array(list(counts), pa.binary(8)), "n": pa.array(list(counts.values()), pa.int64())})
+
+
+def corpus_line_counts(ds: ray.data.Dataset, keys: set[bytes]) -> dict[bytes, int]:
+    """Occurrences in `ds` of every line key in `keys` (one Ray Data pass; the driver sums the
+    per-batch partial counts, which are bounded by len(keys) rows each)."""
+    totals: dict[bytes, int] = dict.fromkeys(keys, 0)
+    if not keys:
+        return totals
+    parts = ds.select_columns(["text"]).map_batches(_CountLines(keys), batch_format="pyarrow")
+    for batch in parts.iter_batches(batch_format="pyarrow", batch_size=None):
+        for key, n in zip(batch["key"].to_pylist(), batch["n"].to_pylist(), strict=True):
+            totals[key] += n
+    return totals
+
+
+def drop_frequent_lines(text: str, counts: dict[bytes, int], max_count: int) -> tuple[str, int, int]:
+    """(text without the lines seen more than `max_count` times, lines removed, bytes removed).
+    Blank lines stay (paragraph separators) and are never counted; a text left with only blank
+    lines comes back as "" (all its bytes removed)."""
+    kept, removed = [], 0
+    for line in text.split("\n"):
+        norm = normalise_line(line)
+        if norm and counts.get(line_key(norm), 0) > max_count:
+            removed += 1
+        else:
+            kept.append(line)
+    left = "\n".join(kept) if removed else text
+    left = left if left.strip() else ""
+    return left, removed, len(text.encode()) - len(left.encode())
+
+
+def write_novel_sets(held: pa.Table, corpus: ray.data.Dataset, max_count: int,
+                     out_dir: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """novel/<domain>.jsonl for every domain of `held` (in its row order) and, per domain, how
+    much was removed: {domain: {docs, docs_omitted, lines, lines_removed, bytes, bytes_removed}}."""
+    rows = held.select(["id", "text", "domain"]).to_pylist()
+    keys = {line_key(n) for r in rows for line in r["text"].split("\n") if (n := normalise_line(line))}
+    counts = corpus_line_counts(corpus, keys)
+    by_domain: dict[str, list[dict]] = defaultdict(list)
+    removed: dict[str, dict[str, int]] = {}
+    for r in rows:
+        text, n_lines, n_bytes = drop_frequent_lines(r["text"], counts, max_count)
+        tally = removed.setdefault(r["domain"], dict.fromkeys(
+            ("docs", "docs_omitted", "lines", "lines_removed", "bytes", "bytes_removed"), 0))
+        tally["lines"] += sum(1 for line in r["text"].split("\n") if line.strip())
+        tally["bytes"] += len(r["text"].encode())
+        tally["lines_removed"] += n_lines
+        tally["bytes_removed"] += n_bytes
+        if text:
+            tally["docs"] += 1
+            by_domain[r["domain"]].append({**r, "text": text})
+        else:
+            tally["docs_omitted"] += 1
+    files = {}
+    for domain, docs in sorted(by_domain.items()):
+        path = out_dir / "novel" / f"{domain}.jsonl"
+        write_eval_jsonl(pa.Table.from_pylist(docs), path)
+        files[domain] = str(path)
+    return files, removed
+
+
+# ----------------------------------------------------------------------------- the split
+
+SOURCE_ID_PREFIX = "holdout:"
+
+
+def source_doc_id(domain: str, doc_id: str) -> str:
+    """A held-out source document's id: never a corpus id (split_holdout rejects corpora that use the prefix)."""
+    return f"{SOURCE_ID_PREFIX}{domain}:{doc_id}"
+
+
 @dataclass
 class HoldoutSplit:
     eval_files: dict[str, str]  # domain -> held-out JSONL
@@ -135,6 +243,10 @@ class HoldoutSplit:
     removed_near_duplicates: int
     pool_docs: int
     index: HeldOutIndex
+    novel_eval_files: dict[str, str]  # domain -> the held-out JSONL without frequent lines
+    novel_removed: dict[str, dict[str, int]]  # domain -> docs/lines/bytes kept and removed (write_novel_sets)
+    sources: dict[str, str]  # domain -> "corpus" or the separate source as given
+    source_domains_not_in_corpus: list[str]  # evaluated all the same: the model never trains on them
 
 
 def write_eval_jsonl(table: pa.Table, path: Path) -> None:
@@ -144,18 +256,51 @@ def write_eval_jsonl(table: pa.Table, path: Path) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def _source_candidates(sources: dict[str, str], run_read, read_root: Path, n: int, seed: int,
+                       schema: pa.Schema) -> tuple[pa.Table, dict[str, list[str]]]:
+    """Every source read (curation read stage), its ids prefixed and domain set; the first `n`
+    of each in the seeded draw."""
+    tables, drawn = [], {}
+    for domain, source in sorted(sources.items()):
+        data_dir = Path(run_read(source, domain, str(read_root / domain)))
+        if not any(data_dir.glob("*.parquet")):
+            raise ValueError(f"holdout.sources.{domain}: {source} has no readable documents")
+        docs = pq.read_table(data_dir, columns=POOL_COLUMNS)
+        ids = [source_doc_id(domain, i) for i in docs["id"].to_pylist()]
+        docs = docs.set_column(0, "id", pa.array(ids, pa.string())).set_column(
+            3, "domain", pa.array([domain] * docs.num_rows, pa.string()))
+        drawn[domain] = sorted(ids, key=lambda i: holdout_rank(seed, i))[:n]
+        tables.append(docs.filter(pc.is_in(docs["id"], pa.array(drawn[domain], pa.string()))).cast(schema))
+    return pa.concat_tables(tables), drawn
+
+
 def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *, per_domain: int,
-                  oversample: float, threshold: float, seed: int, skip_domains: set[str], run_clean) -> HoldoutSplit:
-    """Draw, clean and write the held-out sets; write the training pool (Parquet) and the removed
-    documents with their reasons (out_dir/removed/). `run_clean(candidates_parquet, clean_dir)`
-    curates the candidates and returns the kept documents' folder."""
+                  oversample: float, threshold: float, seed: int, skip_domains: set[str], run_clean,
+                  sources: dict[str, str] | None = None, run_read=None, novel_max_line_count: int = 2) -> HoldoutSplit:
+    """Draw, clean and write the held-out sets (eval/ and novel/); write the training pool
+    (Parquet) and the removed documents with their reasons (out_dir/removed/).
+    `run_clean(candidates_parquet, clean_dir)` curates the candidates and returns the kept
+    documents' folder; `run_read(source, domain, dst)` reads a held-out source with the curation
+    read stage (no other stages) and returns its documents' folder (needed when `sources` is given)."""
     import ray.data  # Ray Data: held-out sets are configured without it
 
+    sources = dict(sources or {})
+    if sources and run_read is None:
+        raise ValueError("split_holdout: held-out sources need run_read")
     docs = pq.read_table(read_dir, columns=["id", "domain"])
-    drawn = draw_candidates(docs["id"].to_pylist(), docs["domain"].to_pylist(),
-                            math.ceil(per_domain * oversample), seed, skip_domains)
-    candidate_ids = [i for ids in drawn.values() for i in ids]
+    corpus_ids = docs["id"].to_pylist()
+    clash = next((i for i in corpus_ids if i.startswith(SOURCE_ID_PREFIX)), None) if sources else None
+    if clash is not None:
+        raise ValueError(f"corpus id {clash!r} starts with {SOURCE_ID_PREFIX!r}, the prefix of held-out source ids")
+    n = math.ceil(per_domain * oversample)
+    drawn = draw_candidates(corpus_ids, docs["domain"].to_pylist(), n, seed, skip_domains | set(sources))
+    candidate_ids = [i for ids in drawn.values() for i in ids]  # corpus documents only
     candidates = pq.read_table(read_dir, columns=POOL_COLUMNS, filters=[("id", "in", candidate_ids)])
+    if sources:
+        from_sources, drawn_sources = _source_candidates(sources, run_read, out_dir / "sources", n, seed,
+                                                         candidates.schema)
+        candidates = pa.concat_tables([candidates, from_sources])
+        drawn = dict(sorted({**drawn, **drawn_sources}.items()))
     candidates_path = out_dir / "candidates.parquet"
     candidates_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(candidates, candidates_path)
@@ -182,12 +327,17 @@ def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *
 
     # Every candidate leaves the pool (chosen or not: an unchosen one failed the clean filter or
     # was surplus, and the draw must not depend on what training sees).
-    marked = ray.data.read_parquet(read_dir, columns=POOL_COLUMNS).map_batches(
-        _MarkPool(set(candidate_ids), index), batch_format="pyarrow").materialize()
+    corpus = ray.data.read_parquet(read_dir, columns=POOL_COLUMNS)
+    marked = corpus.map_batches(_MarkPool(set(candidate_ids), index), batch_format="pyarrow").materialize()
     marked.filter(expr="_pool == ''").select_columns(POOL_COLUMNS).write_parquet(pool_dir)
     removed = marked.filter(expr="_pool != ''").select_columns(["id", "domain", "_pool", "_pool_detail"])
     removed.write_parquet(str(out_dir / "removed"))
     reasons = pq.read_table(out_dir / "removed", columns=["_pool"])["_pool"].to_pylist()
-    return HoldoutSplit(eval_files=eval_files, held_out_docs=held.num_rows, candidates=len(candidate_ids),
+    novel_files, novel_removed = write_novel_sets(held, corpus, novel_max_line_count, out_dir)
+    corpus_domains = set(docs["domain"].to_pylist())
+    return HoldoutSplit(eval_files=eval_files, held_out_docs=held.num_rows, candidates=candidates.num_rows,
                         removed_near_duplicates=reasons.count(NEAR_HELD_OUT),
-                        pool_docs=pq.ParquetDataset(pool_dir).read(columns=["id"]).num_rows, index=index)
+                        pool_docs=pq.ParquetDataset(pool_dir).read(columns=["id"]).num_rows, index=index,
+                        novel_eval_files=novel_files, novel_removed=novel_removed,
+                        sources={d: sources.get(d, "corpus") for d in eval_files},
+                        source_domains_not_in_corpus=sorted(set(sources) - corpus_domains))

@@ -148,6 +148,24 @@ def test_the_corpus_keeps_a_source_domain_except_near_copies(split):
 
 
 @slow_split
+def test_every_domain_from_a_source_draws_nothing_from_the_corpus(split):
+    """The demo's case: no corpus document is a candidate (an empty draw once broke the read)."""
+    tmp = split["tmp"]
+    web = write_jsonl(tmp / "web-source.jsonl", [{"id": f"w-{i}", "text": document(random.Random(i), "web")}
+                                                 for i in range(4)])
+    out = tmp / "all-sources"
+    r = split_holdout(
+        run([str(tmp / "corpus.jsonl")], tmp / "read-all", []), str(out / "clean"), out, str(tmp / "pool-all"),
+        per_domain=PER_DOMAIN, oversample=1.0, threshold=0.5, seed=SEED, skip_domains=set(),
+        run_clean=lambda src, dst: run([src], dst, ["exact_dedup"]),
+        sources={"web": str(web), "books": str(tmp / "books.jsonl")},
+        run_read=lambda src, domain, dst: run([{"path": src, "domain": domain}], dst, []))
+    assert all(d["id"].startswith("holdout:") for f in r.eval_files.values() for d in jsonl(Path(f)))
+    # The whole corpus stays in the pool but the books near-copy of a source document.
+    assert r.pool_docs == len(split["corpus"]) - 1 and r.removed_near_duplicates == 1
+
+
+@slow_split
 def test_the_novel_set_drops_exactly_the_lines_the_corpus_repeats(split):
     r = split["result"]
     novel = {d["id"]: d["text"] for d in jsonl(Path(r.novel_eval_files["books"]))}

@@ -295,7 +295,10 @@ def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *
     n = math.ceil(per_domain * oversample)
     drawn = draw_candidates(corpus_ids, docs["domain"].to_pylist(), n, seed, skip_domains | set(sources))
     candidate_ids = [i for ids in drawn.values() for i in ids]  # corpus documents only
-    candidates = pq.read_table(read_dir, columns=POOL_COLUMNS, filters=[("id", "in", candidate_ids)])
+    # A typed array: with every domain held out from a source the list is empty, and an untyped
+    # empty list is a null-typed filter that pyarrow refuses against the string column.
+    candidates = pq.read_table(read_dir, columns=POOL_COLUMNS,
+                               filters=pc.field("id").isin(pa.array(candidate_ids, pa.string())))
     if sources:
         from_sources, drawn_sources = _source_candidates(sources, run_read, out_dir / "sources", n, seed,
                                                          candidates.schema)

@@ -18,7 +18,7 @@ Same lifecycle as curation and training jobs (api/jobs.py). The runner's file la
     ablation.json                         written last: {budgets, seeds, runs, summary, table, leakage, ...}
 
 spelled out here so that the web process reads progress without importing the runner (or torch).
-An ablation run before issue 19 (one budget, one seed) trained in variants/<name>/train/ and wrote
+An ablation run from before seeds and budgets (one budget, one seed) trained in variants/<name>/train/ and wrote
 an ablation.json without budgets, runs or summary: `legacy_result` reads it in today's shape.
 """
 
@@ -32,7 +32,7 @@ from api.jobs import JobRunner, PhaseRecorder, run_job
 from api.models import Ablation, Corpus
 from api.run_files import finite, thin
 from contract.jsonl import read_json, read_jsonl
-from contract.layout import AblationRun, TrainingRun, join
+from contract.layout import AblationRun, TrainingRun
 from curation.config import ConfigError
 from curation.io.files import plan_reads
 from workflows.ablation.config import budget_label, parse_ablation_config
@@ -117,11 +117,11 @@ def planned_runs(config: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 def run_training(out_dir: str | Path, variant: str, budget: str, seed: int, legacy: bool) -> TrainingRun:
     """Where a run trains; `legacy` (the config asks for one run per variant): an ablation from
-    before issue 19 trained in variants/<name>/train/, used when the run's own folder has no log."""
+    before seeds and budgets trained in variants/<name>/train/, used when the run's own folder has no log."""
     ablation = AblationRun(str(out_dir))
     run = ablation.run(variant, budget, seed)
     if legacy and not Path(run.metrics).exists():
-        old = TrainingRun(join(ablation.variant(variant), AblationRun.TRAIN))
+        old = ablation.variant_training(variant)
         if Path(old.metrics).exists():
             return old
     return run
@@ -165,7 +165,7 @@ def json_safe(value: Any) -> Any:
 
 
 def legacy_result(result: dict[str, Any]) -> dict[str, Any]:
-    """An ablation.json from before issue 19 (one budget, one seed, a result per variant) as
+    """An ablation.json from before seeds and budgets (one budget, one seed, a result per variant) as
     today's: one budget named by its token count, each variant's result its one run, a summary of
     n=1 (no sd, no paired difference). Fields it lacks are left for validation to report."""
     variants = result.get("variants")

@@ -260,7 +260,7 @@ def run(work: Path, s: DemoSettings, init: str | None) -> dict[str, Any]:
     phase("ppo")
     policy = work / "sft"
     try:
-        from training.ppo import ppo_command  # another part of issue 18; the demo runs without it
+        from training.ppo import ppo_command  # torch, Ray: loaded when the demo reaches PPO
 
         ppo = ppo_command(None, local=True, init_checkpoint=str(work / "sft"), reward_model=str(work / "rm"),
                           prompts=curated, out_dir=str(work / "ppo"), steps=s.ppo_steps,

@@ -125,6 +125,7 @@ class AblationRun:
         return join(self.root, self.VARIANTS, name)
 
     def variant_training(self, name: str) -> TrainingRun:
+        """Where an ablation from before seeds and budgets trained a variant (read by the service)."""
         return TrainingRun(join(self.variant(name), self.TRAIN))
 
     @staticmethod

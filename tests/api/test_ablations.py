@@ -91,7 +91,7 @@ def write_ablation_output(out: Path, *, variants: list[str] = VARIANTS, domains:
                           budget_steps: dict[str, int] = BUDGET_STEPS, seeds: tuple[int, ...] = (1, 2, 3),
                           eval_every: int = 10, tokens_per_step: int = 4096, finished: bool = True,
                           torn_tail: bool = False) -> dict[str, Any]:
-    """OUT as workflows/ablation/runner.py leaves it (issue 19, /tmp schema19): each run's
+    """OUT as workflows/ablation/runner.py leaves it: each run's
     variants/<v>/runs/<budget>-seed<s>/{metrics,eval}.jsonl, and ablation.json when `finished`,
     its summary computed by workflows.ablation.stats from the runs. A run's final held-out loss
     is `eval_loss` plus SEED_NOISE; its "novel" loss 0.3 + 0.02 per variant index higher.
@@ -144,7 +144,7 @@ def write_ablation_output(out: Path, *, variants: list[str] = VARIANTS, domains:
 
 def write_legacy_output(out: Path, *, variants: list[str] = VARIANTS, domains: tuple[str, ...] = ("code", "web"),
                         steps: int = 40, eval_every: int = 10, tokens_per_step: int = 4096) -> dict[str, Any]:
-    """OUT as the runner left it before issue 19 (CONFIG: one budget, seed 7): each variant
+    """OUT as the runner left it before seeds and budgets (CONFIG: one budget, seed 7): each variant
     trained once in variants/<v>/train/, and ablation.json without budgets, runs or summary."""
     write_common(out, CONFIG, domains, variants)
     summaries, table = [], []

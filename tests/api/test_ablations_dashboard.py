@@ -4,7 +4,7 @@ the runs' eval.jsonl and metrics.jsonl; the loss-vs-budget SVG has one error bar
 budget) spanning mean ± sd of ablation.json's summary on the chart's own axis, for the domain
 picked; the paired-difference table shows each interval and whether it exceeds the noise; the
 result table matches ablation.json; a running ablation's curves grow in place until it finishes
-and the page shows its result; an ablation from before issue 19 still renders. No Ray and no
+and the page shows its result; an ablation from before seeds and budgets still renders. No Ray and no
 runner: rows and output folders are written by the test (tests/api/test_ablations.py's writers)."""
 
 from __future__ import annotations

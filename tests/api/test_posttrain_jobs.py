@@ -1,4 +1,4 @@
-"""Post-training jobs in the service (issue 18, item 8): `POST /v1/training-jobs` with a `kind`.
+"""Post-training jobs in the service: `POST /v1/training-jobs` with a `kind`.
 
 Fast (no Ray): every kind's bad inputs answer 422 (or 403/404/501) with the reason and start
 nothing; good inputs resolve to the config the kind's command reads; the curves of each kind's

@@ -20,11 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_reward_model import LETTERS, char_tokenizer
-from training.checkpoint import CheckpointManager, TrainingState
-from training.config import preset
+from tests.training.test_reward_model import LETTERS, char_tokenizer, write_init_checkpoint
+from training.checkpoint import CheckpointManager
 from training.generate import generate
-from training.optim import RecipeScheduler, build_optimizer
 from training.ppo import PPOTrainer
 from training.ppo_config import CRITIC_DIR, PPOConfig
 from training.ppo_math import Experience, pack
@@ -38,7 +36,6 @@ from training.ppo_roles import (
     take_rows,
 )
 from training.preference_trainer import load_init_model
-from training.recipe import OptimizerConfig
 from training.sampling_config import SamplingConfig
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -84,20 +81,6 @@ def test_workers_are_validated():
 # ---------------------------------------------------------------------------------------------
 
 
-def write_init_checkpoint(root: Path, tokenizer_path: str) -> str:
-    """The tiny MoE's step-0 checkpoint (random weights, seed 0), dropout and balance loss off."""
-    cfg = preset("tiny", char_tokenizer().get_vocab_size())
-    cfg = cfg.model_copy(update={"attn_dropout": 0.0, "moe": cfg.moe.model_copy(update={"balance_loss_coef": 0.0})})
-    torch.manual_seed(0)
-    model = cfg.build()
-    opt_cfg = OptimizerConfig(schedule={"total_steps": 1, "warmup_steps": 0})
-    optimizer = build_optimizer(model, opt_cfg)
-    state = TrainingState(model, optimizer, RecipeScheduler(optimizer, opt_cfg), lambda: {"step": 0}, lambda s: None)
-    manager = CheckpointManager(root / "checkpoints")
-    manager.save(0, state, {"model_config": cfg.model_dump(mode="json"), "tokenizer": tokenizer_path, "seq_len": 32})
-    return manager.path_for(0)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("ppo_sharded_toy")
@@ -106,7 +89,9 @@ def toy(tmp_path_factory) -> dict[str, str]:
     rng = np.random.default_rng(0)
     prompts = [{"prompt": "q: " + "".join(rng.choice(list(LETTERS), size=3)) + " a:"} for _ in range(32)]
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    return {"init": write_init_checkpoint(root / "init", tok_path), "prompts": str(root / "prompts.jsonl")}
+    # The balance loss off: it is each rank's own under sharding (training.ppo_roles), not the batch's.
+    init = write_init_checkpoint(root / "init", tok_path, balance_loss=False)
+    return {"init": init, "prompts": str(root / "prompts.jsonl")}
 
 
 def sharded_config(toy: dict[str, str], out: Path, workers: int) -> PPOConfig:

@@ -90,9 +90,12 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
     return str(path)
 
 
-def write_init_checkpoint(root: Path, tokenizer_path: str, seed: int = 0) -> str:
-    """A tiny model's step-0 checkpoint (random weights), as a pretraining run would leave it."""
+def write_init_checkpoint(root: Path, tokenizer_path: str, seed: int = 0, balance_loss: bool = True) -> str:
+    """A tiny model's step-0 checkpoint (random weights), as a pretraining run would leave it;
+    dropout off, and the MoE balance loss too unless `balance_loss`."""
     cfg = preset("tiny", char_tokenizer().get_vocab_size()).model_copy(update={"attn_dropout": 0.0})
+    if not balance_loss:
+        cfg = cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"balance_loss_coef": 0.0})})
     torch.manual_seed(seed)
     model = cfg.build()
     opt_cfg = OptimizerConfig(schedule={"total_steps": 1, "warmup_steps": 0})

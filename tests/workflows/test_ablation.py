@@ -93,7 +93,7 @@ def test_miniature_ablation_end_to_end(ray_local, tmp_path):
         tokens = next(v["tokens"] for v in data["variants"] if v["name"] == variant)
         assert r["trained_tokens"] == r["steps"] * 2048 and r["epochs"] == pytest.approx(r["trained_tokens"] / tokens,
                                                                                           abs=1e-3)
-        if data["novel_eval_files"]:  # the novel measure (issue 19): the same model on the novel-line sets
+        if data["novel_eval_files"]:  # the novel measure: the same model on the novel-line sets
             assert r["novel"]["overall"]["loss"] > 0 and set(r["novel"]["domains"]) <= {"books", "web"}
     # a seed changes the init and the data order
     assert runs[("raw", "4096", 3)]["eval"]["overall"] != runs[("raw", "4096", 4)]["eval"]["overall"]

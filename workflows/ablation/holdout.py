@@ -335,7 +335,10 @@ def split_holdout(read_dir: str, clean_dir: str, out_dir: Path, pool_dir: str, *
     marked.filter(expr="_pool == ''").select_columns(POOL_COLUMNS).write_parquet(pool_dir)
     removed = marked.filter(expr="_pool != ''").select_columns(["id", "domain", "_pool", "_pool_detail"])
     removed.write_parquet(str(out_dir / "removed"))
-    reasons = pq.read_table(out_dir / "removed", columns=["_pool"])["_pool"].to_pylist()
+    # Ray Data writes no file for no rows: with every domain from a source and no near-copy in
+    # the corpus, nothing is removed and the folder is never made.
+    removed_files = sorted((out_dir / "removed").glob("*.parquet"))
+    reasons = pq.read_table(removed_files, columns=["_pool"])["_pool"].to_pylist() if removed_files else []
     novel_files, novel_removed = write_novel_sets(held, corpus, novel_max_line_count, out_dir)
     corpus_domains = set(docs["domain"].to_pylist())
     return HoldoutSplit(eval_files=eval_files, held_out_docs=held.num_rows, candidates=candidates.num_rows,

@@ -45,7 +45,7 @@ demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 
 # A data ablation on the demo corpus (curation/configs/ablation-demo.yaml): 4 variants x 2 budgets
 # x 3 seeds of the same tiny MoE, held-out loss (and novel-line loss) per domain on separate clean
-# text, paired intervals against raw; writes benchmarks/ablation.md (MEASURED_MIN min on 2 CPUs).
+# text, paired intervals against raw; writes benchmarks/ablation.md (35 min measured on 2 CPUs).
 ablation-demo: $(STAMP) $(DEMO_CORPUS)/truth.json $(DEMO_LMS)
 	$(PY) benchmarks/ablation.py
 

@@ -187,16 +187,20 @@ def test_prompts_from_a_post_training_manifest_train_split_only(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("ppo_toy")
+def write_toy(root: Path, prompts: int, balance_loss: bool = True) -> dict[str, str]:
+    """A char tokenizer, a step-0 tiny policy and `prompts` random "q: xyz a:" prompts under `root`."""
     tok_path = str(root / "tokenizer.json")
     char_tokenizer().save(tok_path)
     rng = np.random.default_rng(0)
-    prompts = [{"prompt": "q: " + "".join(rng.choice(list(LETTERS), size=3)) + " a:"} for _ in range(64)]
-    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    return {"init": write_init_checkpoint(root / "init", tok_path), "prompts": str(root / "prompts.jsonl"),
-            "tokenizer": tok_path}  # fmt: skip
+    records = [{"prompt": "q: " + "".join(rng.choice(list(LETTERS), size=3)) + " a:"} for _ in range(prompts)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in records))
+    return {"init": write_init_checkpoint(root / "init", tok_path, balance_loss=balance_loss),
+            "prompts": str(root / "prompts.jsonl"), "tokenizer": tok_path}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, str]:
+    return write_toy(tmp_path_factory.mktemp("ppo_toy"), prompts=64)
 
 
 def ppo_config(toy: dict[str, str], out: Path, **overrides) -> PPOConfig:

@@ -12,15 +12,13 @@ gradients in another order: rounding only); weights also 1e-5 absolute (WEIGHT_A
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from tests.training.test_reward_model import LETTERS, char_tokenizer, write_init_checkpoint
+from tests.training.test_ppo import write_toy
 from training.checkpoint import CheckpointManager
 from training.generate import generate
 from training.ppo import PPOTrainer
@@ -83,15 +81,8 @@ def test_workers_are_validated():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("ppo_sharded_toy")
-    tok_path = str(root / "tokenizer.json")
-    char_tokenizer().save(tok_path)
-    rng = np.random.default_rng(0)
-    prompts = [{"prompt": "q: " + "".join(rng.choice(list(LETTERS), size=3)) + " a:"} for _ in range(32)]
-    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     # The balance loss off: it is each rank's own under sharding (training.ppo_roles), not the batch's.
-    init = write_init_checkpoint(root / "init", tok_path, balance_loss=False)
-    return {"init": init, "prompts": str(root / "prompts.jsonl")}
+    return write_toy(tmp_path_factory.mktemp("ppo_sharded_toy"), prompts=32, balance_loss=False)
 
 
 def sharded_config(toy: dict[str, str], out: Path, workers: int) -> PPOConfig:

@@ -12,6 +12,12 @@ import re
 _WORD = re.compile(r"\w+")
 
 
+def normalise_line(line: str) -> str:
+    """A line (or text) as the ablation's novel measure and the demo's held-out check compare it:
+    whitespace runs as one space, stripped, casefolded."""
+    return " ".join(line.split()).casefold()
+
+
 def words(text: str) -> list[str]:
     """The lower-cased words of `text`."""
     return _WORD.findall(text.lower())

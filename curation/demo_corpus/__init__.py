@@ -83,6 +83,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from curation.dedup.similarity import normalise_line
 from curation.demo_corpus.injections import inject
 from curation.demo_corpus.sources import (
     DOMAINS,
@@ -233,7 +234,7 @@ SHARED_LINE_CHARS = 40
 
 def _long_lines(text: str) -> set[str]:
     """Lines of at least SHARED_LINE_CHARS, whitespace runs as one space, casefolded."""
-    return {norm for line in text.split("\n") if len(norm := " ".join(line.split()).casefold()) >= SHARED_LINE_CHARS}
+    return {norm for line in text.split("\n") if len(norm := normalise_line(line)) >= SHARED_LINE_CHARS}
 
 
 def _corpus_texts(corpus_dir: Path) -> tuple[set[bytes], set[str], set[str]]:
@@ -270,7 +271,7 @@ def build_heldout_texts(out_dir: str | Path, seed: int = 0, max_docs_per_domain:
             if split and not is_heldout(seed, text):
                 return False  # the reference side
             folder = str(Path(path.split("::")[0]).parent)
-            normalised = hashlib.sha256(" ".join(text.split()).casefold().encode()).digest()
+            normalised = hashlib.sha256(normalise_line(text).encode()).digest()
             if per_folder.get(folder, 0) >= HELDOUT_DOCS_PER_FOLDER or normalised in seen:
                 return False
             if hashlib.sha256(text.encode()).digest() in corpus_hashes or not _long_lines(text).isdisjoint(corpus_lines):

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from curation.config import PipelineConfig
+from curation.dedup.similarity import normalise_line
 from curation.pipeline import Pipeline
 from tests.ablation_data import document
 from tests.helpers import write_jsonl
@@ -25,7 +26,6 @@ from workflows.ablation.holdout import (
     drop_frequent_lines,
     holdout_rank,
     line_key,
-    normalise_line,
     source_doc_id,
     split_holdout,
 )

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.dedup.minhash import MinHasher, band_keys, optimal_bands_rows
-from curation.dedup.similarity import jaccard, word_ngrams
+from curation.dedup.similarity import jaccard, normalise_line, word_ngrams
 
 if TYPE_CHECKING:
     import ray.data
@@ -138,11 +138,6 @@ def count_leaks(ds: ray.data.Dataset, index: HeldOutIndex) -> list[dict[str, Any
 
 
 # ----------------------------------------------------------------------------- the novel measure
-
-def normalise_line(line: str) -> str:
-    """A line as the novel measure compares it: stripped, whitespace runs as one space, casefolded."""
-    return " ".join(line.split()).casefold()
-
 
 def line_key(normalised: str) -> bytes:
     """8 bytes of blake2b: stable across processes (Python's hash() is salted per process)."""

@@ -68,13 +68,20 @@ def spawn(world: int, fn, *args: Any) -> None:
     """Run fn(rank, world, *args) on `world` processes in one gloo group (loopback); `fn`
     communicates through files.
 
-    NOTE: forked, not spawned: a spawned child spends seconds re-importing torch (8 s each on
-    a loaded 2-core box, four at once). Forking is safe here: CPU only, one intra-op thread,
-    and no process group exists in the parent.
+    NOTE: forked from a forkserver that has torch imported, not from this process and not
+    spawned. A spawned child spends seconds re-importing torch (8 s each on a loaded 2-core box,
+    four at once). Forking the test process itself crashed a child once in a full run (glibc
+    "malloc(): unaligned fastbin chunk", SIGABRT): by then the process holds threads of earlier
+    tests (Ray's driver, torch's intra-op pool) whose state a fork copies mid-flight. The
+    forkserver is a fresh single-threaded interpreter, started once per test session.
     """
+    import multiprocessing
+
     import torch.multiprocessing as mp
 
-    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True, start_method="fork")
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "torch.distributed", __name__])
+    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True,
+                       start_method="forkserver")
 
 
 BPE_VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges

@@ -25,6 +25,7 @@ log rounds to 6 decimals), 1.6e-6 relative (grad norms) and 3.6e-7 of a tensor's
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -133,16 +134,20 @@ def test_meshes_group_the_ranks_as_the_layout_says(tmp_path):
     assert [got[r]["hsdp_tp"]["data_rank"] for r in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def _launch(rank: int, world: int, cfg_json: str) -> None:
-    run_worker(TrainConfig.model_validate_json(cfg_json))
+def _launch(rank: int, world: int, cfg_json: str, out_dir: str) -> None:
+    # Each rank's stdout to a file: the ranks fork from the test session's forkserver, whose
+    # stdout is not the one this test captures.
+    with open(Path(out_dir) / f"stdout-{rank}.txt", "w") as out, contextlib.redirect_stdout(out):
+        run_worker(TrainConfig.model_validate_json(cfg_json))
 
 
 @pytest.mark.slow
-def test_launcher_snaps_five_workers_to_tp_and_dp_and_keeps_a_spare(manifest, tmp_path, capfd):
-    cfg = tiny_config(manifest, tmp_path, tp=2, ep=2, workers=5, steps=3)
-    spawn(5, _launch, cfg.model_dump_json())
-    assert "5 workers -> 4 ranks: pp 1 x dp 2 x tp 2, ep 2; 1 spare" in capfd.readouterr().out
-    records = read_metrics(tmp_path)
+def test_launcher_snaps_five_workers_to_tp_and_dp_and_keeps_a_spare(manifest, tmp_path):
+    cfg = tiny_config(manifest, tmp_path / "run", tp=2, ep=2, workers=5, steps=3)
+    spawn(5, _launch, cfg.model_dump_json(), str(tmp_path))
+    printed = "".join((tmp_path / f"stdout-{rank}.txt").read_text() for rank in range(5))
+    assert "5 workers -> 4 ranks: pp 1 x dp 2 x tp 2, ep 2; 1 spare" in printed
+    records = read_metrics(tmp_path / "run")
     assert [(r["step"], r["world"], r["dp"], r["tp"], r["ep"]) for r in records] == [(s, 4, 2, 2, 2) for s in (1, 2, 3)]
 
 

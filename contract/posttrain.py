@@ -80,8 +80,9 @@ class _Record(BaseModel):
         """The record as one text, for dedup: every field prefixed by its role or name."""
         return "\n".join(f"{name}{ROLE_SEPARATOR}{text}" for name, text in self._named_parts())
 
+    @abstractmethod
     def _named_parts(self) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        """(role or field name, text) of every part `text()` joins, in order."""
 
     def to_json(self) -> str:
         """One JSONL line (no newline), unset optional fields left out."""

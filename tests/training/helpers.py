@@ -88,18 +88,25 @@ BPE_VOCAB = 320  # a byte-level BPE: 256 bytes + 3 special tokens + a few merges
 BPE_WORDS = "the quick brown fox jumps over a lazy dog".split()
 
 
-def train_bpe_checkpoint(root: Path) -> Path:
-    """2 steps of `flywheel train --local` (tiny, no dropout) on a synthetic manifest whose
-    tokenizer is a real byte-level BPE; returns the run folder (its checkpoint decodes to text)."""
-    manifest_path = write_synthetic_dataset(root / "data", total_tokens=8_000, vocab_size=BPE_VOCAB,
-                                            mean_doc_tokens=60, seed=0)  # fmt: skip
-    rng = np.random.default_rng(0)
-    sentences = [" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(50)]
+def write_bpe_manifest(root: Path, texts: list[str], vocab_size: int, mean_doc_tokens: int) -> Path:
+    """Synthetic shards (8,000 tokens, seed 0) whose manifest names a real byte-level BPE trained
+    on `texts` (tokenizer.json beside it, its sha256 in the manifest); returns manifest.json."""
+    manifest_path = write_synthetic_dataset(root, total_tokens=8_000, vocab_size=vocab_size,
+                                            mean_doc_tokens=mean_doc_tokens, seed=0)
     tokenizer_path = manifest_path.parent / "tokenizer.json"
-    train_bpe([sentences], vocab_size=BPE_VOCAB, special=SpecialTokens()).save(str(tokenizer_path))
+    train_bpe([texts], vocab_size=vocab_size, special=SpecialTokens()).save(str(tokenizer_path))
     manifest = parse_manifest(manifest_path.read_bytes())
     info = manifest.tokenizer.model_copy(update={"sha256": sha256_file(tokenizer_path)})
     write_manifest(manifest_path, manifest.model_copy(update={"tokenizer": info}))
+    return manifest_path
+
+
+def train_bpe_checkpoint(root: Path) -> Path:
+    """2 steps of `flywheel train --local` (tiny, no dropout) on a synthetic manifest whose
+    tokenizer is a real byte-level BPE; returns the run folder (its checkpoint decodes to text)."""
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(50)]
+    manifest_path = write_bpe_manifest(root / "data", sentences, BPE_VOCAB, mean_doc_tokens=60)
     config = root / "run.json"
     config.write_text(json.dumps({
         "seq_len": 32, "global_batch_tokens": 128, "micro_batch": 4, "peak_tflops_per_worker": 0.05,

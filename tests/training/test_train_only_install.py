@@ -18,11 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.manifest import parse_manifest, write_manifest
-from contract.shards import sha256_file
-from contract.tokenizer import SpecialTokens
-from curation.tokenizer import train_bpe
-from training.data.synthetic import write_synthetic_dataset
+from tests.training.helpers import write_bpe_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -50,22 +46,16 @@ def flywheel_train_only(*args: str) -> subprocess.CompletedProcess:
 def dataset(tmp_path_factory) -> dict:
     """Synthetic shards with a real BPE tokenizer (trained here, in the full test process)."""
     root = tmp_path_factory.mktemp("train-only")
-    manifest_path = write_synthetic_dataset(root / "data", total_tokens=8_000, vocab_size=VOCAB, mean_doc_tokens=40,
-                                            seed=0)
     words = "a tiny corpus about foxes dogs and boxes for the tokenizer to merge".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, size=12)) for _ in range(100)]
-    tokenizer = manifest_path.parent / "tokenizer.json"
-    train_bpe([texts], vocab_size=VOCAB, special=SpecialTokens()).save(str(tokenizer))
-    manifest = parse_manifest(manifest_path.read_bytes())
-    info = manifest.tokenizer.model_copy(update={"sha256": sha256_file(tokenizer)})
-    write_manifest(manifest_path, manifest.model_copy(update={"tokenizer": info}))
+    manifest_path = write_bpe_manifest(root / "data", texts, VOCAB, mean_doc_tokens=40)
     held_out = root / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"text": t, "domain": "web"}) + "\n" for t in texts[:8]))
     config = root / "run.json"
     config.write_text(json.dumps({"seq_len": 16, "global_batch_tokens": 64, "micro_batch": 4,
                                   "model": {"attn_dropout": 0.0}}))
-    return {"manifest": str(manifest_path), "tokenizer": str(tokenizer), "held_out": str(held_out),
+    return {"manifest": str(manifest_path), "tokenizer": str(manifest_path.parent / "tokenizer.json"), "held_out": str(held_out),
             "config": str(config), "root": root}
 
 

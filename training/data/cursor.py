@@ -9,10 +9,11 @@ Subclasses say what a window is (`read_batch`) and what identifies their data (`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class GlobalCursor:
+class GlobalCursor(ABC):
     """Cursor state and checkpointing; subclasses set `seq_len`, `seed`, `sequences_per_epoch`,
     `manifest` (with a `fingerprint`) and implement `read_batch(start, batch_size)`."""
 
@@ -47,8 +48,9 @@ class GlobalCursor:
         """Move the global cursor past `steps` global batches of `batch_size` per rank."""
         self.consumed += self.world_size * batch_size * steps
 
+    @abstractmethod
     def read_batch(self, start: int, batch_size: int):
-        raise NotImplementedError
+        """This rank's `batch_size` sequences of the global batch that starts at sequence `start`."""
 
     def next_batch(self, batch_size: int):
         """This rank's share of the next global batch; advances `consumed` by world_size * batch_size."""
